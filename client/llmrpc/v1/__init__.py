@@ -1,0 +1,1 @@
+"""Generated llmrpc.v1 protobuf and gRPC stubs (make proto)."""

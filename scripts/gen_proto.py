@@ -1,0 +1,61 @@
+"""Regenerate the committed Python stubs from protos/ (``make proto``).
+
+``--check`` regenerates into a temporary directory and fails when the committed
+files differ, so a stale stub cannot land.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import sys
+import tempfile
+from pathlib import Path
+
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOS = ROOT / "protos"
+OUT = ROOT / "client"
+STUB_DIR = Path("llmrpc") / "v1"
+
+
+def generate(out: Path) -> None:
+    (out / STUB_DIR).mkdir(parents=True, exist_ok=True)
+    include = Path(protoc.__file__).parent / "_proto"
+    files = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / STUB_DIR).glob("*.proto"))
+    args = [
+        "protoc",
+        f"-I{PROTOS}",
+        f"-I{include}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
+        *files,
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+    (out / STUB_DIR / "__init__.py").write_text('"""Generated llmrpc.v1 protobuf and gRPC stubs (make proto)."""\n')
+
+
+def stale_files() -> list[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(Path(tmp))
+        fresh = Path(tmp) / STUB_DIR
+        names = sorted({p.name for p in fresh.iterdir()} | {p.name for p in (OUT / STUB_DIR).glob("*") if p.is_file()})
+        return [n for n in names if not (OUT / STUB_DIR / n).exists() or not (fresh / n).exists()
+                or not filecmp.cmp(fresh / n, OUT / STUB_DIR / n, shallow=False)]
+
+
+def main() -> None:
+    if "--check" in sys.argv:
+        stale = stale_files()
+        if stale:
+            raise SystemExit(f"generated stubs are stale, run `make proto`: {stale}")
+        print("stubs are fresh")
+        return
+    generate(OUT)
+
+
+if __name__ == "__main__":
+    main()
