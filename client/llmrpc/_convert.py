@@ -1,0 +1,372 @@
+"""Pure conversion of ``completion()``'s arguments into a ``CompleteRequest``.
+
+The client stays thin: it converts what it can and leaves validation to the
+server. Only a value protobuf cannot hold (``temperature="hot"``) fails here, as
+``BadRequestError`` naming the parameter, before any RPC. Answers go the other
+way in ``_decode``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from pydantic import BaseModel
+
+from .exceptions import BadRequestError
+from .v1 import chat_pb2, completion_service_pb2
+
+__all__ = ["build_request", "stream_options_to_proto"]
+
+_Setter = Callable[[Any, Any], None]
+
+# ---------------------------------------------------------------- requests
+
+# completion() arguments that are proto3 `optional` scalars of the same name.
+_SCALARS = frozenset(
+    {
+        "timeout", "temperature", "top_p", "n", "max_completion_tokens", "max_tokens",
+        "presence_penalty", "frequency_penalty", "user", "seed", "parallel_tool_calls",
+        "logprobs", "top_logprobs", "deployment_id", "api_version", "api_key", "api_base",
+        "reasoning_effort", "service_tier", "store", "caching", "num_retries",
+        "mock_response", "drop_params",
+    }
+)  # fmt: skip
+_STRING_LISTS = frozenset({"modalities", "fallbacks", "context_window_fallbacks", "content_policy_fallbacks"})
+# Arguments the client consumes itself; everything else unknown goes to extra_body.
+_CLIENT_ONLY = frozenset(
+    {
+        "model",
+        "stream",
+        "stream_options",
+        "model_list",
+        "client",
+        "extra_body",
+        "base_url",
+        "custom_llm_provider",
+    }
+)
+_TOOL_CHOICE_MODES = {
+    "auto": chat_pb2.TOOL_CHOICE_MODE_AUTO,
+    "none": chat_pb2.TOOL_CHOICE_MODE_NONE,
+    "required": chat_pb2.TOOL_CHOICE_MODE_REQUIRED,
+}
+
+
+def build_request(params: Mapping[str, Any]) -> completion_service_pb2.CompleteRequest:
+    """``completion()``'s arguments (named ones and ``**kwargs``, flattened) -> request."""
+    req = completion_service_pb2.CompleteRequest()
+    with _param("model"):
+        req.model = _model_name(params["model"], params.get("custom_llm_provider"))
+    values = dict(params)
+    if values.get("api_base") is None:  # LiteLLM takes either spelling
+        values["api_base"] = values.get("base_url")
+    extra: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None or name in _CLIENT_ONLY:
+            continue
+        with _param(name):
+            if name in _SCALARS:
+                setattr(req, name, value)
+            elif name in _STRING_LISTS:
+                getattr(req, name).extend(value)
+            elif name in _REQUEST_SETTERS:
+                _REQUEST_SETTERS[name](req, value)
+            else:  # provider-specific kwargs (top_k=40), as LiteLLM forwards them
+                extra[name] = value
+    extra.update(values.get("extra_body") or {})
+    if extra:
+        with _param("extra_body"):
+            req.extra_body.update(extra)
+    return req
+
+
+def stream_options_to_proto(value: Mapping[str, Any] | None) -> completion_service_pb2.StreamOptions:
+    options = completion_service_pb2.StreamOptions()
+    if value is not None:
+        with _param("stream_options"):
+            _fill(options, _as_dict(value), ("include_usage",))
+    return options
+
+
+def _model_name(model: str, provider: str | None) -> str:
+    # LiteLLM's custom_llm_provider= is the same as a "provider/" prefix.
+    if provider and not model.startswith(f"{provider}/"):
+        return f"{provider}/{model}"
+    return model
+
+
+@contextmanager
+def _param(path: str) -> Iterator[None]:
+    try:
+        yield
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise BadRequestError(
+            f"Invalid value for parameter {path!r}: {exc}",
+            reason="INVALID_REQUEST",
+            metadata={"param": path},
+            field_violations=[(path, str(exc))],
+        ) from exc
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    # Users pass response objects straight back (pydantic, ours or openai's).
+    if isinstance(value, Mapping):
+        return dict(value)
+    if hasattr(value, "model_dump"):
+        dumped: dict[str, Any] = value.model_dump()
+        return dumped
+    raise TypeError(f"expected a dict, got {type(value).__name__}")
+
+
+def _fill(target: Any, data: Mapping[str, Any], fields: tuple[str, ...]) -> None:
+    for field in fields:
+        if data.get(field) is not None:
+            setattr(target, field, data[field])
+
+
+def _set_messages(req: completion_service_pb2.CompleteRequest, messages: Any) -> None:
+    for index, raw in enumerate(messages):
+        req.messages.append(_message_to_proto(index, raw))
+
+
+def _message_to_proto(index: int, raw: Any) -> chat_pb2.Message:
+    msg = chat_pb2.Message()
+    if not isinstance(raw, Mapping) and not hasattr(raw, "model_dump"):
+        return msg  # not a message at all: the server names the missing role
+    for key, value in _as_dict(raw).items():
+        setter = _MESSAGE_SETTERS.get(key)
+        if setter is not None and value is not None:
+            with _param(f"messages[{index}].{key}"):
+                setter(msg, value)
+    return msg
+
+
+def _scalar(name: str) -> _Setter:
+    def set_scalar(target: Any, value: Any) -> None:
+        setattr(target, name, value)
+
+    return set_scalar
+
+
+def _set_content(msg: chat_pb2.Message, content: Any) -> None:
+    if isinstance(content, str):
+        msg.content = content
+    elif isinstance(content, list | tuple):
+        msg.content_parts.extend(_content_part(part) for part in content)
+    else:
+        raise TypeError(f"content must be a string or a list of parts, got {type(content).__name__}")
+
+
+def _content_part(raw: Any) -> chat_pb2.ContentPart:
+    data = _as_dict(raw)
+    part = chat_pb2.ContentPart(type=data.get("type") or "")
+    kind = (
+        part.type
+        if part.type in _PART_SETTERS
+        else next((k for k in _PART_SETTERS if data.get(k) is not None), None)
+    )
+    if kind is not None and data.get(kind) is not None:
+        _PART_SETTERS[kind](part, data[kind])
+    if data.get("cache_control") is not None:
+        _set_cache_control(part, data["cache_control"])
+    return part
+
+
+def _set_image_url(part: chat_pb2.ContentPart, value: Any) -> None:
+    if isinstance(value, str):
+        part.image_url.url = value
+    else:
+        _fill(part.image_url, _as_dict(value), ("url", "detail", "format"))
+
+
+def _set_cache_control(target: Any, value: Any) -> None:
+    _fill(target.cache_control, _as_dict(value), ("type", "ttl"))
+
+
+def _sub_message(name: str, fields: tuple[str, ...]) -> _Setter:
+    def set_sub_message(target: Any, value: Any) -> None:
+        sub = getattr(target, name)
+        sub.SetInParent()  # an all-default dict still means "set"
+        _fill(sub, _as_dict(value), fields)
+
+    return set_sub_message
+
+
+_PART_SETTERS: dict[str, _Setter] = {
+    "text": _scalar("text"),
+    "image_url": _set_image_url,
+    "input_audio": _sub_message("input_audio", ("data", "format")),
+    "file": _sub_message("file", ("file_data", "file_id", "filename", "format")),
+    "refusal": _scalar("refusal"),
+}
+
+
+def _function_call(target: Any, value: Any) -> None:
+    data = _as_dict(value)
+    args = data.get("arguments")
+    target.SetInParent()
+    _fill(target, {"name": data.get("name"), "arguments": _arguments_text(args)}, ("name", "arguments"))
+
+
+def _arguments_text(args: Any) -> str | None:
+    return args if args is None or isinstance(args, str) else json.dumps(args)
+
+
+def _tool_call(raw: Any) -> chat_pb2.ToolCall:
+    data = _as_dict(raw)
+    call = chat_pb2.ToolCall()
+    _fill(call, data, ("id", "type"))
+    if data.get("function") is not None:
+        _function_call(call.function, data["function"])
+    if data.get("provider_specific_fields") is not None:
+        call.provider_specific_fields.update(data["provider_specific_fields"])
+    return call
+
+
+def _thinking_block(raw: Any) -> chat_pb2.ThinkingBlock:
+    block = chat_pb2.ThinkingBlock()
+    _fill(block, _as_dict(raw), ("type", "thinking", "signature", "data"))
+    return block
+
+
+def _annotation(raw: Any) -> chat_pb2.Annotation:
+    data = _as_dict(raw)
+    note = chat_pb2.Annotation(type=data.get("type") or "")
+    if data.get("url_citation") is not None:
+        _fill(note.url_citation, _as_dict(data["url_citation"]), ("start_index", "end_index", "title", "url"))
+    return note
+
+
+def _struct_field(name: str) -> _Setter:
+    def set_struct(target: Any, value: Any) -> None:
+        getattr(target, name).update(_as_dict(value))
+
+    return set_struct
+
+
+_MESSAGE_SETTERS: dict[str, _Setter] = {
+    "role": _scalar("role"),
+    "content": _set_content,
+    "name": _scalar("name"),
+    "tool_call_id": _scalar("tool_call_id"),
+    "refusal": _scalar("refusal"),
+    "reasoning_content": _scalar("reasoning_content"),
+    "tool_calls": lambda m, v: m.tool_calls.extend(_tool_call(t) for t in v),
+    "function_call": lambda m, v: _function_call(m.function_call, v),
+    "thinking_blocks": lambda m, v: m.thinking_blocks.extend(_thinking_block(b) for b in v),
+    "annotations": lambda m, v: m.annotations.extend(_annotation(a) for a in v),
+    "audio": _sub_message("audio", ("id", "data", "expires_at", "transcript")),
+    "provider_specific_fields": _struct_field("provider_specific_fields"),
+    "cache_control": _set_cache_control,
+}
+
+
+def _function_definition(target: chat_pb2.FunctionDefinition, raw: Any) -> None:
+    data = _as_dict(raw)
+    _fill(target, data, ("name", "description", "strict"))
+    if data.get("parameters") is not None:
+        target.parameters.update(data["parameters"])
+
+
+def _tool(raw: Any) -> chat_pb2.Tool:
+    data = _as_dict(raw)
+    tool = chat_pb2.Tool(type=data.get("type") or "")
+    if data.get("function") is not None:
+        _function_definition(tool.function, data["function"])
+    if data.get("cache_control") is not None:
+        _set_cache_control(tool, data["cache_control"])
+    return tool
+
+
+def _functions(req: completion_service_pb2.CompleteRequest, value: Any) -> None:
+    for raw in value:
+        _function_definition(req.functions.add(), raw)
+
+
+def _choice(name: str) -> _Setter:
+    """``tool_choice`` / ``function_call``: a mode string, or one named function."""
+
+    def set_choice(req: completion_service_pb2.CompleteRequest, value: Any) -> None:
+        choice = getattr(req, name)
+        if isinstance(value, str):
+            if value not in _TOOL_CHOICE_MODES:
+                raise ValueError(f"expected one of {sorted(_TOOL_CHOICE_MODES)} or a function, got {value!r}")
+            choice.mode = _TOOL_CHOICE_MODES[value]
+            return
+        data = _as_dict(value)
+        function = _as_dict(data["function"]) if data.get("function") is not None else data
+        choice.function.name = function["name"]
+
+    return set_choice
+
+
+def _response_format(req: completion_service_pb2.CompleteRequest, value: Any) -> None:
+    if isinstance(value, type) and issubclass(value, BaseModel):
+        value = {
+            "type": "json_schema",
+            "json_schema": {"name": value.__name__, "schema": value.model_json_schema()},
+        }
+    data = _as_dict(value)
+    req.response_format.type = data.get("type") or ""
+    if data.get("json_schema") is not None:
+        schema = _as_dict(data["json_schema"])
+        _fill(req.response_format.json_schema, schema, ("name", "description", "strict"))
+        if schema.get("schema") is not None:
+            req.response_format.json_schema.schema.update(schema["schema"])
+
+
+def _set_stop(req: completion_service_pb2.CompleteRequest, value: Any) -> None:
+    req.stop.extend([value] if isinstance(value, str) else value)
+
+
+def _set_logit_bias(req: completion_service_pb2.CompleteRequest, value: Any) -> None:
+    for token, bias in _as_dict(value).items():
+        req.logit_bias[str(token)] = bias
+
+
+def _set_prediction(req: completion_service_pb2.CompleteRequest, value: Any) -> None:
+    data = _as_dict(value)
+    content = data.get("content")
+    if isinstance(content, list):  # OpenAI also allows a list of text parts
+        content = "".join(_as_dict(part).get("text") or "" for part in content)
+    req.prediction.SetInParent()
+    _fill(req.prediction, {"type": data.get("type"), "content": content}, ("type", "content"))
+
+
+def _set_cache(req: completion_service_pb2.CompleteRequest, value: Any) -> None:
+    data = _as_dict(value)
+    req.cache.SetInParent()
+    keys = {"no_cache": "no-cache", "no_store": "no-store", "ttl": "ttl", "namespace": "namespace"}
+    _fill(req.cache, {field: data.get(key) for field, key in keys.items()}, tuple(keys))
+    s_maxage = data.get("s-maxage", data.get("s-max-age"))
+    if s_maxage is not None:
+        req.cache.s_maxage = s_maxage
+
+
+def _set_string_map(name: str) -> _Setter:
+    def set_map(req: Any, value: Any) -> None:
+        getattr(req, name).update(_as_dict(value))
+
+    return set_map
+
+
+_REQUEST_SETTERS: dict[str, _Setter] = {
+    "messages": _set_messages,
+    "stop": _set_stop,
+    "logit_bias": _set_logit_bias,
+    "response_format": _response_format,
+    "tools": lambda r, v: r.tools.extend(_tool(t) for t in v),
+    "tool_choice": _choice("tool_choice"),
+    "functions": _functions,
+    "function_call": _choice("function_call"),
+    "thinking": _sub_message("thinking", ("type", "budget_tokens")),
+    "audio": _sub_message("audio", ("voice", "format")),
+    "prediction": _set_prediction,
+    "cache": _set_cache,
+    "metadata": _struct_field("metadata"),
+    "extra_headers": _set_string_map("extra_headers"),
+    "provider_metadata": _set_string_map("provider_metadata"),
+}

@@ -1,0 +1,137 @@
+"""Build and run the gRPC server: health, reflection, graceful shutdown, several processes.
+
+The server, the aiohttp session and every channel are created inside the running loop (grpc.aio
+objects are loop-bound, grpc/grpc#32480). SIGTERM/SIGINT flip health to NOT_SERVING so load
+balancers drain, then ``server.stop(grace)`` lets in-flight calls finish and refuses new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+from dataclasses import dataclass, replace
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from llmrpc.v1 import completion_service_pb2 as pb
+from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
+
+from .config import Settings
+from .executor import Executor
+from .interceptors import build_interceptors
+from .pipeline import Pipeline
+from .providers import default_adapters
+from .router import Router
+from .service import CompletionService
+
+__all__ = ["Gateway", "SERVICE_NAME", "run", "start_gateway"]
+
+log = logging.getLogger("llmrpc_server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompletionService"].full_name
+
+
+@dataclass
+class Gateway:
+    """A running server and the resources it owns."""
+
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    executor: Executor
+    settings: Settings
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING first, then let in-flight calls finish within ``grace`` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace if grace is None else grace)
+        await self.executor.close()
+
+
+def _server_options(settings: Settings) -> list[tuple[str, int]]:
+    size = settings.max_message_mb * 1024 * 1024
+    return [
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+        # Long unary generations send no DATA frames: allow client keepalive pings meanwhile.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        # One process must fail on a taken port; several share it on purpose.
+        ("grpc.so_reuseport", 1 if settings.workers != 1 else 0),
+    ]
+
+
+async def start_gateway(settings: Settings) -> Gateway:
+    """Create, wire and start everything inside the running loop."""
+    executor = Executor(max_connections=settings.max_connections, connect_timeout=settings.connect_timeout)
+    await executor.start()
+    router = Router(default_adapters(), settings.env, settings.aliases)
+    pipeline = Pipeline(router, executor, settings)
+    server = grpc.aio.server(
+        interceptors=build_interceptors(settings),
+        options=_server_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+    )
+    pb_grpc.add_CompletionServiceServicer_to_server(CompletionService(pipeline, router, settings), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        await executor.close()
+        raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Gateway(server, port, health, executor, settings)
+
+
+async def _serve(settings: Settings) -> None:
+    gateway = await start_gateway(settings)
+    log.info("llmrpc-server listening on %s:%d (pid %d)", settings.host, gateway.port, os.getpid())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining for up to %.0fs", settings.grace)
+    await gateway.stop()
+
+
+def _run_worker(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+
+        uvloop.run(_serve(settings))
+    except ImportError:  # pragma: no cover - uvloop is a server dependency except on Windows
+        asyncio.run(_serve(settings))
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT; with ``workers`` > 1, that many processes share the port."""
+    workers = settings.workers or os.cpu_count() or 1
+    if workers == 1:
+        _run_worker(settings)
+        return
+    if settings.port == 0:
+        raise SystemExit("--workers > 1 needs a fixed --port")
+    # spawn, never fork: no gRPC object may cross a fork (grpc/grpc#13873).
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_run_worker, args=(replace(settings, workers=workers),)) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in procs])
+    try:
+        for proc in procs:
+            proc.join()
+    except KeyboardInterrupt:
+        for proc in procs:
+            proc.join()

@@ -1,0 +1,113 @@
+"""Server settings: one frozen object built from flags, ``LLMRPC_*`` environment variables and
+an optional JSON config file (flags win over env, env over the file, the file over defaults)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Settings", "default_cache_path", "setting_fields"]
+
+
+def _opt(default: Any, help: str) -> Any:
+    """A setting with its help text (shown by ``--help`` and in the README table)."""
+    return field(default=default, metadata={"help": help})
+
+
+def default_cache_path() -> str:
+    """Per-user cache file: ``$XDG_CACHE_HOME/llmrpc/cache.sqlite`` (``~/.cache`` by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "llmrpc" / "cache.sqlite")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every server setting. The README's configuration table is generated from these docs."""
+
+    host: str = _opt("[::]", 'address to listen on')
+    port: int = _opt(50051, 'gRPC port')
+    workers: int = _opt(1, 'server processes sharing the port (SO_REUSEPORT); 0 = one per core')
+    grace: float = _opt(30.0, 'seconds in-flight calls get to finish on SIGTERM')
+    default_timeout: float = _opt(600.0, 'seconds a call may take when the caller sets no deadline/timeout')
+    stream_idle_timeout: float = _opt(60.0, 'seconds a stream may go without an upstream byte')
+    connect_timeout: float = _opt(10.0, 'seconds to connect to an upstream')
+    num_retries: int = _opt(2, 'retries of retryable upstream failures when the request sets none')
+    drop_params: bool = _opt(False, 'drop unsupported parameters instead of rejecting them')
+    max_message_mb: int = _opt(64, 'largest gRPC message accepted or sent, MiB')
+    max_concurrent_rpcs: int = _opt(0, 'reject RPCs beyond this many in flight (0 = unlimited)')
+    max_connections: int = _opt(1000, 'pooled upstream connections')
+    cache_path: str = field(default_factory=default_cache_path, metadata={"help": 'SQLite response cache file'})
+    cache_default: bool = _opt(False, 'cache requests that do not set `caching`')
+    cache_ttl: float = _opt(86400.0, 'seconds a cache entry lives unless the request sets `ttl`')
+    cache_max_mb: float = _opt(256.0, 'cache size bound, MiB; oldest entries are evicted past it')
+    auth_tokens: tuple[str, ...] = _opt((), 'bearer tokens callers must present (empty = no auth)')
+    log_level: str = _opt("INFO", 'logging level')
+    log_requests: bool = _opt(False, 'one JSON access-log line per RPC')
+    fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict, metadata={"help": 'model -> fallback models'})
+    aliases: Mapping[str, str] = field(default_factory=dict, metadata={"help": 'model alias -> "provider/model"'})
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)  # provider keys/bases snapshot
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None,
+             config_file: str | None = None) -> Settings:
+        """Defaults < config file < ``LLMRPC_*`` env < explicit overrides (CLI flags)."""
+        environ = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        path = config_file or environ.get("LLMRPC_CONFIG")
+        if path:
+            values.update(json.loads(Path(path).read_text()))
+        values.update(_from_env(environ))
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        settings = cls(env=environ)
+        return replace(settings, **_coerce(values))
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(Settings):
+        key = f"LLMRPC_{f.name.upper()}"
+        if key in environ and f.name != "env":
+            out[f.name] = environ[key]
+    return out
+
+
+def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Parse env strings into each field's type."""
+    types = {f.name: f.type for f in fields(Settings)}
+    out: dict[str, Any] = {}
+    for name, raw in values.items():
+        if name not in types:
+            raise ValueError(f"unknown setting {name!r}")
+        kind = str(types[name])
+        if isinstance(raw, str) and kind == "bool":
+            out[name] = raw.strip().lower() in ("1", "true", "yes", "on")
+        elif isinstance(raw, str) and kind in ("int", "float"):
+            out[name] = int(raw) if kind == "int" else float(raw)
+        elif kind.startswith("tuple"):
+            out[name] = tuple(raw.split(",") if isinstance(raw, str) else raw)
+        elif kind.startswith("Mapping") and isinstance(raw, str):
+            out[name] = _mapping(json.loads(raw))
+        elif kind.startswith("Mapping"):
+            out[name] = _mapping(raw)
+        else:
+            out[name] = raw
+    return out
+
+
+def _mapping(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+
+
+def setting_fields() -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) of every user-facing setting, for the CLI and the docs."""
+    out = []
+    for f in fields(Settings):
+        if f.name == "env":
+            continue
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        out.append((f.name, str(f.type), default, f.metadata.get("help", "")))
+    return out

@@ -1,0 +1,59 @@
+"""Protobuf <-> plain Python conversions shared by the adapters.
+
+``google.protobuf.Struct`` carries every number as a double, so ``{"minItems": 2}`` arrives as
+``2.0``; :func:`struct_to_dict` restores integral values to ``int`` so JSON Schemas stay valid for
+providers that check types strictly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from google.protobuf import struct_pb2
+
+__all__ = ["canonical_json", "dict_to_struct", "dumps", "loads", "struct_to_dict", "value_to_python"]
+
+
+def value_to_python(value: struct_pb2.Value) -> Any:
+    """One Struct ``Value`` as plain Python, integral doubles as ints."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [value_to_python(v) for v in value.list_value.values]
+    return None
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as a plain dict (see :func:`value_to_python`)."""
+    return {key: value_to_python(value) for key, value in struct.fields.items()}
+
+
+def dict_to_struct(data: dict[str, Any], into: struct_pb2.Struct | None = None) -> struct_pb2.Struct:
+    """A JSON-like dict as a Struct (filled in place when ``into`` is given)."""
+    struct = struct_pb2.Struct() if into is None else into
+    struct.update(data)
+    return struct
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON bytes (orjson: the hot path serializes every upstream body)."""
+    return orjson.dumps(obj)
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse JSON; raises ``orjson.JSONDecodeError`` (a ``ValueError``) on bad input."""
+    return orjson.loads(data)
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Key-order independent JSON, for hashing (cache keys)."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)

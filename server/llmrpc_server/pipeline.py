@@ -1,0 +1,250 @@
+"""One call from validated request to answer: route, drop/reject params, attempt with retries,
+fall back, and record every attempt. The executor does the I/O; adapters do the translation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+from llmrpc.v1 import completion_service_pb2 as pb
+
+from .config import Settings
+from .errors import ServiceError, from_provider_error, invalid_argument
+from .executor import Executor, UpstreamStream
+from .params import openai_name, set_params, without_params
+from .providers.base import ErrorKind, ProviderError, StreamEvent, Target
+from .retry import Deadline, backoff_delay
+from .router import Route, Router
+from .telemetry import attempt_span, record_response
+
+__all__ = ["AttemptLog", "FallbackPlan", "Pipeline"]
+
+
+class AttemptLog:
+    """Every upstream attempt of one call, in order."""
+
+    def __init__(self) -> None:
+        self.attempts: list[pb.Attempt] = []
+
+    def add(self, target: Target, started: float, error: ProviderError | None = None) -> None:
+        attempt = pb.Attempt(
+            model=target.requested_model, provider=target.provider,
+            outcome="ok" if error is None else error.kind.value,
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+        )
+        if error is not None and error.status is not None:
+            attempt.upstream_http_status = error.status
+        self.attempts.append(attempt)
+
+    def metadata(self, target: Target, latency_ms: float | None, request_id: str | None) -> pb.ResponseMetadata:
+        meta = pb.ResponseMetadata(
+            provider=target.provider, provider_model=target.model, attempts=len(self.attempts),
+            attempt_log=self.attempts, api_base=target.api_base,
+        )
+        if latency_ms is not None:
+            meta.upstream_latency_ms = latency_ms
+        if request_id:
+            meta.provider_request_id = request_id
+        return meta
+
+
+class FallbackPlan:
+    """Which model to try next after a model's retries are spent (LiteLLM semantics): a
+    context-window error takes ``context_window_fallbacks``, a content-policy refusal
+    ``content_policy_fallbacks``, anything else the general ``fallbacks`` (request, else server)."""
+
+    def __init__(self, req: pb.CompleteRequest, server_fallbacks: Mapping[str, Sequence[str]]) -> None:
+        general = list(req.fallbacks) or list(server_fallbacks.get(req.model, ()))
+        self._lists = {
+            ErrorKind.CONTEXT_WINDOW: list(req.context_window_fallbacks),
+            ErrorKind.CONTENT_POLICY: list(req.content_policy_fallbacks),
+        }
+        self._general = general
+        self._tried = {req.model}
+
+    def next_model(self, error: ProviderError) -> str | None:
+        for candidates in (self._lists.get(error.kind, []), self._general):
+            while candidates:
+                model = candidates.pop(0)
+                if model not in self._tried:
+                    self._tried.add(model)
+                    return model
+        return None
+
+
+class Pipeline:
+    """Runs calls. One instance per server process, created inside the serving loop."""
+
+    def __init__(self, router: Router, executor: Executor, settings: Settings) -> None:
+        self._router = router
+        self._executor = executor
+        self._settings = settings
+
+    def prepare(self, req: pb.CompleteRequest, model: str) -> tuple[Route, pb.CompleteRequest]:
+        """Resolve ``model`` and apply the provider's supported-parameter policy."""
+        route = self._router.resolve(req, model)
+        unsupported = [f for f in set_params(req) if f not in route.adapter.supported_params]
+        if not unsupported:
+            return route, req
+        drop = req.drop_params if req.HasField("drop_params") else self._settings.drop_params
+        if drop:
+            return route, without_params(req, unsupported)
+        names = ", ".join(openai_name(f) for f in unsupported)
+        raise invalid_argument(
+            [(f, f"{route.adapter.name} does not support parameter {openai_name(f)!r}; "
+                 "set drop_params=true to drop it") for f in unsupported],
+            reason="UNSUPPORTED_PARAMETER",
+            metadata={"param": names, "provider": route.adapter.name, "model": model},
+        )
+
+    async def complete(self, req: pb.CompleteRequest, deadline: Deadline) -> pb.CompleteResponse:
+        log = AttemptLog()
+        plan = FallbackPlan(req, self._settings.fallbacks)
+        model = req.model
+        while True:
+            target: Target | None = None
+            try:
+                route, creq = self.prepare(req, model)
+                target = route.target
+                return await self._unary_with_retries(route, creq, deadline, log)
+            except ProviderError as err:
+                model = plan.next_model(err) or ""
+                if not model or deadline.remaining() <= 0:
+                    raise self._failure(err, target, log, deadline) from err
+
+    async def stream(self, req: pb.CompleteRequest, deadline: Deadline, *,
+                     include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
+        """Chunks of the first model that starts streaming; a fallback or retry is possible only
+        until the first chunk has reached the caller."""
+        log = AttemptLog()
+        plan = FallbackPlan(req, self._settings.fallbacks)
+        model = req.model
+        while True:
+            target: Target | None = None
+            try:
+                route, creq = self.prepare(req, model)
+                target = route.target
+                async for chunk in self._stream_with_retries(route, creq, deadline, log, include_usage):
+                    yield chunk
+                return
+            except _Committed as committed:
+                raise self._failure(committed.error, target, log, deadline) from committed.error
+            except ProviderError as err:
+                model = plan.next_model(err) or ""
+                if not model or deadline.remaining() <= 0:
+                    raise self._failure(err, target, log, deadline) from err
+
+    def _retries(self, req: pb.CompleteRequest) -> int:
+        return req.num_retries if req.HasField("num_retries") else self._settings.num_retries
+
+    async def _unary_with_retries(self, route: Route, req: pb.CompleteRequest, deadline: Deadline,
+                                  log: AttemptLog) -> pb.CompleteResponse:
+        retries = self._retries(req)
+        for n in range(retries + 1):
+            started = time.perf_counter()
+            try:
+                resp, latency, request_id = await self._unary_once(route, req, deadline)
+            except ProviderError as err:
+                log.add(route.target, started, err)
+                await self._pause_or_raise(err, n, retries, deadline)
+                continue
+            log.add(route.target, started)
+            resp.metadata.CopyFrom(log.metadata(route.target, latency, request_id))
+            if not resp.model:
+                resp.model = route.target.model
+            return resp
+        raise AssertionError("unreachable: the last attempt raises or returns")
+
+    async def _unary_once(self, route: Route, req: pb.CompleteRequest,
+                          deadline: Deadline) -> tuple[pb.CompleteResponse, float, str | None]:
+        adapter, target = route.adapter, route.target
+        with attempt_span(target, req, stream=False) as span:
+            call = adapter.build_request(req, target, stream=False)
+            reply = await self._executor.send(call, timeout=_time_left(deadline))
+            if not 200 <= reply.status < 300:
+                raise adapter.map_error(reply.status, reply.headers, reply.body)
+            resp = adapter.parse_response(reply.body, req, target)
+            record_response(span, resp)
+        request_id = reply.headers.get("x-request-id") or reply.headers.get("request-id")
+        return resp, reply.latency_ms, request_id
+
+    async def _pause_or_raise(self, err: ProviderError, n: int, retries: int, deadline: Deadline) -> None:
+        if not err.kind.retryable or n >= retries:
+            raise err
+        delay = backoff_delay(n, err.retry_after)
+        if delay >= deadline.remaining():
+            raise err
+        await asyncio.sleep(delay)
+
+    async def _stream_with_retries(self, route: Route, req: pb.CompleteRequest, deadline: Deadline,
+                                   log: AttemptLog, include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
+        retries = self._retries(req)
+        for n in range(retries + 1):
+            started = time.perf_counter()
+            sent = False
+            try:
+                async for chunk in self._stream_once(route, req, deadline, include_usage):
+                    if not sent:
+                        log.add(route.target, started)
+                        chunk.metadata.CopyFrom(log.metadata(route.target, None, None))
+                        sent = True
+                    yield chunk
+                if not sent:
+                    log.add(route.target, started)
+                return
+            except ProviderError as err:
+                if sent:
+                    raise _Committed(err) from err
+                log.add(route.target, started, err)
+                await self._pause_or_raise(err, n, retries, deadline)
+
+    async def _stream_once(self, route: Route, req: pb.CompleteRequest, deadline: Deadline,
+                           include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
+        adapter, target = route.adapter, route.target
+        idle = self._settings.stream_idle_timeout
+        with attempt_span(target, req, stream=True):
+            call = adapter.build_request(req, target, stream=True, include_usage=include_usage)
+            async with self._executor.stream(call, timeout=_time_left(deadline)) as upstream:
+                if not 200 <= upstream.status < 300:
+                    raise adapter.map_error(upstream.status, upstream.headers, await upstream.read_body())
+                state = adapter.new_stream_state(req, target, include_usage=include_usage)
+                while (events := await _next_events(upstream, idle, deadline)) is not None:
+                    for event in events:
+                        for chunk in adapter.parse_stream_event(event, state):
+                            yield chunk
+                for chunk in adapter.finish_stream(state):
+                    yield chunk
+                if not state.finished:
+                    raise ProviderError(ErrorKind.STREAM_ERROR, "the upstream stream ended before it finished")
+
+    def _failure(self, err: ProviderError, target: Target | None, log: AttemptLog,
+                 deadline: Deadline) -> ServiceError:
+        caller = err.kind is ErrorKind.TIMEOUT and deadline.source == "caller" and deadline.remaining() <= 0.1
+        return from_provider_error(err, target, attempts=len(log.attempts), caller_deadline=caller)
+
+
+class _Committed(Exception):
+    """A failure after the first chunk reached the caller: no retry or fallback is possible."""
+
+    def __init__(self, error: ProviderError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _time_left(deadline: Deadline) -> float:
+    remaining = deadline.remaining()
+    if remaining <= 0:
+        raise ProviderError(ErrorKind.TIMEOUT, "the call's deadline passed before the upstream answered")
+    return remaining
+
+
+async def _next_events(upstream: UpstreamStream, idle: float, deadline: Deadline) -> list[StreamEvent] | None:
+    """The next batch of events, bounded by the idle timeout and the call's deadline."""
+    remaining = _time_left(deadline)
+    try:
+        return await upstream.next_events(min(idle, remaining))
+    except TimeoutError:
+        if remaining <= idle:
+            raise ProviderError(ErrorKind.TIMEOUT, "the call's deadline passed while streaming") from None
+        raise ProviderError(ErrorKind.IDLE_TIMEOUT, f"no data from the upstream for {idle:g}s") from None

@@ -1,0 +1,31 @@
+"""Provider adapters, one module each; OpenAI-shaped hosts share one codec and a table."""
+
+from __future__ import annotations
+
+from .base import ErrorKind, HttpCall, ProviderAdapter, ProviderError, StreamEvent, StreamState, Target
+from .mock import MockAdapter
+from .openai import OpenAIAdapter, OpenAISpec
+
+__all__ = [
+    "ErrorKind",
+    "HttpCall",
+    "ProviderAdapter",
+    "ProviderError",
+    "StreamEvent",
+    "StreamState",
+    "Target",
+    "default_adapters",
+]
+
+OPENAI = OpenAISpec(
+    name="openai",
+    default_base="https://api.openai.com/v1",
+    env_keys=("OPENAI_API_KEY",),
+    env_bases=("OPENAI_API_BASE", "OPENAI_BASE_URL"),
+)
+
+
+def default_adapters() -> dict[str, ProviderAdapter]:
+    """Every built-in provider by its LiteLLM prefix."""
+    adapters: list[ProviderAdapter] = [OpenAIAdapter(OPENAI), MockAdapter()]
+    return {a.name: a for a in adapters}

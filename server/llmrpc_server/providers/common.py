@@ -1,0 +1,122 @@
+"""Helpers every adapter shares: status classification, Retry-After parsing, ids and timestamps."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+import uuid
+from collections.abc import Mapping
+
+from .base import ErrorKind, ProviderError
+
+__all__ = ["classify", "new_completion_id", "now", "retry_after_seconds"]
+
+# Phrases providers use for errors that deserve their own class (LiteLLM's exception_mapping_utils).
+_CONTEXT_PHRASES = (
+    "context_length_exceeded",
+    "maximum context length",
+    "context length",
+    "context window",
+    "prompt is too long",
+    "input is too long",
+    "too many tokens",
+    "exceeds the maximum number of tokens",
+    "model_context_window_exceeded",
+)
+_POLICY_PHRASES = (
+    "content_policy",
+    "content policy",
+    "content filtering",
+    "content_filter",
+    "responsibleaipolicyviolation",
+    "safety system",
+)
+_QUOTA_PHRASES = ("insufficient_quota", "quota", "billing", "credit balance")
+
+_BY_STATUS: dict[int, ErrorKind] = {
+    400: ErrorKind.BAD_REQUEST,
+    401: ErrorKind.AUTH,
+    402: ErrorKind.QUOTA,
+    403: ErrorKind.PERMISSION,
+    404: ErrorKind.NOT_FOUND,
+    408: ErrorKind.TIMEOUT,
+    409: ErrorKind.CONFLICT,
+    413: ErrorKind.TOO_LARGE,
+    422: ErrorKind.UNPROCESSABLE,
+    429: ErrorKind.RATE_LIMIT,
+    504: ErrorKind.TIMEOUT,
+    529: ErrorKind.OVERLOADED,
+}
+
+
+def classify(
+    status: int,
+    message: str,
+    headers: Mapping[str, str],
+    *,
+    error_type: str | None = None,
+    error_code: str | None = None,
+    param: str | None = None,
+    request_id_header: str = "x-request-id",
+) -> ProviderError:
+    """Turn an upstream HTTP error into a :class:`ProviderError` of the right kind."""
+    kind = _kind_for(status, f"{message} {error_type or ''} {error_code or ''}".lower())
+    return ProviderError(
+        kind,
+        message or f"upstream returned HTTP {status}",
+        status=status,
+        retry_after=retry_after_seconds(headers),
+        error_type=error_type,
+        error_code=error_code,
+        param=param,
+        request_id=headers.get(request_id_header),
+    )
+
+
+def _kind_for(status: int, text: str) -> ErrorKind:
+    if status == 429 or (status >= 400 and "rate_limit" in text):
+        return ErrorKind.QUOTA if any(p in text for p in _QUOTA_PHRASES) else ErrorKind.RATE_LIMIT
+    if 400 <= status < 500:
+        if any(p in text for p in _CONTEXT_PHRASES):
+            return ErrorKind.CONTEXT_WINDOW
+        if any(p in text for p in _POLICY_PHRASES):
+            return ErrorKind.CONTENT_POLICY
+        if "model_not_found" in text:
+            return ErrorKind.NOT_FOUND
+    if status >= 500 and "overloaded" in text:
+        return ErrorKind.OVERLOADED
+    if status in _BY_STATUS:
+        return _BY_STATUS[status]
+    return ErrorKind.UNAVAILABLE if status >= 500 else ErrorKind.BAD_REQUEST
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Seconds the upstream asked us to wait: ``retry-after-ms`` first, then ``retry-after``
+    (seconds or an HTTP date), as the OpenAI SDK reads them. None when absent or unparseable."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(float(raw_ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        pass
+    try:
+        return max(email.utils.parsedate_to_datetime(raw).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError):
+        return None
+
+
+def new_completion_id() -> str:
+    """LiteLLM-style ``chatcmpl-<uuid4>`` for providers that send no usable id."""
+    return f"chatcmpl-{uuid.uuid4()}"
+
+
+def now() -> int:
+    """Unix seconds, for ``created``."""
+    return int(time.time())

@@ -1,0 +1,123 @@
+"""The offline ``mock/`` provider and LiteLLM's ``mock_response``.
+
+The mock is an in-process OpenAI-compatible upstream: the adapter is the real OpenAI codec and the
+executor hands its :class:`HttpCall` to :func:`answer` instead of the network, so retries, error
+mapping, streaming and caching all run exactly as they do for a real provider.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmrpc.v1 import completion_service_pb2 as pb
+
+from ..convert import dumps
+from .base import HttpCall, Target
+from .common import new_completion_id, now
+from .openai import OPENAI_PARAMS, OpenAIAdapter, OpenAISpec
+
+__all__ = ["MOCK_SCHEME", "MockAdapter", "MockReply", "answer"]
+
+MOCK_SCHEME = "mock://"
+
+# LiteLLM's mock_response error strings, as the HTTP error an upstream would send.
+_MOCK_ERRORS: dict[str, tuple[int, str, str]] = {
+    "litellm.RateLimitError": (429, "rate_limit_exceeded", "Rate limit reached (mock)"),
+    "litellm.InternalServerError": (500, "server_error", "The server had an error (mock)"),
+    "litellm.ServiceUnavailableError": (503, "server_error", "Service unavailable (mock)"),
+    "litellm.BadRequestError": (400, "invalid_request_error", "Bad request (mock)"),
+    "litellm.AuthenticationError": (401, "invalid_api_key", "Incorrect API key provided (mock)"),
+    "litellm.NotFoundError": (404, "model_not_found", "The model does not exist (mock)"),
+    "litellm.ContextWindowExceededError": (
+        400, "context_length_exceeded", "This model's maximum context length is 8192 tokens (mock)"),
+    "litellm.ContentPolicyViolationError": (
+        400, "content_policy_violation", "Your request was rejected by our content policy (mock)"),
+}
+_MOCK_USAGE = {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
+
+
+class MockAdapter(OpenAIAdapter):
+    """OpenAI codec pointed at the in-process mock upstream; needs no key."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            OpenAISpec(
+                name="mock", default_base=f"{MOCK_SCHEME}local", env_keys=(), key_required=False,
+                supported_params=OPENAI_PARAMS | {"thinking"},
+            )
+        )
+
+    def adjust_body(self, body: dict[str, Any], req: pb.CompleteRequest, target: Target) -> None:
+        if req.HasField("mock_response"):
+            body["mock_response"] = req.mock_response
+
+
+@dataclass
+class MockReply:
+    """What the in-process upstream answers: a JSON body, or SSE ``data`` payloads."""
+
+    status: int
+    body: bytes = b""
+    events: list[str] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+def answer(call: HttpCall) -> MockReply:
+    """Answer one OpenAI-shaped request the way LiteLLM's mock_response does."""
+    body: dict[str, Any] = call.body
+    text = body.get("mock_response")
+    delay = float(body.get("mock_delay") or 0.0)
+    if isinstance(text, str) and text in _MOCK_ERRORS:
+        status, code, message = _MOCK_ERRORS[text]
+        err = {"error": {"message": message, "type": code, "param": None, "code": code}}
+        return MockReply(status, dumps(err), headers={"retry-after": "0"} if status == 429 else {}, delay=delay)
+    content = text if isinstance(text, str) else _echo(body.get("messages") or [])
+    n = int(body.get("n") or 1)
+    if body.get("stream"):
+        events = _stream_events(content, body, n)
+        return MockReply(200, events=events, delay=delay, headers={"content-type": "text/event-stream"})
+    return MockReply(200, dumps(_completion(content, body, n)), delay=delay)
+
+
+def _echo(messages: list[dict[str, Any]]) -> str:
+    for msg in reversed(messages):
+        if msg.get("role") == "user":
+            content = msg.get("content")
+            if isinstance(content, list):
+                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return f"This is a mock response from llmrpc. You said: {content}"
+    return "This is a mock response from llmrpc."
+
+
+def _completion(content: str, body: dict[str, Any], n: int) -> dict[str, Any]:
+    return {
+        "id": new_completion_id(), "object": "chat.completion", "created": now(), "model": body.get("model"),
+        "system_fingerprint": None,
+        "choices": [
+            {"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+            for i in range(n)
+        ],
+        "usage": _MOCK_USAGE,
+    }
+
+
+def _stream_events(content: str, body: dict[str, Any], n: int) -> list[str]:
+    """LiteLLM streams mock text in 4-character pieces."""
+    head = {"id": new_completion_id(), "object": "chat.completion.chunk", "created": now(), "model": body.get("model")}
+    pieces = [content[i : i + 4] for i in range(0, len(content), 4)] or [""]
+    events = []
+    for choice in range(n):
+        events.append(_chunk(head, choice, {"role": "assistant", "content": ""}))
+        events.extend(_chunk(head, choice, {"content": piece}) for piece in pieces)
+        events.append(_chunk(head, choice, {}, finish="stop"))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        events.append(dumps({**head, "choices": [], "usage": _MOCK_USAGE}).decode())
+    events.append("[DONE]")
+    return events
+
+
+def _chunk(head: dict[str, Any], index: int, delta: dict[str, Any], finish: str | None = None) -> str:
+    choice = {"index": index, "delta": delta, "finish_reason": finish}
+    return dumps({**head, "choices": [choice]}).decode()

@@ -1,0 +1,158 @@
+"""OpenAI Chat Completions, and every host that speaks it (the compatible family is a table)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmrpc.v1 import completion_service_pb2 as pb
+
+from ..convert import dumps, loads
+from .base import ErrorKind, HttpCall, ProviderError, StreamEvent, StreamState, Target
+from .common import classify, new_completion_id, now
+from .openai_wire import body_from_request, chunk_from_openai, response_from_openai
+
+__all__ = ["OPENAI_PARAMS", "OpenAIAdapter", "OpenAISpec", "openai_error"]
+
+# The classic OpenAI chat parameters (providers.md §1.2), as proto field names.
+OPENAI_PARAMS = frozenset(
+    {
+        "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens", "presence_penalty",
+        "frequency_penalty", "logit_bias", "user", "response_format", "seed", "tools", "tool_choice",
+        "parallel_tool_calls", "logprobs", "top_logprobs", "functions", "function_call", "reasoning_effort",
+        "modalities", "audio", "service_tier", "store", "prediction", "provider_metadata",
+    }
+)
+
+
+@dataclass(frozen=True)
+class OpenAISpec:
+    """One OpenAI-shaped host: where it lives, which env vars configure it, what it accepts."""
+
+    name: str
+    default_base: str
+    env_keys: tuple[str, ...]
+    env_bases: tuple[str, ...] = ()
+    supported_params: frozenset[str] = OPENAI_PARAMS
+    key_required: bool = True
+    extra_headers: Mapping[str, str] = field(default_factory=dict)
+    keep_cache_control: bool = False
+
+
+class OpenAIAdapter:
+    """Codec for ``POST {base}/chat/completions`` with Bearer auth."""
+
+    def __init__(self, spec: OpenAISpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.supported_params = spec.supported_params
+        self.env_keys = spec.env_keys
+        self.env_bases = spec.env_bases
+        self.default_base = spec.default_base
+        self.key_required = spec.key_required
+
+    def build_request(
+        self, req: pb.CompleteRequest, target: Target, *, stream: bool, include_usage: bool = False
+    ) -> HttpCall:
+        body = body_from_request(req, target.model, keep_cache_control=self.spec.keep_cache_control)
+        if stream:
+            body["stream"] = True
+            if include_usage:
+                body["stream_options"] = {"include_usage": True}
+        self.adjust_body(body, req, target)
+        if req.HasField("extra_body"):
+            from ..convert import struct_to_dict
+
+            body.update(struct_to_dict(req.extra_body))
+        return HttpCall(url=self.url(target), headers=self.headers(req, target), body=body)
+
+    def adjust_body(self, body: dict[str, Any], req: pb.CompleteRequest, target: Target) -> None:
+        """Hook for hosts whose body differs slightly from OpenAI's."""
+
+    def url(self, target: Target) -> str:
+        return f"{target.api_base.rstrip('/')}/chat/completions"
+
+    def headers(self, req: pb.CompleteRequest, target: Target) -> dict[str, str]:
+        headers = {"content-type": "application/json", **self.spec.extra_headers}
+        if target.api_key:
+            headers["authorization"] = f"Bearer {target.api_key}"
+        headers.update(req.extra_headers)
+        return headers
+
+    def parse_response(self, body: bytes, req: pb.CompleteRequest, target: Target) -> pb.CompleteResponse:
+        data = _json_object(body)
+        if "error" in data and "choices" not in data:
+            raise openai_error(200, {}, data)
+        return response_from_openai(data, fallback_id=new_completion_id(), created=now())
+
+    def new_stream_state(self, req: pb.CompleteRequest, target: Target, *, include_usage: bool) -> StreamState:
+        return StreamState(id="", created=now(), model=target.model, include_usage=include_usage)
+
+    def parse_stream_event(self, event: StreamEvent, state: StreamState) -> Iterable[pb.StreamCompleteResponse]:
+        if event.data == "[DONE]":
+            state.finished = True
+            return ()
+        data = _json_object(event.data.encode())
+        if "error" in data:
+            raise _stream_error(data)
+        if not state.id:
+            state.id = data.get("id") or new_completion_id()
+            state.created = int(data.get("created") or state.created)
+        chunk = chunk_from_openai(data, stream_id=state.id, created=state.created, model=state.model)
+        if chunk.HasField("usage") and not state.include_usage:
+            chunk.ClearField("usage")
+            if not chunk.choices:
+                return ()
+        return (chunk,)
+
+    def finish_stream(self, state: StreamState) -> Iterable[pb.StreamCompleteResponse]:
+        return ()
+
+    def map_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+        try:
+            data = loads(body)
+        except ValueError:
+            data = {"error": {"message": body[:500].decode("utf-8", "replace")}}
+        return openai_error(status, headers, data if isinstance(data, dict) else {})
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = loads(body)
+    except ValueError as exc:
+        raise ProviderError(ErrorKind.BAD_RESPONSE, f"upstream sent invalid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProviderError(ErrorKind.BAD_RESPONSE, "upstream sent JSON that is not an object")
+    return data
+
+
+def openai_error(status: int, headers: Mapping[str, str], data: dict[str, Any]) -> ProviderError:
+    """Classify an OpenAI-style error body ``{"error": {message, type, param, code}}``."""
+    err = data.get("error")
+    if isinstance(err, str):
+        err = {"message": err}
+    if not isinstance(err, dict):
+        err = {"message": dumps(data)[:500].decode()} if data else {}
+    code = err.get("code")
+    return classify(
+        status,
+        str(err.get("message") or ""),
+        headers,
+        error_type=err.get("type"),
+        error_code=None if code is None else str(code),
+        param=err.get("param"),
+    )
+
+
+def _stream_error(data: dict[str, Any]) -> ProviderError:
+    """A ``data: {"error": ...}`` event mid-stream (OpenAI; OpenRouter puts an HTTP code in it)."""
+    err = data.get("error") if isinstance(data.get("error"), dict) else {"message": str(data.get("error"))}
+    assert isinstance(err, dict)
+    code = err.get("code")
+    if isinstance(code, int) and code >= 400:
+        return openai_error(code, {}, {"error": err})
+    classified = openai_error(500, {}, {"error": err})
+    if classified.kind is ErrorKind.UNAVAILABLE:
+        classified.kind = ErrorKind.STREAM_ERROR
+    return classified

@@ -1,0 +1,90 @@
+"""``"provider/model"`` (plus aliases, env and per-request overrides) -> adapter and target."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from llmrpc.v1 import completion_service_pb2 as pb
+
+from .errors import invalid_argument
+from .providers.base import ErrorKind, ProviderAdapter, ProviderError, Target
+
+__all__ = ["Route", "Router"]
+
+# Bare model names LiteLLM routes without a prefix.
+_BARE = (
+    (re.compile(r"^(gpt-|o[1-9]|chatgpt-|text-|davinci|babbage|ft:gpt)"), "openai"),
+    (re.compile(r"^claude-"), "anthropic"),
+    (re.compile(r"^gemini-"), "gemini"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The adapter to use and where its request goes."""
+
+    adapter: ProviderAdapter
+    target: Target
+
+
+class Router:
+    """Resolves models; pure apart from reading the env snapshot it was given."""
+
+    def __init__(self, adapters: Mapping[str, ProviderAdapter], env: Mapping[str, str],
+                 aliases: Mapping[str, str] | None = None) -> None:
+        self.adapters = dict(adapters)
+        self._env = env
+        self._aliases = dict(aliases or {})
+
+    @property
+    def known_providers(self) -> list[str]:
+        return sorted(self.adapters)
+
+    def split(self, model: str, *, field: str = "model") -> tuple[ProviderAdapter, str]:
+        """The adapter and upstream model name for a model string, or INVALID_ARGUMENT."""
+        model = self._aliases.get(model, model)
+        prefix, sep, name = model.partition("/")
+        if sep and prefix in self.adapters and name:
+            return self.adapters[prefix], name
+        for pattern, provider in _BARE:
+            if pattern.match(model) and provider in self.adapters:
+                return self.adapters[provider], model
+        known = ", ".join(self.known_providers)
+        what = f"unknown provider {prefix!r}" if sep else f"cannot infer the provider of {model!r}"
+        raise invalid_argument(
+            [(field, f"{what}; use 'provider/model' with one of: {known}")],
+            reason="UNKNOWN_PROVIDER", metadata={"knownProviders": known},
+        )
+
+    def resolve(self, req: pb.CompleteRequest, model: str) -> Route:
+        """Where ``model`` (the request's model or a fallback) goes for this request."""
+        adapter, name = self.split(model)
+        if req.HasField("mock_response"):
+            adapter = self.adapters["mock"]
+        if adapter.name == "azure" and req.HasField("deployment_id"):
+            name = req.deployment_id
+        caller_key = req.api_key if req.HasField("api_key") else None
+        key = caller_key or self._first(adapter.env_keys)
+        base = (req.api_base if req.HasField("api_base") else None) or self._first(adapter.env_bases)
+        if not base and not adapter.default_base:
+            raise invalid_argument([("api_base", f"provider {adapter.name!r} needs an api_base")])
+        version = req.api_version if req.HasField("api_version") else self._env.get(f"{adapter.name.upper()}_API_VERSION")
+        target = Target(
+            provider=adapter.name, model=name, api_base=base or adapter.default_base, api_key=key,
+            api_version=version, key_from_caller=caller_key is not None, requested_model=model,
+        )
+        if adapter.key_required and not key:
+            raise ProviderError(
+                ErrorKind.API_KEY_MISSING,
+                f"no API key for {adapter.name}: pass api_key or set {' or '.join(adapter.env_keys)}",
+            )
+        return Route(adapter, target)
+
+    def _first(self, names: tuple[str, ...]) -> str | None:
+        for name in names:
+            if self._env.get(name):
+                return self._env[name]
+        return None
+
