@@ -107,6 +107,7 @@ class Pipeline:
             try:
                 route, creq = self.prepare(req, model)
                 target = route.target
+                _require_key(route)
                 return await self._unary_with_retries(route, creq, deadline, log)
             except ProviderError as err:
                 model = plan.next_model(err) or ""
@@ -125,6 +126,7 @@ class Pipeline:
             try:
                 route, creq = self.prepare(req, model)
                 target = route.target
+                _require_key(route)
                 async for chunk in self._stream_with_retries(route, creq, deadline, log, include_usage):
                     yield chunk
                 return
@@ -230,6 +232,13 @@ class _Committed(Exception):
     def __init__(self, error: ProviderError) -> None:
         super().__init__(error.message)
         self.error = error
+
+
+def _require_key(route: Route) -> None:
+    if route.adapter.key_required and not route.target.api_key:
+        names = " or ".join(route.adapter.env_keys)
+        raise ProviderError(ErrorKind.API_KEY_MISSING,
+                            f"no API key for {route.adapter.name}: pass api_key or set {names}")
 
 
 def _time_left(deadline: Deadline) -> float:

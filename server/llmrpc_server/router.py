@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from .errors import invalid_argument
-from .providers.base import ErrorKind, ProviderAdapter, ProviderError, Target
+from .providers.base import ProviderAdapter, Target
 
 __all__ = ["Route", "Router"]
 
@@ -75,11 +75,6 @@ class Router:
             provider=adapter.name, model=name, api_base=base or adapter.default_base, api_key=key,
             api_version=version, key_from_caller=caller_key is not None, requested_model=model,
         )
-        if adapter.key_required and not key:
-            raise ProviderError(
-                ErrorKind.API_KEY_MISSING,
-                f"no API key for {adapter.name}: pass api_key or set {' or '.join(adapter.env_keys)}",
-            )
         return Route(adapter, target)
 
     def _first(self, names: tuple[str, ...]) -> str | None:

@@ -1,0 +1,41 @@
+"""Shared fixtures: a running gateway and the fake providers it talks to."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
+
+import grpc
+from tests.support import GatewayThread, test_settings
+
+
+@pytest.fixture
+def start_gateway() -> Iterator[Callable[..., GatewayThread]]:
+    """Factory: ``start_gateway(env={...}, **settings)`` starts a gateway stopped after the test."""
+    started: list[GatewayThread] = []
+
+    def start(env: dict[str, str] | None = None, **overrides: Any) -> GatewayThread:
+        gw = GatewayThread(test_settings(env, **overrides)).start()
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture(scope="session")
+def mock_gateway() -> Iterator[GatewayThread]:
+    """One gateway for tests that only need the offline mock provider."""
+    with GatewayThread(test_settings()) as gw:
+        yield gw
+
+
+@pytest.fixture
+def stub(mock_gateway: GatewayThread) -> Iterator[pb_grpc.CompletionServiceStub]:
+    """A raw generated stub, as a polyglot caller would use it."""
+    with grpc.insecure_channel(mock_gateway.address) as channel:
+        yield pb_grpc.CompletionServiceStub(channel)
