@@ -17,6 +17,8 @@ from ._types import (
     ModelResponse,
     ModelResponseStream,
     Usage,
+    _new_id,
+    _now,
 )
 
 __all__ = ["stream_chunk_builder"]
@@ -47,8 +49,8 @@ def stream_chunk_builder(
             states.setdefault(choice.get("index") or 0, _ChoiceState()).add(choice)
     first = dumped[0]
     response = ModelResponse(
-        id=next((c["id"] for c in dumped if c.get("id")), None) or ModelResponse().id,
-        created=first.get("created") or ModelResponse().created,
+        id=next((c["id"] for c in dumped if c.get("id")), None) or _new_id(),
+        created=first.get("created") or _now(),
         model=first.get("model"),
         system_fingerprint=first.get("system_fingerprint"),
         choices=[states[i].build(i) for i in sorted(states)] or [Choices(message=Message())],
@@ -128,12 +130,17 @@ class _ChoiceState:
             refusal=joined("refusal"),
         )
         logprobs = {"content": self.logprobs, "refusal": None} if self.logprobs else None
-        return Choices(finish_reason=self.finish_reason or "stop", index=index, message=message, logprobs=logprobs)
+        return Choices(
+            finish_reason=self.finish_reason or "stop", index=index, message=message, logprobs=logprobs
+        )
 
 
 def _merge_call(current: Mapping[str, Any] | None, fragment: Mapping[str, Any]) -> dict[str, Any]:
     name = (current or {}).get("name") or fragment.get("name")
-    return {"name": name, "arguments": ((current or {}).get("arguments") or "") + (fragment.get("arguments") or "")}
+    return {
+        "name": name,
+        "arguments": ((current or {}).get("arguments") or "") + (fragment.get("arguments") or ""),
+    }
 
 
 def _tool_call(call: Mapping[str, Any]) -> ChatCompletionMessageToolCall:

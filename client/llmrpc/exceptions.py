@@ -76,7 +76,7 @@ _DETAILS_KEY = "grpc-status-details-bin"
 ERROR_DOMAIN = "llmrpc.dev"
 
 
-class _LLMRPCError:
+class _LLMRPCError(Exception):
     """Attributes and constructor shared by every llmrpc exception."""
 
     default_status: ClassVar[int] = 500

@@ -24,7 +24,7 @@ from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 from .config import Settings
 from .executor import Executor
 from .interceptors import build_interceptors
-from .pipeline import Pipeline
+from .pipeline import Backend, Pipeline
 from .providers import default_adapters
 from .router import Router
 from .service import CompletionService
@@ -71,13 +71,13 @@ async def start_gateway(settings: Settings) -> Gateway:
     executor = Executor(max_connections=settings.max_connections, connect_timeout=settings.connect_timeout)
     await executor.start()
     router = Router(default_adapters(), settings.env, settings.aliases)
-    pipeline = Pipeline(router, executor, settings)
+    backend: Backend = Pipeline(router, executor, settings)
     server = grpc.aio.server(
         interceptors=build_interceptors(settings),
         options=_server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
-    pb_grpc.add_CompletionServiceServicer_to_server(CompletionService(pipeline, router, settings), server)
+    pb_grpc.add_CompletionServiceServicer_to_server(CompletionService(backend, router, settings), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

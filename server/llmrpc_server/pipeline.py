@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Protocol
 
 from llmrpc.v1 import completion_service_pb2 as pb
 
@@ -18,7 +19,17 @@ from .retry import Deadline, backoff_delay
 from .router import Route, Router
 from .telemetry import attempt_span, record_response
 
-__all__ = ["AttemptLog", "FallbackPlan", "Pipeline"]
+__all__ = ["AttemptLog", "Backend", "FallbackPlan", "Pipeline"]
+
+
+class Backend(Protocol):
+    """What the service calls. :class:`Pipeline` is the innermost backend; caching and
+    observability wrap it with the same interface (``app.start_gateway`` composes them)."""
+
+    async def complete(self, req: pb.CompleteRequest, deadline: Deadline) -> pb.CompleteResponse: ...
+
+    def stream(self, req: pb.CompleteRequest, deadline: Deadline, *,
+               include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]: ...
 
 
 class AttemptLog:

@@ -14,7 +14,7 @@ from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 from .config import Settings
 from .errors import ServiceError, from_provider_error, internal_error, to_status
 from .params import openai_name
-from .pipeline import Pipeline
+from .pipeline import Backend
 from .providers.base import ProviderError
 from .retry import Deadline
 from .router import Router
@@ -28,15 +28,15 @@ log = logging.getLogger("llmrpc_server")
 class CompletionService(pb_grpc.CompletionServiceServicer):
     """``llmrpc.v1.CompletionService``."""
 
-    def __init__(self, pipeline: Pipeline, router: Router, settings: Settings) -> None:
-        self._pipeline = pipeline
+    def __init__(self, backend: Backend, router: Router, settings: Settings) -> None:
+        self._backend = backend
         self._router = router
         self._settings = settings
 
     async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:  # type: ignore[type-arg]  # noqa: N802
         async with _errors(context):
             validate_request(request)
-            return await self._pipeline.complete(request, self._deadline(request, context))
+            return await self._backend.complete(request, self._deadline(request, context))
         raise AssertionError("unreachable: _errors aborts")
 
     async def StreamComplete(  # noqa: N802
@@ -47,7 +47,7 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
             req = request.request
             validate_request(req, prefix="request.")
             include_usage = request.stream_options.include_usage
-            async for chunk in self._pipeline.stream(req, self._deadline(req, context), include_usage=include_usage):
+            async for chunk in self._backend.stream(req, self._deadline(req, context), include_usage=include_usage):
                 yield chunk
 
     async def GetSupportedParams(  # noqa: N802

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from .base import ErrorKind, HttpCall, ProviderAdapter, ProviderError, StreamEvent, StreamState, Target
 from .mock import MockAdapter
 from .openai import OpenAIAdapter, OpenAISpec
@@ -28,4 +30,10 @@ OPENAI = OpenAISpec(
 def default_adapters() -> dict[str, ProviderAdapter]:
     """Every built-in provider by its LiteLLM prefix."""
     adapters: list[ProviderAdapter] = [OpenAIAdapter(OPENAI), MockAdapter()]
+    for module in _ADAPTER_MODULES:
+        adapters.extend(importlib.import_module(f"{__name__}.{module}").adapters())
     return {a.name: a for a in adapters}
+
+
+# Modules that expose ``adapters() -> list[ProviderAdapter]``; add one name per provider module.
+_ADAPTER_MODULES: tuple[str, ...] = ()
