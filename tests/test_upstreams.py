@@ -84,7 +84,8 @@ def test_records_requests(upstream: FakeUpstream) -> None:
     rec = upstream.requests[0]
     assert (rec.method, rec.path, rec.query) == ("POST", "/v1/x", {"api-version": "2024", "key": "k"})
     assert rec.headers["x-api-key"] == "s" and rec.json() == {"a": 1}
-    assert upstream.completed == 1
+    # Counters move on the server thread just after the last byte goes out: poll, don't read once.
+    assert upstream.wait_for(lambda: upstream.completed == 1)
 
 
 def test_fifo_then_default_then_reset() -> None:

@@ -1,0 +1,44 @@
+# llmrpc developer commands. `make run` and `make test` install everything they need first.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PORT ?= 50051
+
+.PHONY: install run test lint proto proto-check protoset bench faults clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install llmrpc[server,dev] (editable)
+
+run: install ## run the gateway on its embedded defaults (mock provider, SQLite cache, keys from env)
+	$(BIN)/llmrpc-server --port $(PORT)
+
+test: install ## lint + the whole test suite (what .ci/run runs)
+	$(MAKE) lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: install ## ruff, mypy --strict, buf lint, generated stubs fresh
+	$(BIN)/ruff check client server tests bench scripts
+	$(BIN)/mypy client/llmrpc server/llmrpc_server
+	$(BIN)/python scripts/gen_proto.py --check
+	npx --yes @bufbuild/buf lint protos
+
+proto: install ## regenerate client/llmrpc/v1 from protos/
+	$(BIN)/python scripts/gen_proto.py
+
+protoset: ## descriptor set for `grpcurl -protoset llmrpc.protoset` (decodes google.rpc details)
+	npx --yes @bufbuild/buf build protos -o llmrpc.protoset
+
+bench: install ## gateway vs direct upstream call, same run
+	$(BIN)/python -m bench
+
+faults: install ## the fault-injection suite alone
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_faults.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache llmrpc.protoset
