@@ -70,6 +70,15 @@ class OpenAIAdapter:
     def adjust_body(self, body: dict[str, Any], req: pb.CompleteRequest, target: Target) -> None:
         """Hook for hosts whose body differs slightly from OpenAI's."""
 
+    def adjust_response(self, resp: pb.CompleteResponse, data: dict[str, Any]) -> None:
+        """Hook for hosts whose unary reply carries extras the shared codec does not read."""
+
+    def adjust_chunk(
+        self, chunk: pb.StreamCompleteResponse, data: dict[str, Any], state: StreamState
+    ) -> pb.StreamCompleteResponse | None:
+        """Hook for hosts whose stream chunks need fixing; return None to drop the chunk."""
+        return chunk
+
     def url(self, target: Target) -> str:
         return f"{target.api_base.rstrip('/')}/chat/completions"
 
@@ -84,7 +93,9 @@ class OpenAIAdapter:
         data = _json_object(body)
         if "error" in data and "choices" not in data:
             raise openai_error(200, {}, data)
-        return response_from_openai(data, fallback_id=new_completion_id(), created=now())
+        resp = response_from_openai(data, fallback_id=new_completion_id(), created=now())
+        self.adjust_response(resp, data)
+        return resp
 
     def new_stream_state(self, req: pb.CompleteRequest, target: Target, *, include_usage: bool) -> StreamState:
         return StreamState(id="", created=now(), model=target.model, include_usage=include_usage)
@@ -99,7 +110,12 @@ class OpenAIAdapter:
         if not state.id:
             state.id = data.get("id") or new_completion_id()
             state.created = int(data.get("created") or state.created)
-        chunk = chunk_from_openai(data, stream_id=state.id, created=state.created, model=state.model)
+        adjusted = self.adjust_chunk(
+            chunk_from_openai(data, stream_id=state.id, created=state.created, model=state.model), data, state
+        )
+        if adjusted is None:
+            return ()
+        chunk = adjusted
         if chunk.HasField("usage") and not state.include_usage:
             chunk.ClearField("usage")
             if not chunk.choices:

@@ -324,6 +324,7 @@ def chunk_from_openai(data: dict[str, Any], *, stream_id: str, created: int, mod
     _copy_envelope(data, chunk)
     for i, choice in enumerate(data.get("choices") or ()):
         out = chunk.choices.add(index=int(choice.get("index", i)))
+        out.delta.SetInParent()  # OpenAI always sends a delta, even an empty one
         _fill_delta(out.delta, choice.get("delta") or {})
         if choice.get("finish_reason"):
             out.finish_reason = _finish(choice["finish_reason"])

@@ -1,0 +1,110 @@
+"""The real server process: health, graceful shutdown on SIGTERM, refusing new calls while draining."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from llmrpc.v1 import chat_pb2
+from llmrpc.v1 import completion_service_pb2 as pb
+from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
+
+import grpc
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_serving(address: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise TimeoutError(f"server at {address} never became SERVING")
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["LLMRPC_CACHE_PATH"] = str(tmp_path / "cache.sqlite")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmrpc_server", "--host", "127.0.0.1", "--port", str(port), "--grace", "5"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_serving(address)
+        yield proc, address
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def slow_request(delay: float) -> pb.CompleteRequest:
+    req = pb.CompleteRequest(model="mock/echo", messages=[chat_pb2.Message(role="user", content="slow")])
+    req.extra_body.update({"mock_delay": delay})
+    return req
+
+
+def test_sigterm_lets_in_flight_calls_finish_and_refuses_new_ones(
+    server_process: tuple[subprocess.Popen[bytes], str],
+) -> None:
+    proc, address = server_process
+    results: dict[str, object] = {}
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.CompletionServiceStub(channel)
+
+        def unary() -> None:
+            results["unary"] = stub.Complete(slow_request(1.5), timeout=20)
+
+        def stream() -> None:
+            results["stream"] = list(stub.StreamComplete(pb.StreamCompleteRequest(request=slow_request(1.5)),
+                                                         timeout=20))
+
+        threads = [threading.Thread(target=unary), threading.Thread(target=stream)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with grpc.insecure_channel(address) as fresh:
+            with pytest.raises(grpc.RpcError) as refused:
+                pb_grpc.CompletionServiceStub(fresh).Complete(slow_request(0), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        for t in threads:
+            t.join(20)
+    unary_resp = results["unary"]
+    assert isinstance(unary_resp, pb.CompleteResponse)
+    assert unary_resp.choices[0].message.content.endswith("You said: slow")
+    chunks = results["stream"]
+    assert isinstance(chunks, list) and chunks[-1].choices[0].finish_reason == "stop"
+    assert proc.wait(10) == 0
+
+
+def test_health_reports_serving_for_the_service(server_process: tuple[subprocess.Popen[bytes], str]) -> None:
+    _, address = server_process
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        resp = health.Check(health_pb2.HealthCheckRequest(service="llmrpc.v1.CompletionService"), timeout=5)
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
