@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import json
 import re
 import socket
@@ -17,7 +18,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, TypeAlias
@@ -64,6 +65,16 @@ class ClientGone(Exception):
 
 class ServerStopping(Exception):
     """FakeUpstream.stop() was called while the reply was still running."""
+
+
+@contextlib.contextmanager
+def _client_errors() -> Iterator[None]:
+    """aiohttp reports a departed client as ConnectionError; letting it escape a handler makes aiohttp
+    log a traceback, so it becomes ClientGone, which the dispatcher counts quietly."""
+    try:
+        yield
+    except ConnectionError as exc:
+        raise ClientGone from exc
 
 
 class Exchange:
@@ -117,23 +128,17 @@ class Exchange:
     async def prepare(self, resp: web.StreamResponse) -> None:
         """Send the status line and headers (a StreamResponse sends them immediately)."""
         self.response = resp
-        try:
+        with _client_errors():
             await resp.prepare(self.request)
-        except ConnectionError as exc:
-            raise ClientGone from exc
 
     async def write(self, resp: web.StreamResponse, data: bytes) -> None:
-        try:
+        with _client_errors():
             await resp.write(data)
-        except ConnectionError as exc:
-            raise ClientGone from exc
 
     async def finish(self, resp: web.StreamResponse) -> web.StreamResponse:
         """End the body cleanly; only this marks the reply as completed."""
-        try:
+        with _client_errors():
             await resp.write_eof()
-        except ConnectionError as exc:
-            raise ClientGone from exc
         self.finished = True
         return resp
 

@@ -1,0 +1,1 @@
+"""``make bench``: the gateway against a direct call to the same local upstream, in one run."""

@@ -1,0 +1,202 @@
+"""Gateway vs direct upstream call: calls/s, p50/p99 latency and server CPU per request.
+
+Run with ``make bench``. Everything runs on this machine: a fast local upstream process, the
+gateway process(es) and this load generator. Server CPU per request is read from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import grpc
+from llmrpc.v1 import chat_pb2
+from llmrpc.v1 import completion_service_pb2 as pb
+from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
+
+HERE = Path(__file__).resolve().parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the processes (and their reaped children), from /proc/<pid>/stat."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += sum(int(x) for x in fields[11:15])
+    return total / CLK_TCK
+
+
+def children(pid: int) -> list[int]:
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
+    except FileNotFoundError:
+        return []
+    return [int(p) for p in out.split()]
+
+
+@dataclass
+class Result:
+    name: str
+    concurrency: int
+    calls: int
+    seconds: float
+    latencies: list[float]
+    server_cpu: float | None = None
+    chunks: int = 1
+
+    def row(self) -> str:
+        lat = sorted(self.latencies)
+        p50 = statistics.median(lat) * 1000
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+        cpu = "" if self.server_cpu is None else f"{self.server_cpu / self.calls * 1000:9.3f}"
+        per_chunk = "" if self.server_cpu is None or self.chunks == 1 else \
+            f"{self.server_cpu / (self.calls * self.chunks) * 1000:9.4f}"
+        return (f"| {self.name:<28} | {self.concurrency:>4} | {self.calls / self.seconds:9.0f} | {p50:8.2f} | "
+                f"{p99:8.2f} | {cpu:>9} | {per_chunk:>9} |")
+
+
+async def drive(name: str, call: Callable[[], Awaitable[None]], concurrency: int, total: int,
+                pids: list[int] | None, chunks: int = 1) -> Result:
+    latencies: list[float] = []
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - started)
+
+    for _ in range(min(20, total)):  # warm up connections and caches
+        await call()
+    cpu0 = cpu_seconds(pids) if pids else None
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    cpu = cpu_seconds(pids) - cpu0 if pids and cpu0 is not None else None
+    return Result(name, concurrency, total, elapsed, latencies, cpu, chunks)
+
+
+def request(upstream_port: int) -> pb.CompleteRequest:
+    return pb.CompleteRequest(model="openai/bench-model",
+                              messages=[chat_pb2.Message(role="user", content="Say something.")])
+
+
+async def run_suite(address: str, upstream: str, pids: list[int], calls: int) -> list[Result]:
+    results: list[Result] = []
+    req = request(0)
+    stream_req = pb.StreamCompleteRequest(request=req)
+    body = {"model": "bench-model", "messages": [{"role": "user", "content": "Say something."}]}
+    async with aiohttp.ClientSession() as http, grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.CompletionServiceStub(channel)
+
+        async def direct_unary() -> None:
+            async with http.post(f"{upstream}/v1/chat/completions", json=body) as resp:
+                await resp.json()
+
+        async def direct_stream() -> None:
+            async with http.post(f"{upstream}/v1/chat/completions", json={**body, "stream": True}) as resp:
+                async for _ in resp.content:
+                    pass
+
+        async def gw_unary() -> None:
+            await stub.Complete(req)
+
+        async def gw_stream() -> None:
+            async for _ in stub.StreamComplete(stream_req):
+                pass
+
+        for conc in (1, 16, 64):
+            n = calls if conc > 1 else calls // 4
+            results.append(await drive("direct HTTP unary", direct_unary, conc, n, None))
+            results.append(await drive("gateway unary", gw_unary, conc, n, pids))
+        for conc in (1, 16, 64):
+            n = calls // 5 if conc > 1 else calls // 20
+            results.append(await drive("direct HTTP stream (50 chunks)", direct_stream, conc, n, None, 50))
+            results.append(await drive("gateway stream (50 chunks)", gw_stream, conc, n, pids, 50))
+    return results
+
+
+def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+def print_table(title: str, results: list[Result]) -> None:
+    print(f"\n### {title}\n")
+    print("| path                         | conc |  calls/s |  p50 ms  |  p99 ms  | srv CPU ms/call | srv CPU ms/chunk |")
+    print("|------------------------------|------|----------|----------|----------|-----------|-----------|")
+    for r in results:
+        print(r.row())
+    pairs = [(a, b) for a, b in zip(results[::2], results[1::2], strict=True)]
+    for direct, gw in pairs:
+        added = statistics.median(gw.latencies) - statistics.median(direct.latencies)
+        if gw.concurrency == 1:
+            print(f"- {gw.name}: added p50 latency at concurrency 1 = {added * 1000:.2f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=2, help="processes for the multi-process run")
+    args = parser.parse_args()
+    up_port, gw_port = free_port(), free_port()
+    env = {**os.environ, "OPENAI_API_KEY": "sk-bench", "OPENAI_API_BASE": f"http://127.0.0.1:{up_port}/v1",
+           "LLMRPC_CACHE_PATH": "/tmp/llmrpc-bench-cache.sqlite", "LLMRPC_NUM_RETRIES": "0"}
+    upstream = start([sys.executable, str(HERE / "upstream.py"), str(up_port)], env)
+    procs = [upstream]
+    try:
+        wait_port(up_port)
+        gw = start([sys.executable, "-m", "llmrpc_server", "--host", "127.0.0.1", "--port", str(gw_port)], env)
+        procs.append(gw)
+        wait_port(gw_port)
+        results = asyncio.run(run_suite(f"127.0.0.1:{gw_port}", f"http://127.0.0.1:{up_port}", [gw.pid],
+                                        args.calls))
+        print_table("one gateway process", results)
+        gw.terminate()
+        gw.wait(30)
+        multi_port = free_port()
+        multi = start([sys.executable, "-m", "llmrpc_server", "--host", "127.0.0.1", "--port", str(multi_port),
+                       "--workers", str(args.workers)], env)
+        procs.append(multi)
+        wait_port(multi_port)
+        time.sleep(1.0)
+        results = asyncio.run(run_suite(f"127.0.0.1:{multi_port}", f"http://127.0.0.1:{up_port}",
+                                        children(multi.pid), args.calls))
+        print_table(f"{args.workers} gateway processes on one port (SO_REUSEPORT)", results)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+
+
+if __name__ == "__main__":
+    main()
