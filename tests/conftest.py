@@ -9,7 +9,7 @@ import pytest
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 
 import grpc
-from tests.support import GatewayThread, test_settings
+from tests.support import GatewayThread, gateway_settings
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def start_gateway() -> Iterator[Callable[..., GatewayThread]]:
     started: list[GatewayThread] = []
 
     def start(env: dict[str, str] | None = None, **overrides: Any) -> GatewayThread:
-        gw = GatewayThread(test_settings(env, **overrides)).start()
+        gw = GatewayThread(gateway_settings(env, **overrides)).start()
         started.append(gw)
         return gw
 
@@ -30,7 +30,7 @@ def start_gateway() -> Iterator[Callable[..., GatewayThread]]:
 @pytest.fixture(scope="session")
 def mock_gateway() -> Iterator[GatewayThread]:
     """One gateway for tests that only need the offline mock provider."""
-    with GatewayThread(test_settings()) as gw:
+    with GatewayThread(gateway_settings()) as gw:
         yield gw
 
 

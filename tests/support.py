@@ -17,10 +17,10 @@ from llmrpc_server.config import Settings
 
 T = TypeVar("T")
 
-__all__ = ["GatewayThread", "test_settings"]
+__all__ = ["GatewayThread", "gateway_settings"]
 
 
-def test_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+def gateway_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Settings for an in-process gateway: loopback, a free port, no inherited provider keys."""
     base = Settings(host="127.0.0.1", port=0, grace=1.0, num_retries=0, env=dict(env or {}),
                     cache_path=":memory:")

@@ -142,6 +142,8 @@ class _HttpStream:
         try:
             async with asyncio.timeout(timeout):
                 data = await self._resp.content.readany()
+        except TimeoutError:
+            raise  # the pipeline decides: idle timeout or the call's deadline
         except (aiohttp.ClientError, OSError) as exc:
             raise map_transport_error(exc, timeout=None) from exc
         if not data:
