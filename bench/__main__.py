@@ -95,18 +95,27 @@ async def drive(name: str, call: Callable[[], Awaitable[None]], concurrency: int
     return Result(name, concurrency, total, elapsed, latencies, cpu, chunks)
 
 
+def echo_command(port: int) -> list[str]:
+    """A bare grpc.aio server answering canned protos: the floor any gRPC gateway pays."""
+    return [sys.executable, str(HERE / "echo_server.py"), str(port)]
+
+
 def request(upstream_port: int) -> pb.CompleteRequest:
     return pb.CompleteRequest(model="openai/bench-model",
                               messages=[chat_pb2.Message(role="user", content="Say something.")])
 
 
-async def run_suite(address: str, upstream: str, pids: list[int], calls: int) -> list[Result]:
+async def run_suite(address: str, echo: str, upstream: str, pids: list[int], echo_pids: list[int],
+                    calls: int) -> list[Result]:
+    """Per concurrency: direct HTTP to the upstream, bare grpc.aio echo, then the gateway."""
     results: list[Result] = []
     req = request(0)
     stream_req = pb.StreamCompleteRequest(request=req)
     body = {"model": "bench-model", "messages": [{"role": "user", "content": "Say something."}]}
-    async with aiohttp.ClientSession() as http, grpc.aio.insecure_channel(address) as channel:
+    async with aiohttp.ClientSession() as http, grpc.aio.insecure_channel(address) as channel, \
+            grpc.aio.insecure_channel(echo) as echo_channel:
         stub = pb_grpc.CompletionServiceStub(channel)
+        echo_stub = pb_grpc.CompletionServiceStub(echo_channel)
 
         async def direct_unary() -> None:
             async with http.post(f"{upstream}/v1/chat/completions", json=body) as resp:
@@ -117,21 +126,27 @@ async def run_suite(address: str, upstream: str, pids: list[int], calls: int) ->
                 async for _ in resp.content:
                     pass
 
-        async def gw_unary() -> None:
-            await stub.Complete(req)
+        def unary(s: pb_grpc.CompletionServiceStub) -> Callable[[], Awaitable[None]]:
+            async def call() -> None:
+                await s.Complete(req)
+            return call
 
-        async def gw_stream() -> None:
-            async for _ in stub.StreamComplete(stream_req):
-                pass
+        def stream(s: pb_grpc.CompletionServiceStub) -> Callable[[], Awaitable[None]]:
+            async def call() -> None:
+                async for _ in s.StreamComplete(stream_req):
+                    pass
+            return call
 
         for conc in (1, 16, 64):
             n = calls if conc > 1 else calls // 4
             results.append(await drive("direct HTTP unary", direct_unary, conc, n, None))
-            results.append(await drive("gateway unary", gw_unary, conc, n, pids))
+            results.append(await drive("bare grpc.aio echo unary", unary(echo_stub), conc, n, echo_pids))
+            results.append(await drive("gateway unary", unary(stub), conc, n, pids))
         for conc in (1, 16, 64):
             n = calls // 5 if conc > 1 else calls // 20
-            results.append(await drive("direct HTTP stream (50 chunks)", direct_stream, conc, n, None, 50))
-            results.append(await drive("gateway stream (50 chunks)", gw_stream, conc, n, pids, 50))
+            results.append(await drive("direct HTTP stream", direct_stream, conc, n, None, 50))
+            results.append(await drive("bare grpc.aio echo stream", stream(echo_stub), conc, n, echo_pids, 50))
+            results.append(await drive("gateway stream", stream(stub), conc, n, pids, 50))
     return results
 
 
@@ -151,15 +166,14 @@ def wait_port(port: int, timeout: float = 20) -> None:
 
 def print_table(title: str, results: list[Result]) -> None:
     print(f"\n### {title}\n")
-    print("| path                         | conc |  calls/s |  p50 ms  |  p99 ms  | srv CPU ms/call | srv CPU ms/chunk |")
+    print("| path (streams: 50 chunks)    | conc |  calls/s |  p50 ms  |  p99 ms  | server CPU ms/call | ms/chunk |")
     print("|------------------------------|------|----------|----------|----------|-----------|-----------|")
     for r in results:
         print(r.row())
-    pairs = [(a, b) for a, b in zip(results[::2], results[1::2], strict=True)]
-    for direct, gw in pairs:
-        added = statistics.median(gw.latencies) - statistics.median(direct.latencies)
+    for direct, _echo, gw in zip(results[::3], results[1::3], results[2::3], strict=True):
         if gw.concurrency == 1:
-            print(f"- {gw.name}: added p50 latency at concurrency 1 = {added * 1000:.2f} ms")
+            added = statistics.median(gw.latencies) - statistics.median(direct.latencies)
+            print(f"- {gw.name}: added p50 latency vs direct HTTP at concurrency 1 = {added * 1000:.2f} ms")
 
 
 def main() -> None:
@@ -167,18 +181,18 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2, help="processes for the multi-process run")
     args = parser.parse_args()
-    up_port, gw_port = free_port(), free_port()
+    up_port, gw_port, echo_port = free_port(), free_port(), free_port()
     env = {**os.environ, "OPENAI_API_KEY": "sk-bench", "OPENAI_API_BASE": f"http://127.0.0.1:{up_port}/v1",
            "LLMRPC_CACHE_PATH": "/tmp/llmrpc-bench-cache.sqlite", "LLMRPC_NUM_RETRIES": "0"}
-    upstream = start([sys.executable, str(HERE / "upstream.py"), str(up_port)], env)
-    procs = [upstream]
+    procs = [start([sys.executable, str(HERE / "upstream.py"), str(up_port)], env), start(echo_command(echo_port), env)]
+    upstream, echo = f"http://127.0.0.1:{up_port}", f"127.0.0.1:{echo_port}"
     try:
         wait_port(up_port)
+        wait_port(echo_port)
         gw = start([sys.executable, "-m", "llmrpc_server", "--host", "127.0.0.1", "--port", str(gw_port)], env)
         procs.append(gw)
         wait_port(gw_port)
-        results = asyncio.run(run_suite(f"127.0.0.1:{gw_port}", f"http://127.0.0.1:{up_port}", [gw.pid],
-                                        args.calls))
+        results = asyncio.run(run_suite(f"127.0.0.1:{gw_port}", echo, upstream, [gw.pid], [procs[1].pid], args.calls))
         print_table("one gateway process", results)
         gw.terminate()
         gw.wait(30)
@@ -188,8 +202,8 @@ def main() -> None:
         procs.append(multi)
         wait_port(multi_port)
         time.sleep(1.0)
-        results = asyncio.run(run_suite(f"127.0.0.1:{multi_port}", f"http://127.0.0.1:{up_port}",
-                                        children(multi.pid), args.calls))
+        results = asyncio.run(run_suite(f"127.0.0.1:{multi_port}", echo, upstream, children(multi.pid),
+                                        [procs[1].pid], args.calls))
         print_table(f"{args.workers} gateway processes on one port (SO_REUSEPORT)", results)
     finally:
         for proc in procs:

@@ -106,6 +106,15 @@ class OpenRouterAdapter(OpenAIAdapter):
             if msg.HasField("cache_control"):
                 _move_cache_control(out, _cache_control(msg))
 
+    def headers(self, req: pb.CompleteRequest, target: Target) -> dict[str, str]:
+        """The caller's ``extra_headers`` replace the attribution headers whatever their spelling."""
+        headers = super().headers(req, target)
+        overridden = {name.lower() for name in req.extra_headers}
+        for name in self.spec.extra_headers:
+            if name.lower() in overridden and name not in req.extra_headers:
+                del headers[name]
+        return headers
+
     def adjust_chunk(
         self, chunk: pb.StreamCompleteResponse, data: dict[str, Any], state: StreamState
     ) -> pb.StreamCompleteResponse | None:

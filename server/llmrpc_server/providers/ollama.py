@@ -36,11 +36,11 @@ _GPT_OSS_EFFORT = {
 class OllamaAdapter:
     """Codec for Ollama's ``/api/chat``; one instance per prefix (``ollama_chat``, ``ollama``)."""
 
-    supported_params = OLLAMA_PARAMS
-    env_keys = ("OLLAMA_API_KEY",)
-    env_bases = ("OLLAMA_API_BASE",)
-    default_base = "http://localhost:11434"
-    key_required = False
+    supported_params: frozenset[str] = OLLAMA_PARAMS
+    env_keys: tuple[str, ...] = ("OLLAMA_API_KEY",)
+    env_bases: tuple[str, ...] = ("OLLAMA_API_BASE",)
+    default_base: str = "http://localhost:11434"
+    key_required: bool = False
 
     def __init__(self, name: str) -> None:
         self.name = name

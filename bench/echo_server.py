@@ -1,0 +1,45 @@
+"""Bare grpc.aio baseline: the same service answering canned messages, no gateway work at all."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+
+import grpc
+import uvloop
+from llmrpc.v1 import chat_pb2
+from llmrpc.v1 import completion_service_pb2 as pb
+from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
+
+CHUNK = pb.StreamCompleteResponse(
+    id="chatcmpl-bench", object="chat.completion.chunk", created=1700000000, model="bench-model",
+    choices=[chat_pb2.ChunkChoice(index=0, delta=chat_pb2.Delta(content="tok1 "))],
+)
+ANSWER = pb.CompleteResponse(
+    id="chatcmpl-bench", object="chat.completion", created=1700000000, model="bench-model",
+    choices=[chat_pb2.Choice(index=0, finish_reason="stop", message=chat_pb2.Message(
+        role="assistant", content="The quick brown fox jumps over the lazy dog."))],
+)
+
+
+class Echo(pb_grpc.CompletionServiceServicer):
+    async def Complete(self, request: pb.CompleteRequest, context: object) -> pb.CompleteResponse:  # noqa: N802
+        return ANSWER
+
+    async def StreamComplete(  # noqa: N802
+        self, request: pb.StreamCompleteRequest, context: object
+    ) -> AsyncIterator[pb.StreamCompleteResponse]:
+        for _ in range(50):
+            yield CHUNK
+
+
+async def serve(port: int) -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_CompletionServiceServicer_to_server(Echo(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    uvloop.run(serve(int(sys.argv[1])))
