@@ -46,7 +46,12 @@ class Settings:
     cache_max_mb: float = _opt(256.0, 'cache size bound, MiB; oldest entries are evicted past it')
     auth_tokens: tuple[str, ...] = _opt((), 'bearer tokens callers must present (empty = no auth)')
     log_level: str = _opt("INFO", 'logging level')
-    log_requests: bool = _opt(False, 'one JSON access-log line per RPC')
+    input_callback: tuple[str, ...] = _opt((), 'callbacks as a call starts: otel, log, lunary, pkg.mod:func')
+    success_callback: tuple[str, ...] = _opt((), 'callbacks when a call is answered (same names)')
+    failure_callback: tuple[str, ...] = _opt((), 'callbacks when a call fails (same names)')
+    callback_queue_size: int = _opt(1000, 'events queued per callback; more are dropped and counted')
+    otel_record_content: bool = _opt(False, 'record prompts and completions on spans and in the log callback')
+    metrics_port: int = _opt(0, 'serve Prometheus metrics on this port (0 = off)')
     fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict, metadata={"help": 'model -> fallback models'})
     aliases: Mapping[str, str] = field(default_factory=dict, metadata={"help": 'model alias -> "provider/model"'})
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # provider keys/bases snapshot

@@ -1,0 +1,25 @@
+"""The README stays true: every setting and every provider prefix is documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmrpc_server.config import setting_fields
+from llmrpc_server.providers import default_adapters
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_every_setting_is_in_the_configuration_table() -> None:
+    missing = [name for name, *_ in setting_fields() if f"`--{name.replace('_', '-')}`" not in README]
+    assert missing == []
+
+
+def test_every_provider_prefix_is_in_the_provider_table() -> None:
+    missing = [name for name in default_adapters() if f"`{name}/" not in README]
+    assert missing == []
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+    assert "make test" in README and "make test" in ci
