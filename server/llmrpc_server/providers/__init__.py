@@ -36,4 +36,4 @@ def default_adapters() -> dict[str, ProviderAdapter]:
 
 
 # Modules that expose ``adapters() -> list[ProviderAdapter]``; add one name per provider module.
-_ADAPTER_MODULES: tuple[str, ...] = ("compatible", "azure", "ollama")
+_ADAPTER_MODULES: tuple[str, ...] = ("compatible", "azure", "ollama", "anthropic", "gemini")

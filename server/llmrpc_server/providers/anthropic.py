@@ -67,7 +67,7 @@ _TOOL_CHOICES = {
 }
 # LiteLLM skips `user` values that look like an email or a phone number (Anthropic asks for opaque ids).
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-_PHONE = re.compile(r"\+?[\d\s().-]{7,}")
+_PHONE = re.compile(r"\+?[\d\s()-]{7,}")
 
 
 def adapters() -> list[AnthropicAdapter]:
@@ -102,19 +102,26 @@ class AnthropicAdapter:
             body["stream"] = True
         if req.HasField("extra_body"):
             body.update(struct_to_dict(req.extra_body))
-        return HttpCall(url=messages_url(target.api_base), headers=request_headers(req, target, betas), body=body)
+        headers = request_headers(req, target, betas)
+        return HttpCall(url=messages_url(target.api_base), headers=headers, body=body)
 
     def parse_response(self, body: bytes, req: pb.CompleteRequest, target: Target) -> pb.CompleteResponse:
         mode = json_mode(req)
         return wire.response_from_anthropic(wire.json_object(body), None if mode is None else mode.wrapped)
 
-    def new_stream_state(self, req: pb.CompleteRequest, target: Target, *, include_usage: bool) -> StreamState:
-        state = StreamState(id=new_completion_id(), created=now(), model=target.model, include_usage=include_usage)
+    def new_stream_state(
+        self, req: pb.CompleteRequest, target: Target, *, include_usage: bool
+    ) -> StreamState:
+        state = StreamState(
+            id=new_completion_id(), created=now(), model=target.model, include_usage=include_usage
+        )
         mode = json_mode(req)
         wire.init_stream(state, None if mode is None else mode.wrapped)
         return state
 
-    def parse_stream_event(self, event: StreamEvent, state: StreamState) -> Iterable[pb.StreamCompleteResponse]:
+    def parse_stream_event(
+        self, event: StreamEvent, state: StreamState
+    ) -> Iterable[pb.StreamCompleteResponse]:
         return wire.parse_event(event, state)
 
     def finish_stream(self, state: StreamState) -> Iterable[pb.StreamCompleteResponse]:
@@ -159,7 +166,9 @@ def body_from_request(req: pb.CompleteRequest, model: str) -> tuple[dict[str, An
     """The Messages API body (without ``stream``) and the ``anthropic-beta`` values it needs."""
     converted = MessageConverter().convert(req.messages)
     thinking = thinking_config(req)
-    body: dict[str, Any] = {"model": model, "messages": converted.messages, "max_tokens": max_tokens(req, thinking)}
+    body: dict[str, Any] = {
+        "model": model, "messages": converted.messages, "max_tokens": max_tokens(req, thinking),
+    }  # fmt: skip
     if converted.system:
         body["system"] = converted.system
     if thinking is not None:
@@ -332,7 +341,8 @@ class MessageConverter:
         if msg.HasField("function_call"):
             self._function_id = f"toolu_function_call_{i}"
             args = _tool_input(msg.function_call.arguments, f"{path}.function_call.arguments")
-            blocks.append({"type": "tool_use", "id": self._function_id, "name": msg.function_call.name, "input": args})
+            name = msg.function_call.name
+            blocks.append({"type": "tool_use", "id": self._function_id, "name": name, "input": args})
         return blocks
 
     def _content(self, msg: chat_pb2.Message, path: str) -> list[dict[str, Any]]:
@@ -357,7 +367,9 @@ class MessageConverter:
             return media_block(part.image_url.url, fmt, path, document=False)
         if kind == "file":
             return self._file(part.file, path)
-        raise ProviderError(ErrorKind.BAD_REQUEST, f"anthropic does not accept {kind} content ({path})", param=path)
+        raise ProviderError(
+            ErrorKind.BAD_REQUEST, f"anthropic does not accept {kind} content ({path})", param=path
+        )
 
     def _file(self, file: chat_pb2.File, path: str) -> dict[str, Any]:
         fmt = file.format if file.HasField("format") else None
@@ -382,16 +394,17 @@ def media_block(url: str, fmt: str | None, path: str, *, document: bool) -> dict
         is_pdf = fmt == "application/pdf" or url.split("?", 1)[0].lower().endswith(".pdf")
         kind = "document" if document or is_pdf else "image"
         return {"type": kind, "source": {"type": "url", "url": url}}
-    raise ProviderError(ErrorKind.BAD_REQUEST, f"{path}: expected an http(s) URL or a base64 data URL", param=path)
+    raise ProviderError(
+        ErrorKind.BAD_REQUEST, f"{path}: expected an http(s) URL or a base64 data URL", param=path
+    )
 
 
 def _parse_data_url(url: str, path: str) -> tuple[str, str]:
     header, sep, data = url[5:].partition(",")
     media_type, _, encoding = header.partition(";")
     if not sep or encoding.lower() != "base64" or not media_type:
-        raise ProviderError(
-            ErrorKind.BAD_REQUEST, f"{path}: expected a data URL like data:<mime type>;base64,<data>", param=path
-        )
+        message = f"{path}: expected a data URL like data:<mime type>;base64,<data>"
+        raise ProviderError(ErrorKind.BAD_REQUEST, message, param=path)
     return media_type.lower(), data
 
 

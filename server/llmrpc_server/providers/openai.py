@@ -93,7 +93,7 @@ class OpenAIAdapter:
         data = _json_object(body)
         if "error" in data and "choices" not in data:
             raise openai_error(200, {}, data)
-        resp = response_from_openai(data, fallback_id=new_completion_id(), created=now())
+        resp = response_from_openai(data, created=now())
         self.adjust_response(resp, data)
         return resp
 

@@ -13,6 +13,7 @@ from llmrpc.v1 import chat_pb2, usage_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from ..convert import struct_to_dict
+from .common import new_completion_id
 
 __all__ = [
     "body_from_request",
@@ -177,10 +178,10 @@ def _cache_control(cc: chat_pb2.CacheControl) -> dict[str, Any]:
 # ---- responses -------------------------------------------------------------------------------
 
 
-def response_from_openai(data: dict[str, Any], *, fallback_id: str, created: int) -> pb.CompleteResponse:
+def response_from_openai(data: dict[str, Any], *, created: int) -> pb.CompleteResponse:
     """An OpenAI ``chat.completion`` JSON object as a proto response."""
     resp = pb.CompleteResponse(
-        id=data.get("id") or fallback_id,
+        id=data.get("id") or new_completion_id(),
         object="chat.completion",
         created=int(data.get("created") or created),
         model=data.get("model") or "",
