@@ -9,16 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+import llmrpc
 import pytest
 from google.protobuf import json_format
-from openai.types.chat import ChatCompletion, ChatCompletionMessage
-from pydantic import BaseModel
-
-import llmrpc
 from llmrpc import _client
 from llmrpc._convert import build_request
 from llmrpc._decode import response_from_proto, struct_to_dict
 from llmrpc.v1 import chat_pb2, completion_service_pb2, completion_service_pb2_grpc, usage_pb2
+from openai.types.chat import ChatCompletion, ChatCompletionMessage
+from pydantic import BaseModel
 
 USER = {"role": "user", "content": "hi"}
 
@@ -156,7 +155,9 @@ def test_api_base_and_base_url_and_custom_provider() -> None:
 
 
 def test_unknown_kwargs_go_to_extra_body_merged() -> None:
-    req = request(top_k=40, safety_settings=[{"category": "x"}], extra_body={"top_k": 5, "repetition_penalty": 1.1})
+    req = request(
+        top_k=40, safety_settings=[{"category": "x"}], extra_body={"top_k": 5, "repetition_penalty": 1.1}
+    )
     assert struct_to_dict(req.extra_body) == {
         "top_k": 5,  # explicit extra_body wins over the loose kwarg
         "safety_settings": [{"category": "x"}],
@@ -171,13 +172,19 @@ def test_tools_and_choices() -> None:
             "function": {
                 "name": "get_weather",
                 "description": "Weather by city",
-                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
                 "strict": True,
             },
             "cache_control": {"type": "ephemeral", "ttl": "1h"},
         }
     ]
-    req = request(tools=tools, tool_choice="required", functions=[{"name": "legacy"}], function_call={"name": "legacy"})
+    req = request(
+        tools=tools, tool_choice="required", functions=[{"name": "legacy"}], function_call={"name": "legacy"}
+    )
     tool = req.tools[0]
     assert (tool.type, tool.function.name, tool.function.description, tool.function.strict) == (
         "function",
@@ -200,7 +207,10 @@ def test_tools_and_choices() -> None:
 
 def test_response_format_dict_and_pydantic() -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer", "maximum": 10}}}
-    rf = {"type": "json_schema", "json_schema": {"name": "N", "description": "d", "schema": schema, "strict": True}}
+    rf = {
+        "type": "json_schema",
+        "json_schema": {"name": "N", "description": "d", "schema": schema, "strict": True},
+    }
     req = request(response_format=rf)
     assert req.response_format.type == "json_schema"
     js = req.response_format.json_schema
@@ -222,7 +232,10 @@ def test_thinking_audio_prediction_cache_metadata_headers() -> None:
     req = request(
         thinking={"type": "enabled", "budget_tokens": 1024},
         audio={"voice": "alloy", "format": "wav"},
-        prediction={"type": "content", "content": [{"type": "text", "text": "ab"}, {"type": "text", "text": "c"}]},
+        prediction={
+            "type": "content",
+            "content": [{"type": "text", "text": "ab"}, {"type": "text", "text": "c"}],
+        },
         cache={"no-cache": True, "no-store": False, "ttl": 60, "s-max-age": 30, "namespace": "tenant-a"},
         metadata={"trace_id": "t-1", "tags": ["a"], "n": 3},
         extra_headers={"X-Trace": "1"},
@@ -250,7 +263,10 @@ def test_messages_all_keys() -> None:
             "content": [
                 {"type": "text", "text": "look", "cache_control": {"type": "ephemeral", "ttl": "5m"}},
                 {"type": "image_url", "image_url": "https://x/y.png"},
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA", "detail": "low", "format": "image/png"}},
+                {
+                    "type": "image_url",
+                    "image_url": {"url": "data:image/png;base64,AA", "detail": "low", "format": "image/png"},
+                },
                 {"type": "input_audio", "input_audio": {"data": "UklG", "format": "wav"}},
                 {"type": "file", "file": {"file_id": "file-1", "filename": "a.pdf"}},
             ],
@@ -260,7 +276,11 @@ def test_messages_all_keys() -> None:
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": {"city": "Paris"}}},
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "f", "arguments": {"city": "Paris"}},
+                },
                 {"id": "call_2", "type": "function", "function": {"name": "g", "arguments": "{}"}},
             ],
             "function_call": {"name": "old", "arguments": "{}"},
@@ -284,14 +304,19 @@ def test_messages_all_keys() -> None:
     assert url.image_url.url == "https://x/y.png" and not url.image_url.HasField("detail")
     assert (data_url.image_url.detail, data_url.image_url.format) == ("low", "image/png")
     assert (audio.input_audio.data, audio.input_audio.format) == ("UklG", "wav")
-    assert (file.file.file_id, file.file.filename) == ("file-1", "a.pdf") and not file.file.HasField("file_data")
+    assert (file.file.file_id, file.file.filename) == ("file-1", "a.pdf") and not file.file.HasField(
+        "file_data"
+    )
     assert not assistant.HasField("content") and not assistant.HasField("refusal")
     assert json.loads(assistant.tool_calls[0].function.arguments) == {"city": "Paris"}
     assert [c.id for c in assistant.tool_calls] == ["call_1", "call_2"]
     assert assistant.function_call.name == "old"
     assert assistant.reasoning_content == "thinking..."
     assert assistant.thinking_blocks[0].signature == "sig"
-    assert (assistant.thinking_blocks[1].type, assistant.thinking_blocks[1].data) == ("redacted_thinking", "enc")
+    assert (assistant.thinking_blocks[1].type, assistant.thinking_blocks[1].data) == (
+        "redacted_thinking",
+        "enc",
+    )
     assert struct_to_dict(assistant.provider_specific_fields) == {"thought_signatures": ["abc"]}
     assert (tool.role, tool.tool_call_id, tool.content) == ("tool", "call_1", "22C")
     assert refusal.content_parts[0].refusal == "no"
@@ -336,7 +361,9 @@ def full_response() -> completion_service_pb2.CompleteResponse:
         content="It is sunny.",
         tool_calls=[
             chat_pb2.ToolCall(
-                id="call_1", type="function", function=chat_pb2.FunctionCall(name="get_weather", arguments='{"city":"Paris"}')
+                id="call_1",
+                type="function",
+                function=chat_pb2.FunctionCall(name="get_weather", arguments='{"city":"Paris"}'),
             )
         ],
         reasoning_content="Let me check.",
@@ -352,7 +379,11 @@ def full_response() -> completion_service_pb2.CompleteResponse:
         created=1734366691,
         model="gpt-4o-2024-08-06",
         system_fingerprint="fp_1",
-        choices=[chat_pb2.Choice(index=0, message=message, finish_reason="tool_calls", provider_finish_reason="end_turn")],
+        choices=[
+            chat_pb2.Choice(
+                index=0, message=message, finish_reason="tool_calls", provider_finish_reason="end_turn"
+            )
+        ],
         usage=usage_pb2.Usage(
             prompt_tokens=13,
             completion_tokens=43,
@@ -372,9 +403,15 @@ def full_response() -> completion_service_pb2.CompleteResponse:
             api_base="https://api.openai.com/v1",
             attempt_log=[
                 completion_service_pb2.Attempt(
-                    model="openai/gpt-4o", provider="openai", outcome="RATE_LIMITED", upstream_http_status=429, latency_ms=10
+                    model="openai/gpt-4o",
+                    provider="openai",
+                    outcome="RATE_LIMITED",
+                    upstream_http_status=429,
+                    latency_ms=10,
                 ),
-                completion_service_pb2.Attempt(model="openai/gpt-4o", provider="openai", outcome="ok", latency_ms=321.5),
+                completion_service_pb2.Attempt(
+                    model="openai/gpt-4o", provider="openai", outcome="ok", latency_ms=321.5
+                ),
             ],
         ),
     )
@@ -393,7 +430,12 @@ def test_response_fields() -> None:
     assert (choice.finish_reason, choice.index) == ("tool_calls", 0)
     assert choice.provider_specific_fields == {"provider_finish_reason": "end_turn"}
     msg = choice.message
-    assert (msg.content, msg.role, msg.function_call, msg.refusal) == ("It is sunny.", "assistant", None, None)
+    assert (msg.content, msg.role, msg.function_call, msg.refusal) == (
+        "It is sunny.",
+        "assistant",
+        None,
+        None,
+    )
     assert msg.tool_calls is not None and msg.tool_calls[0].function.name == "get_weather"
     assert msg.tool_calls[0].function.arguments == '{"city":"Paris"}'
     assert msg.reasoning_content == "Let me check."
@@ -409,7 +451,9 @@ def test_response_fields() -> None:
     assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens == 4
     assert usage.prompt_tokens_details.cache_creation_tokens == 2
     assert usage.prompt_tokens_details.audio_tokens is None
-    assert usage.completion_tokens_details is not None and usage.completion_tokens_details.reasoning_tokens == 7
+    assert (
+        usage.completion_tokens_details is not None and usage.completion_tokens_details.reasoning_tokens == 7
+    )
     assert (usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (4, 2)
 
 
@@ -439,7 +483,9 @@ def test_minimal_response_defaults() -> None:
         object="chat.completion",
         created=1,
         model="m",
-        choices=[chat_pb2.Choice(message=chat_pb2.Message(role="assistant", content="hi"), finish_reason="stop")],
+        choices=[
+            chat_pb2.Choice(message=chat_pb2.Message(role="assistant", content="hi"), finish_reason="stop")
+        ],
     )
     resp = response_from_proto(pb)
     msg = resp.choices[0].message
@@ -473,16 +519,22 @@ def test_logprobs_annotations_service_tier_only_when_set() -> None:
     pb = full_response()
     pb.service_tier = "default"
     choice = pb.choices[0]
-    choice.logprobs.content.add(token="It", logprob=-0.1, bytes=[73, 116]).top_logprobs.add(token="It", logprob=-0.1)
+    choice.logprobs.content.add(token="It", logprob=-0.1, bytes=[73, 116]).top_logprobs.add(
+        token="It", logprob=-0.1
+    )
     choice.message.annotations.add(
-        type="url_citation", url_citation=chat_pb2.UrlCitation(start_index=0, end_index=2, title="T", url="https://t")
+        type="url_citation",
+        url_citation=chat_pb2.UrlCitation(start_index=0, end_index=2, title="T", url="https://t"),
     )
     resp = response_from_proto(pb)
     assert resp.service_tier == "default" and "service_tier" in resp
     lp = resp.choices[0].logprobs
     assert lp is not None and lp["content"][0]["bytes"] == [73, 116] and lp["refusal"] is None
     assert resp.choices[0].message.annotations == [
-        {"type": "url_citation", "url_citation": {"start_index": 0, "end_index": 2, "title": "T", "url": "https://t"}}
+        {
+            "type": "url_citation",
+            "url_citation": {"start_index": 0, "end_index": 2, "title": "T", "url": "https://t"},
+        }
     ]
     ChatCompletion.model_validate(resp.model_dump())
 
@@ -493,7 +545,9 @@ def test_openai_validates_dumps() -> None:
         object="chat.completion",
         created=1,
         model="gpt-4o",
-        choices=[chat_pb2.Choice(message=chat_pb2.Message(role="assistant", content="hello"), finish_reason="stop")],
+        choices=[
+            chat_pb2.Choice(message=chat_pb2.Message(role="assistant", content="hello"), finish_reason="stop")
+        ],
         usage=usage_pb2.Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2),
     )
     for pb in (text, full_response()):
@@ -517,14 +571,18 @@ def test_dict_access_json_and_repr() -> None:
     text = resp.json()
     assert isinstance(text, str) and json.loads(text)["id"] == "chatcmpl-123"
     shown = str(resp)
-    assert shown.startswith("ModelResponse(id='chatcmpl-123'") and "Choices(finish_reason='tool_calls'" in shown
+    assert (
+        shown.startswith("ModelResponse(id='chatcmpl-123'") and "Choices(finish_reason='tool_calls'" in shown
+    )
     assert "logprobs" not in repr(resp.choices[0])
 
 
 def test_response_message_round_trips_as_next_turn() -> None:
     original = full_response().choices[0].message
     resp = response_from_proto(full_response())
-    req = request(messages=[USER, resp.choices[0].message, {"role": "tool", "tool_call_id": "call_1", "content": "x"}])
+    req = request(
+        messages=[USER, resp.choices[0].message, {"role": "tool", "tool_call_id": "call_1", "content": "x"}]
+    )
     assert req.messages[1] == original
 
 
@@ -578,7 +636,10 @@ def test_explicit_client_and_metadata(gateway: FakeGateway, target: str) -> None
     with llmrpc.Client(target, metadata=[("authorization", "Bearer t")]) as client:
         resp = llmrpc.completion("openai/gpt-4o", [USER], client=client)
         assert isinstance(resp, llmrpc.ModelResponse)
-        assert llmrpc.get_supported_openai_params("gpt-4o", "openai", client=client) == ["temperature", "tools"]
+        assert llmrpc.get_supported_openai_params("gpt-4o", "openai", client=client) == [
+            "temperature",
+            "tools",
+        ]
     assert gateway.metadata[0]["authorization"] == "Bearer t"
     assert gateway.requests[1].model == "openai/gpt-4o"
     with pytest.raises(TypeError):
@@ -603,7 +664,8 @@ def test_signature_mirrors_litellm() -> None:
         "model", "messages", "timeout", "temperature", "top_p", "n", "stream", "stream_options", "stop",
         "max_completion_tokens", "max_tokens", "presence_penalty", "frequency_penalty", "logit_bias", "user",
         "response_format", "seed", "tools", "tool_choice", "parallel_tool_calls", "logprobs", "top_logprobs",
-        "deployment_id", "functions", "function_call", "base_url", "api_version", "api_key", "model_list", "kwargs",
+        "deployment_id", "functions", "function_call", "base_url", "api_version", "api_key", "model_list",
+        "kwargs",
     ]  # fmt: skip
     for fn in (llmrpc.completion, llmrpc.acompletion):
         assert list(inspect.signature(fn).parameters) == litellm_params

@@ -9,13 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+import llmrpc
 import openai
 import pytest
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-
-import llmrpc
 from llmrpc import exceptions
 from llmrpc.v1 import completion_service_pb2, completion_service_pb2_grpc
 
@@ -80,7 +79,9 @@ def rich_status(
 ) -> grpc.Status:
     details = []
     if reason is not None:
-        details.append(_pack(error_details_pb2.ErrorInfo(reason=reason, domain="llmrpc.dev", metadata=metadata)))
+        details.append(
+            _pack(error_details_pb2.ErrorInfo(reason=reason, domain="llmrpc.dev", metadata=metadata))
+        )
     if retry_delay is not None:
         delay = duration_pb2.Duration(seconds=int(retry_delay), nanos=int(retry_delay % 1 * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
@@ -120,7 +121,13 @@ REASONS = [
     ("REQUEST_TOO_LARGE", grpc.StatusCode.INVALID_ARGUMENT, {}, llmrpc.BadRequestError, 413),
     ("UNSUPPORTED_PARAMETER", grpc.StatusCode.INVALID_ARGUMENT, {}, llmrpc.UnsupportedParamsError, 400),
     ("CONTEXT_WINDOW_EXCEEDED", grpc.StatusCode.INVALID_ARGUMENT, {}, llmrpc.ContextWindowExceededError, 400),
-    ("CONTENT_POLICY_VIOLATION", grpc.StatusCode.INVALID_ARGUMENT, {}, llmrpc.ContentPolicyViolationError, 400),
+    (
+        "CONTENT_POLICY_VIOLATION",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        {},
+        llmrpc.ContentPolicyViolationError,
+        400,
+    ),
     ("PROVIDER_AUTH_FAILED", grpc.StatusCode.UNAUTHENTICATED, {}, llmrpc.AuthenticationError, 401),
     ("PROVIDER_API_KEY_MISSING", grpc.StatusCode.FAILED_PRECONDITION, {}, llmrpc.AuthenticationError, 401),
     ("API_KEY_INVALID", grpc.StatusCode.UNAUTHENTICATED, {}, llmrpc.AuthenticationError, 401),
@@ -129,7 +136,13 @@ REASONS = [
     ("PROVIDER_CONFLICT", grpc.StatusCode.ABORTED, {}, llmrpc.ConflictError, 409),
     ("PROVIDER_UNPROCESSABLE", grpc.StatusCode.INVALID_ARGUMENT, {}, llmrpc.UnprocessableEntityError, 422),
     ("RATE_LIMITED", grpc.StatusCode.RESOURCE_EXHAUSTED, {}, llmrpc.RateLimitError, 429),
-    ("QUOTA_EXCEEDED", grpc.StatusCode.RESOURCE_EXHAUSTED, {"upstreamHttpStatus": "402"}, llmrpc.RateLimitError, 429),
+    (
+        "QUOTA_EXCEEDED",
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        {"upstreamHttpStatus": "402"},
+        llmrpc.RateLimitError,
+        429,
+    ),
     (
         "PROVIDER_UNAVAILABLE",
         grpc.StatusCode.UNAVAILABLE,
@@ -137,7 +150,13 @@ REASONS = [
         llmrpc.ServiceUnavailableError,
         503,
     ),
-    ("PROVIDER_UNAVAILABLE", grpc.StatusCode.UNAVAILABLE, {"upstreamHttpStatus": "502"}, llmrpc.BadGatewayError, 502),
+    (
+        "PROVIDER_UNAVAILABLE",
+        grpc.StatusCode.UNAVAILABLE,
+        {"upstreamHttpStatus": "502"},
+        llmrpc.BadGatewayError,
+        502,
+    ),
     (
         "PROVIDER_UNAVAILABLE",
         grpc.StatusCode.UNAVAILABLE,
@@ -147,9 +166,21 @@ REASONS = [
     ),
     ("PROVIDER_UNAVAILABLE", grpc.StatusCode.UNAVAILABLE, {}, llmrpc.InternalServerError, 500),
     ("PROVIDER_OVERLOADED", grpc.StatusCode.UNAVAILABLE, {}, llmrpc.InternalServerError, 529),
-    ("PROVIDER_OVERLOADED", grpc.StatusCode.UNAVAILABLE, {"upstreamHttpStatus": "503"}, llmrpc.InternalServerError, 503),
+    (
+        "PROVIDER_OVERLOADED",
+        grpc.StatusCode.UNAVAILABLE,
+        {"upstreamHttpStatus": "503"},
+        llmrpc.InternalServerError,
+        503,
+    ),
     ("PROVIDER_STREAM_ERROR", grpc.StatusCode.UNAVAILABLE, {}, llmrpc.APIError, 500),
-    ("PROVIDER_BAD_RESPONSE", grpc.StatusCode.UNAVAILABLE, {"upstreamHttpStatus": "200"}, llmrpc.APIError, 200),
+    (
+        "PROVIDER_BAD_RESPONSE",
+        grpc.StatusCode.UNAVAILABLE,
+        {"upstreamHttpStatus": "200"},
+        llmrpc.APIError,
+        200,
+    ),
     ("PROVIDER_TIMEOUT", grpc.StatusCode.UNAVAILABLE, {}, llmrpc.Timeout, 408),
     ("PROVIDER_TIMEOUT", grpc.StatusCode.DEADLINE_EXCEEDED, {}, llmrpc.Timeout, 408),
     ("STREAM_IDLE_TIMEOUT", grpc.StatusCode.UNAVAILABLE, {}, llmrpc.Timeout, 408),
@@ -217,7 +248,9 @@ def test_error_info_metadata_becomes_attributes(gateway: FakeGateway, client: ll
         "providerErrorType": "rate_limit_error",
         "providerErrorCode": "too_many",
     }
-    status = rich_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down", "RATE_LIMITED", meta, retry_delay=1.5)
+    status = rich_status(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down", "RATE_LIMITED", meta, retry_delay=1.5
+    )
     gateway.handler = aborting(status)
     with pytest.raises(llmrpc.RateLimitError) as caught:
         client.completion("claude", MESSAGES)
@@ -237,7 +270,9 @@ def test_error_info_metadata_becomes_attributes(gateway: FakeGateway, client: ll
 
 def test_bad_request_violations(gateway: FakeGateway, client: llmrpc.Client) -> None:
     violations = (("messages[2].content[0]", "unknown part type"), ("temperature", "must be <= 2"))
-    status = rich_status(grpc.StatusCode.INVALID_ARGUMENT, "2 invalid fields", "INVALID_REQUEST", violations=violations)
+    status = rich_status(
+        grpc.StatusCode.INVALID_ARGUMENT, "2 invalid fields", "INVALID_REQUEST", violations=violations
+    )
     gateway.handler = aborting(status)
     with pytest.raises(llmrpc.BadRequestError) as caught:
         client.completion("openai/gpt-4o", MESSAGES)
@@ -249,7 +284,9 @@ def test_bad_request_violations(gateway: FakeGateway, client: llmrpc.Client) -> 
 
 def test_unsupported_param_names_param(gateway: FakeGateway, client: llmrpc.Client) -> None:
     meta = {"param": "logit_bias", "provider": "anthropic"}
-    gateway.handler = aborting(rich_status(grpc.StatusCode.INVALID_ARGUMENT, "nope", "UNSUPPORTED_PARAMETER", meta))
+    gateway.handler = aborting(
+        rich_status(grpc.StatusCode.INVALID_ARGUMENT, "nope", "UNSUPPORTED_PARAMETER", meta)
+    )
     with pytest.raises(llmrpc.UnsupportedParamsError) as caught:
         client.completion("anthropic/claude-x", MESSAGES, logit_bias={1: 2})
     assert caught.value.param == "logit_bias"
@@ -320,7 +357,9 @@ async def test_async_errors_map_the_same(gateway: FakeGateway, client: llmrpc.Cl
     assert caught.value.num_retries == 0
     assert caught.value.reason == "CONTEXT_WINDOW_EXCEEDED"
 
-    gateway.handler = aborting(rich_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "wait", "RATE_LIMITED", retry_delay=2))
+    gateway.handler = aborting(
+        rich_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "wait", "RATE_LIMITED", retry_delay=2)
+    )
     with pytest.raises(llmrpc.RateLimitError) as rate:
         await client.acompletion("openai/gpt-4o", MESSAGES)
     assert rate.value.retry_after == 2.0
@@ -349,7 +388,9 @@ async def test_unreachable_gateway_async() -> None:
 
 def test_get_supported_params_errors_map(gateway: FakeGateway, client: llmrpc.Client) -> None:
     meta = {"knownProviders": "openai,anthropic"}
-    gateway.handler = aborting(rich_status(grpc.StatusCode.INVALID_ARGUMENT, "who?", "UNKNOWN_PROVIDER", meta))
+    gateway.handler = aborting(
+        rich_status(grpc.StatusCode.INVALID_ARGUMENT, "who?", "UNKNOWN_PROVIDER", meta)
+    )
     with pytest.raises(llmrpc.BadRequestError) as caught:
         client.get_supported_openai_params("nope/model")
     assert caught.value.metadata["knownProviders"] == "openai,anthropic"
@@ -402,3 +443,22 @@ def test_map_rpc_error_is_thread_safe_pure(gateway: FakeGateway, client: llmrpc.
         t.join()
     assert len(errors) == 8 and all(type(e) is llmrpc.NotFoundError for e in errors)
     assert exceptions.map_rpc_error is llmrpc.exceptions.map_rpc_error
+
+
+def test_foreign_error_info_does_not_pick_class(gateway: FakeGateway, client: llmrpc.Client) -> None:
+    info = error_details_pb2.ErrorInfo(reason="RATE_LIMITED", domain="envoy.example", metadata={"k": "v"})
+    status = status_pb2.Status(
+        code=grpc.StatusCode.NOT_FOUND.value[0], message="no route", details=[_pack(info)]
+    )
+    gateway.handler = aborting(rpc_status.to_status(status))
+    with pytest.raises(llmrpc.NotFoundError) as caught:
+        client.completion("openai/gpt-4o", MESSAGES)
+    assert caught.value.reason == "RATE_LIMITED" and caught.value.metadata == {"k": "v"}
+
+
+def test_caller_supplied_response_is_kept() -> None:
+    http = exceptions._http
+    response = http.Response(429, request=http.Request("POST", "https://api.example/v1/chat"))
+    err = llmrpc.RateLimitError("x", model="m", llm_provider="p", response=response)
+    assert err.response is response and err.status_code == 429
+    assert str(err.request.url) == "https://api.example/v1/chat"

@@ -11,15 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+import llmrpc
 import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
-
-import llmrpc
 from llmrpc._decode import chunk_from_proto
 from llmrpc.v1 import chat_pb2, completion_service_pb2, completion_service_pb2_grpc, usage_pb2
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 USER = {"role": "user", "content": "hi"}
 Chunk = completion_service_pb2.StreamCompleteResponse
@@ -80,22 +79,37 @@ def delta_chunk(finish_reason: str | None = None, **delta: Any) -> Chunk:
 def script() -> list[Chunk]:
     """A stream with text, reasoning, thinking, a tool call in pieces and a usage chunk."""
     first = delta_chunk(role="assistant", content="")
-    first.metadata.CopyFrom(completion_service_pb2.ResponseMetadata(provider="anthropic", attempts=1, cost_usd=0.5))
+    first.metadata.CopyFrom(
+        completion_service_pb2.ResponseMetadata(provider="anthropic", attempts=1, cost_usd=0.5)
+    )
     return [
         first,
-        delta_chunk(reasoning_content="Let me ", thinking_blocks=[chat_pb2.ThinkingBlock(type="thinking", thinking="Let me ")]),
-        delta_chunk(reasoning_content="think.", thinking_blocks=[chat_pb2.ThinkingBlock(type="thinking", thinking="think.")]),
+        delta_chunk(
+            reasoning_content="Let me ",
+            thinking_blocks=[chat_pb2.ThinkingBlock(type="thinking", thinking="Let me ")],
+        ),
+        delta_chunk(
+            reasoning_content="think.",
+            thinking_blocks=[chat_pb2.ThinkingBlock(type="thinking", thinking="think.")],
+        ),
         delta_chunk(thinking_blocks=[chat_pb2.ThinkingBlock(type="thinking", signature="sig1")]),
         delta_chunk(content="Hello"),
         delta_chunk(content=" world"),
         delta_chunk(
             tool_calls=[
                 chat_pb2.ToolCallDelta(
-                    index=0, id="call_1", type="function", function=chat_pb2.FunctionCallDelta(name="f", arguments='{"a"')
+                    index=0,
+                    id="call_1",
+                    type="function",
+                    function=chat_pb2.FunctionCallDelta(name="f", arguments='{"a"'),
                 )
             ]
         ),
-        delta_chunk(tool_calls=[chat_pb2.ToolCallDelta(index=0, function=chat_pb2.FunctionCallDelta(arguments=": 1}"))]),
+        delta_chunk(
+            tool_calls=[
+                chat_pb2.ToolCallDelta(index=0, function=chat_pb2.FunctionCallDelta(arguments=": 1}"))
+            ]
+        ),
         delta_chunk(finish_reason="tool_calls"),
         chunk(usage=usage_pb2.Usage(prompt_tokens=5, completion_tokens=9, total_tokens=14)),
     ]
@@ -103,20 +117,25 @@ def script() -> list[Chunk]:
 
 def rich_error(code: grpc.StatusCode, message: str, reason: str) -> grpc.Status:
     info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="llmrpc.dev", metadata={"provider": "anthropic"}))
+    info.Pack(
+        error_details_pb2.ErrorInfo(reason=reason, domain="llmrpc.dev", metadata={"provider": "anthropic"})
+    )
     return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=[info]))
 
 
 def until_cancelled(gateway: FakeGateway, chunks: list[Chunk]) -> StreamHandler:
-    """Yield the chunks, then hold the stream open until the client cancels it."""
+    """Yield the chunks, then hold the stream open for 10 s.
+
+    The call can only end sooner by being cancelled, so its termination callback
+    firing within the test's wait means the client cancelled it.
+    """
 
     def handler(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        context.add_callback(gateway.cancelled.set)
         yield from chunks
         deadline = time.monotonic() + 10
         while context.is_active() and time.monotonic() < deadline:
             time.sleep(0.01)
-        if not context.is_active():
-            gateway.cancelled.set()
 
     return handler
 
@@ -133,7 +152,9 @@ def failing_after(chunks: list[Chunk], status: grpc.Status) -> StreamHandler:
 
 
 def test_stream_yields_converted_chunks(gateway: FakeGateway, client: llmrpc.Client) -> None:
-    stream = client.completion("anthropic/claude-x", [USER], stream=True, stream_options={"include_usage": True})
+    stream = client.completion(
+        "anthropic/claude-x", [USER], stream=True, stream_options={"include_usage": True}
+    )
     assert isinstance(stream, llmrpc.CustomStreamWrapper)
     chunks = list(stream)
     assert len(chunks) == 10 and all(isinstance(c, llmrpc.ModelResponseStream) for c in chunks)
@@ -146,7 +167,10 @@ def test_stream_yields_converted_chunks(gateway: FakeGateway, client: llmrpc.Cli
     assert chunks[8].choices[0].finish_reason == "tool_calls"
     assert chunks[9].choices == [] and chunks[9].usage is not None and chunks[9].usage.total_tokens == 14
     for c in chunks:
-        assert c._hidden_params["custom_llm_provider"] == "anthropic" and c._hidden_params["response_cost"] == 0.5
+        assert (
+            c._hidden_params["custom_llm_provider"] == "anthropic"
+            and c._hidden_params["response_cost"] == 0.5
+        )
     assert stream._hidden_params["attempts"] == 1 and stream.custom_llm_provider == "anthropic"
     assert stream.chunks == chunks
     sent = gateway.requests[0]
@@ -208,18 +232,21 @@ def test_mid_stream_error_keeps_yielded_chunks(gateway: FakeGateway, client: llm
     status = rich_error(grpc.StatusCode.UNAVAILABLE, "overloaded mid-stream", "PROVIDER_STREAM_ERROR")
     gateway.handler = failing_after(script()[:5], status)
     stream = client.completion("anthropic/claude-x", [USER], stream=True)
+    assert isinstance(stream, llmrpc.CustomStreamWrapper)
     seen: list[llmrpc.ModelResponseStream] = []
     with pytest.raises(llmrpc.APIError) as caught:
-        for c in stream:  # type: ignore[union-attr]
+        for c in stream:
             seen.append(c)
     assert len(seen) == 5
     assert caught.value.reason == "PROVIDER_STREAM_ERROR" and caught.value.llm_provider == "anthropic"
     assert str(caught.value.request.url).endswith("/StreamComplete")
-    assert list(stream) == []  # type: ignore[arg-type]
+    assert list(stream) == []
 
 
 def test_error_before_first_chunk_raises_from_completion(gateway: FakeGateway, client: llmrpc.Client) -> None:
-    gateway.handler = failing_after([], rich_error(grpc.StatusCode.UNAUTHENTICATED, "bad key", "PROVIDER_AUTH_FAILED"))
+    gateway.handler = failing_after(
+        [], rich_error(grpc.StatusCode.UNAUTHENTICATED, "bad key", "PROVIDER_AUTH_FAILED")
+    )
     with pytest.raises(llmrpc.AuthenticationError):
         client.completion("openai/gpt-4o", [USER], stream=True)
 
@@ -227,20 +254,26 @@ def test_error_before_first_chunk_raises_from_completion(gateway: FakeGateway, c
 def test_empty_stream(gateway: FakeGateway, client: llmrpc.Client) -> None:
     gateway.handler = lambda request, context: iter(())
     stream = client.completion("openai/gpt-4o", [USER], stream=True)
-    assert list(stream) == []  # type: ignore[arg-type]
+    assert isinstance(stream, llmrpc.CustomStreamWrapper)
+    assert list(stream) == []
 
 
-def test_module_level_stream(gateway: FakeGateway, gateway_server: tuple[Any, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_module_level_stream(
+    gateway: FakeGateway, gateway_server: tuple[Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LLMRPC_SERVER", gateway_server[1])
     stream = llmrpc.completion(model="openai/gpt-4o", messages=[USER], stream=True)
-    assert sum(1 for _ in stream) == 10  # type: ignore[union-attr]
+    assert isinstance(stream, llmrpc.CustomStreamWrapper)
+    assert sum(1 for _ in stream) == 10
 
 
 # ---------------------------------------------------------------- async streams
 
 
 async def test_async_stream(gateway: FakeGateway, client: llmrpc.Client) -> None:
-    stream = await client.acompletion("anthropic/claude-x", [USER], stream=True, stream_options={"include_usage": True})
+    stream = await client.acompletion(
+        "anthropic/claude-x", [USER], stream=True, stream_options={"include_usage": True}
+    )
     assert isinstance(stream, llmrpc.AsyncCustomStreamWrapper)
     chunks = [c async for c in stream]
     assert len(chunks) == 10 and chunks[-1].choices == []
@@ -274,9 +307,10 @@ async def test_async_mid_stream_error(gateway: FakeGateway, client: llmrpc.Clien
     status = rich_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down", "RATE_LIMITED")
     gateway.handler = failing_after(script()[:3], status)
     stream = await client.acompletion("openai/gpt-4o", [USER], stream=True)
+    assert isinstance(stream, llmrpc.AsyncCustomStreamWrapper)
     seen = []
     with pytest.raises(llmrpc.RateLimitError):
-        async for c in stream:  # type: ignore[union-attr]
+        async for c in stream:
             seen.append(c)
     assert len(seen) == 3
 
@@ -331,7 +365,11 @@ def test_builder_empty_is_none() -> None:
 def test_builder_tool_calls_grouped_by_index() -> None:
     chunks = [
         _dict_chunk(role="assistant"),
-        _dict_chunk(tool_calls=[{"index": 0, "id": "a", "type": "function", "function": {"name": "f", "arguments": ""}}]),
+        _dict_chunk(
+            tool_calls=[
+                {"index": 0, "id": "a", "type": "function", "function": {"name": "f", "arguments": ""}}
+            ]
+        ),
         _dict_chunk(tool_calls=[{"index": 1, "id": "b", "type": "function", "function": {"name": "g"}}]),
         _dict_chunk(tool_calls=[{"index": 0, "function": {"arguments": '{"x":'}}]),
         _dict_chunk(tool_calls=[{"index": 0, "function": {"arguments": "1}"}}]),
@@ -342,7 +380,10 @@ def test_builder_tool_calls_grouped_by_index() -> None:
     assert resp is not None and resp.id == "chatcmpl-first-nonempty"
     calls = resp.choices[0].message.tool_calls
     assert calls is not None
-    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [("a", "f", '{"x":1}'), ("b", "g", "{}")]
+    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
+        ("a", "f", '{"x":1}'),
+        ("b", "g", "{}"),
+    ]
     assert resp.choices[0].message.content is None
     assert resp.choices[0].finish_reason == "tool_calls"
     assert resp.usage.total_tokens == 0
@@ -374,11 +415,26 @@ def test_builder_usage_last_and_choices_by_index() -> None:
         _dict_chunk(1, content="B"),
         _dict_chunk(0, content="a", finish_reason="length"),
         _dict_chunk(1, content="b", finish_reason="stop"),
-        {"id": "x", "created": 3, "model": "m", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}},
-        {"id": "x", "created": 3, "model": "m", "choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}},
+        {
+            "id": "x",
+            "created": 3,
+            "model": "m",
+            "choices": [],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        },
+        {
+            "id": "x",
+            "created": 3,
+            "model": "m",
+            "choices": [],
+            "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5},
+        },
     ]
     resp = llmrpc.stream_chunk_builder(chunks)
     assert resp is not None
-    assert [(c.index, c.message.content, c.finish_reason) for c in resp.choices] == [(0, "Aa", "length"), (1, "Bb", "stop")]
+    assert [(c.index, c.message.content, c.finish_reason) for c in resp.choices] == [
+        (0, "Aa", "length"),
+        (1, "Bb", "stop"),
+    ]
     assert resp.usage.total_tokens == 5 and resp.id == "x"
     ChatCompletion.model_validate(resp.model_dump())

@@ -110,12 +110,15 @@ class _LLMRPCError(Exception):
         target: str = "localhost",
         method: str = "Complete",
         request_id: str | None = None,
+        response: Any = None,
     ) -> None:
-        status = status_code or self.default_status
         text = f"llmrpc.{type(self).__name__}: {message}"
-        request = _http.Request("POST", f"grpc://{target}/{_SERVICE}/{method}")
-        headers = {"x-request-id": request_id} if request_id else {}
-        response = _http.Response(status, request=request, headers=headers)
+        if not isinstance(response, _http.Response):  # LiteLLM lets callers pass their own
+            status = status_code or self.default_status
+            request = _http.Request("POST", f"grpc://{target}/{_SERVICE}/{method}")
+            headers = {"x-request-id": request_id} if request_id else {}
+            response = _http.Response(status, request=request, headers=headers)
+        status, request = response.status_code, response.request
         violations = list(field_violations)
         meta = dict(metadata or {})
         body = {
@@ -278,7 +281,9 @@ def map_rpc_error(
     info, retry_after, violations = _unpack_details(details)
     meta = dict(info.metadata) if info is not None else {}
     reason = info.reason if info is not None else None
-    cls, status = _pick_class(code, reason, meta)
+    # Only our own reasons pick the class; a proxy's ErrorInfo falls back to the code.
+    ours = info is not None and info.domain == ERROR_DOMAIN
+    cls, status = _pick_class(code, reason if ours else None, meta)
     attempts = _int_or_none(meta.get("attempts"))
     return cls(
         (details.message if details is not None else None) or _call_attr(err, "details") or code.name,

@@ -1,0 +1,71 @@
+"""The public surface of the llmrpc client package (httpx's test_exported_members)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import llmrpc
+
+PUBLIC = {
+    # functions
+    "completion", "acompletion", "get_supported_openai_params", "stream_chunk_builder",
+    # client and streams
+    "Client", "CustomStreamWrapper", "AsyncCustomStreamWrapper",
+    # response types
+    "ModelResponse", "ModelResponseStream", "Choices", "StreamingChoices", "Message", "Delta", "Usage",
+    "PromptTokensDetailsWrapper", "CompletionTokensDetailsWrapper", "ChatCompletionMessageToolCall",
+    "ChatCompletionDeltaToolCall", "Function",
+    # exceptions
+    "BadRequestError", "UnsupportedParamsError", "ContextWindowExceededError", "ContentPolicyViolationError",
+    "AuthenticationError", "PermissionDeniedError", "NotFoundError", "ConflictError",
+    "UnprocessableEntityError",
+    "RateLimitError", "InternalServerError", "ServiceUnavailableError", "BadGatewayError", "Timeout",
+    "APITimeoutError", "APIConnectionError", "APIError", "APIResponseValidationError",
+    "__version__",
+}  # fmt: skip
+
+
+def test_all_is_the_public_surface() -> None:
+    assert set(llmrpc.__all__) == PUBLIC
+    assert llmrpc.__all__ == sorted(llmrpc.__all__)
+    assert len(llmrpc.__all__) == len(set(llmrpc.__all__))
+
+
+def test_all_members_exist() -> None:
+    for name in llmrpc.__all__:
+        assert getattr(llmrpc, name) is not None, name
+
+
+def test_no_unlisted_public_names() -> None:
+    public = {
+        name
+        for name, value in vars(llmrpc).items()
+        if not name.startswith("_") and not inspect.ismodule(value)
+    }
+    assert public <= set(llmrpc.__all__)
+
+
+def test_private_modules_reexported() -> None:
+    for module_name in ("_types", "_streaming", "_chunk_builder"):
+        module = importlib.import_module(f"llmrpc.{module_name}")
+        for name in module.__all__:
+            assert getattr(llmrpc, name) is getattr(module, name), name
+    exceptions = importlib.import_module("llmrpc.exceptions")
+    for name in exceptions.__all__:
+        if name != "map_rpc_error":
+            assert getattr(llmrpc, name) is getattr(exceptions, name), name
+
+
+def test_exceptions_module_docstring_draws_every_class() -> None:
+    doc = llmrpc.exceptions.__doc__ or ""
+    for name in llmrpc.exceptions.__all__:
+        if name not in ("map_rpc_error", "APITimeoutError"):
+            assert name in doc, name
+
+
+def test_import_makes_no_channel() -> None:
+    # Importing and building a Client must not touch the network: channels are lazy.
+    client = llmrpc.Client("203.0.113.1:1")
+    assert client._channel is None and client._stub is None
+    client.close()
