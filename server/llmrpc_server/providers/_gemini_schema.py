@@ -53,6 +53,8 @@ class _Cleaner:
         if "$ref" in node:  # recursive reference: Gemini cannot express it
             return _keep({"type": "object", "description": node.get("description")})
         node = _normalize(node)
+        if "$ref" in node:  # Optional[<ref>] collapsed into its parent: expand that too
+            return self.clean(node, depth + 1)
         out: dict[str, Any] = {}
         for key, value in node.items():
             if key not in KEPT_KEYS or value is None:
@@ -82,7 +84,8 @@ class _Cleaner:
                 self.expanding.pop()
             node = {**resolved, **siblings}
         if isinstance(node.get("allOf"), list):
-            node = _merge_all_of(node, [self._expand(s, depth + 1) for s in node["allOf"] if isinstance(s, dict)])
+            members = [self._expand(s, depth + 1) for s in node["allOf"] if isinstance(s, dict)]
+            node = _merge_all_of(node, members)
         return node
 
     def _resolve(self, ref: str) -> dict[str, Any] | None:
@@ -117,6 +120,7 @@ def _normalize(node: dict[str, Any]) -> dict[str, Any]:
         node["anyOf"] = node.pop("oneOf")
     if isinstance(node.get("const"), str) and "enum" not in node:
         node["enum"] = [node["const"]]
+        node.setdefault("type", "string")
     if isinstance(node.get("type"), list):
         node = _type_list(node)
     if isinstance(node.get("enum"), list) and None in node["enum"]:
@@ -152,7 +156,7 @@ def _any_of(node: dict[str, Any]) -> dict[str, Any]:
         return node
     if len(rest) == 1:  # Optional[X]: X itself, nullable (the parent's description etc. win)
         merged = {**rest[0], **{k: v for k, v in node.items() if k != "anyOf"}, "nullable": True}
-        return _normalize(merged) if "anyOf" in rest[0] or "$ref" not in rest[0] else merged
+        return _normalize(merged)
     node["anyOf"] = [{**m, "nullable": True} for m in rest]
     return node
 
@@ -160,8 +164,8 @@ def _any_of(node: dict[str, Any]) -> dict[str, Any]:
 def _finish(out: dict[str, Any]) -> dict[str, Any]:
     if "properties" in out and "type" not in out and "anyOf" not in out:
         out["type"] = "object"
-    kind = out.get("type")
-    if "format" in out and (not isinstance(kind, str) or out["format"] not in _FORMATS.get(kind, frozenset())):
+    known = _FORMATS.get(out["type"], frozenset()) if isinstance(out.get("type"), str) else frozenset()
+    if "format" in out and out["format"] not in known:
         del out["format"]
     if isinstance(out.get("required"), list):
         props = out.get("properties") or {}
