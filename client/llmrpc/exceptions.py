@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 import grpc
 import openai
 import openai._exceptions as _openai_exceptions
-from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2, status_pb2
 
 __all__ = [
     "APIConnectionError",

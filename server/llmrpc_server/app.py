@@ -19,17 +19,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from llmrpc.v1 import completion_service_pb2 as pb
-from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 
+from .cache import ResponseCache
+from .caching import CachingBackend
 from .config import Settings
 from .executor import Executor
 from .interceptors import build_interceptors
+from .observability import ObservedBackend
+from .otel_setup import Telemetry, configure
 from .pipeline import Backend, Pipeline
 from .providers import default_adapters
 from .router import Router
-from .service import CompletionService
+from .service import CompletionService, add_to_server
 
-__all__ = ["Gateway", "SERVICE_NAME", "run", "start_gateway"]
+__all__ = ["SERVICE_NAME", "Gateway", "run", "start_gateway"]
 
 log = logging.getLogger("llmrpc_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompletionService"].full_name
@@ -44,11 +47,20 @@ class Gateway:
     health: HealthServicer
     executor: Executor
     settings: Settings
+    caching: CachingBackend | None = None
+    observed: ObservedBackend | None = None
+    telemetry: Telemetry | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING first, then let in-flight calls finish within ``grace`` seconds."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace if grace is None else grace)
+        if self.caching is not None:
+            await self.caching.close()
+        if self.observed is not None:
+            await self.observed.close()
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
         await self.executor.close()
 
 
@@ -66,18 +78,24 @@ def _server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
-async def start_gateway(settings: Settings) -> Gateway:
-    """Create, wire and start everything inside the running loop."""
+async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) -> Gateway:
+    """Create, wire and start everything inside the running loop (``telemetry``: the OTel providers,
+    by default from the ``OTEL_*`` environment, see ``otel_setup``)."""
     executor = Executor(max_connections=settings.max_connections, connect_timeout=settings.connect_timeout)
     await executor.start()
-    router = Router(default_adapters(), settings.env, settings.aliases)
-    backend: Backend = Pipeline(router, executor, settings)
+    router = Router(default_adapters(settings.env), settings.env, settings.aliases)
+    pipeline = Pipeline(router, executor, settings)
+    cache = ResponseCache(settings.cache_path, int(settings.cache_max_mb * 1024 * 1024))
+    caching = CachingBackend(pipeline, cache, pipeline, settings)
+    backend: Backend = caching
+    telemetry = telemetry or configure(settings)
+    backend = observed = ObservedBackend(backend, settings, telemetry)
     server = grpc.aio.server(
-        interceptors=build_interceptors(settings),
+        interceptors=build_interceptors(settings, telemetry.tracer_provider),
         options=_server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
-    pb_grpc.add_CompletionServiceServicer_to_server(CompletionService(backend, router, settings), server)
+    add_to_server(CompletionService(backend, router, settings), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -90,7 +108,7 @@ async def start_gateway(settings: Settings) -> Gateway:
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health, executor, settings)
+    return Gateway(server, port, health, executor, settings, caching, observed, telemetry)
 
 
 async def _serve(settings: Settings) -> None:
@@ -128,7 +146,11 @@ def run(settings: Settings) -> None:
     procs = [ctx.Process(target=_run_worker, args=(replace(settings, workers=workers),)) for _ in range(workers)]
     for proc in procs:
         proc.start()
-    signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in procs])
+    def forward(*_: object) -> None:
+        for proc in procs:
+            proc.terminate()
+
+    signal.signal(signal.SIGTERM, forward)
     try:
         for proc in procs:
             proc.join()

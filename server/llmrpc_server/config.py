@@ -52,7 +52,8 @@ class Settings:
     callback_queue_size: int = _opt(1000, 'events queued per callback; more are dropped and counted')
     otel_record_content: bool = _opt(False, 'record prompts and completions on spans and in the log callback')
     metrics_port: int = _opt(0, 'serve Prometheus metrics on this port (0 = off)')
-    fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict, metadata={"help": 'model -> fallback models'})
+    fallbacks: Mapping[str, tuple[str, ...]] = field(
+        default_factory=dict, metadata={"help": "model -> fallback models (JSON)"})
     aliases: Mapping[str, str] = field(default_factory=dict, metadata={"help": 'model alias -> "provider/model"'})
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # provider keys/bases snapshot
 

@@ -11,8 +11,18 @@ from typing import Any
 
 import orjson
 from google.protobuf import struct_pb2
+from google.protobuf.message import Message
 
-__all__ = ["canonical_json", "dict_to_struct", "dumps", "loads", "struct_to_dict", "value_to_python"]
+__all__ = [
+    "canonical_json",
+    "clear_field",
+    "dict_to_struct",
+    "dumps",
+    "has_field",
+    "loads",
+    "struct_to_dict",
+    "value_to_python",
+]
 
 
 def value_to_python(value: struct_pb2.Value) -> Any:
@@ -42,6 +52,16 @@ def dict_to_struct(data: dict[str, Any], into: struct_pb2.Struct | None = None) 
     struct = struct_pb2.Struct() if into is None else into
     struct.update(data)
     return struct
+
+
+def has_field(msg: Message, name: str) -> bool:
+    """``HasField`` by a computed name (the generated stubs only accept literal names)."""
+    return msg.HasField(name)
+
+
+def clear_field(msg: Message, name: str) -> None:
+    """``ClearField`` by a computed name."""
+    msg.ClearField(name)
 
 
 def dumps(obj: Any) -> bytes:

@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2, message
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message as ProtoMessage
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -63,7 +64,7 @@ class ServiceError(Exception):
     reason: str
     message: str
     metadata: dict[str, str] = field(default_factory=dict)
-    details: list[message.Message] = field(default_factory=list)
+    details: list[ProtoMessage] = field(default_factory=list)
 
     def __str__(self) -> str:
         return f"{self.code.name} {self.reason}: {self.message}"
@@ -95,7 +96,7 @@ def from_provider_error(err: ProviderError, target: Target | None, *, attempts: 
     if err.kind is ErrorKind.TIMEOUT and caller_deadline:
         code = grpc.StatusCode.DEADLINE_EXCEEDED
     meta = _metadata(err, target, attempts)
-    details: list[message.Message] = []
+    details: list[ProtoMessage] = []
     if err.retry_after is not None:
         details.append(error_details_pb2.RetryInfo(retry_delay=_duration(err.retry_after)))
     if err.kind in (ErrorKind.RATE_LIMIT, ErrorKind.QUOTA):

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from opentelemetry.trace import TracerProvider
 
 from .config import Settings
 from .errors import ServiceError, to_status
@@ -16,7 +17,7 @@ __all__ = ["AuthInterceptor", "build_interceptors"]
 _OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no stubs
     """Requires ``authorization: Bearer <token>`` (or ``x-api-key``) on every RPC except health and
     reflection. ``intercept_service`` sees only the method and metadata, so it answers with a
     rejecting handler of the same kind (unary or stream) as the real one."""
@@ -50,10 +51,10 @@ def _rejecting(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
         "missing or invalid gateway credentials: send 'authorization: Bearer <token>'",
     ))
 
-    async def reject_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
+    async def reject_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort_with_status(status)
 
-    async def reject_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
+    async def reject_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort_with_status(status)
         yield  # pragma: no cover - makes this an async generator, matching streaming handlers
 
@@ -68,9 +69,19 @@ def _rejecting(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
     )
 
 
-def build_interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
-    """OTel first (so rejected calls are traced too), then auth."""
+def build_interceptors(settings: Settings, tracer_provider: TracerProvider | None = None,
+                       ) -> list[grpc.aio.ServerInterceptor]:
+    """OTel first (so rejected calls are traced too; only with a tracer provider, so that tracing
+    off costs nothing; it continues the caller's W3C trace context from the metadata), then auth."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
+    if tracer_provider is not None:
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+
+        from .telemetry import SpanStatusInterceptor
+
+        interceptors.append(aio_server_interceptor(  # type: ignore[no-untyped-call]
+            tracer_provider=tracer_provider, filter_=filters.negate(filters.health_check())))
+        interceptors.append(SpanStatusInterceptor())
     if settings.auth_tokens:
         interceptors.append(AuthInterceptor(settings.auth_tokens))
     return interceptors

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from llmrpc.v1 import completion_service_pb2 as pb
 
+from .convert import clear_field
+
 __all__ = ["GATEWAY_FIELDS", "openai_name", "set_params", "without_params"]
 
 GATEWAY_FIELDS = frozenset(
@@ -53,5 +55,5 @@ def without_params(req: pb.CompleteRequest, fields: list[str]) -> pb.CompleteReq
     copy = pb.CompleteRequest()
     copy.CopyFrom(req)
     for name in fields:
-        copy.ClearField(name)
+        clear_field(copy, name)
     return copy

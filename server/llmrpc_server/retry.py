@@ -23,7 +23,7 @@ def backoff_delay(retry_number: int, retry_after: float | None, *,
     """Seconds to wait before retry ``retry_number`` (0-based)."""
     if retry_after is not None and 0 <= retry_after <= MAX_RETRY_AFTER:
         return retry_after
-    return min(INITIAL_DELAY * 2**retry_number, MAX_DELAY) * (1 - 0.25 * rand())
+    return float(min(INITIAL_DELAY * 2.0**retry_number, MAX_DELAY) * (1 - 0.25 * rand()))
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,8 @@ class Router:
         base = (req.api_base if req.HasField("api_base") else None) or self._first(adapter.env_bases)
         if not base and not adapter.default_base:
             raise invalid_argument([("api_base", f"provider {adapter.name!r} needs an api_base")])
-        version = req.api_version if req.HasField("api_version") else self._env.get(f"{adapter.name.upper()}_API_VERSION")
+        version = (req.api_version if req.HasField("api_version")
+                   else self._env.get(f"{adapter.name.upper()}_API_VERSION"))
         target = Target(
             provider=adapter.name, model=name, api_base=base or adapter.default_base, api_key=key,
             api_version=version, key_from_caller=caller_key is not None, requested_model=model,

@@ -4,15 +4,17 @@ to a status in one place (:meth:`CompletionService._errors`)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 
 from .config import Settings
-from .errors import ServiceError, from_provider_error, internal_error, to_status
+from .errors import ServiceError, from_provider_error, internal_error, invalid_argument, to_status
 from .params import openai_name
 from .pipeline import Backend
 from .providers.base import ProviderError
@@ -20,7 +22,7 @@ from .retry import Deadline
 from .router import Router
 from .validation import validate_request
 
-__all__ = ["CompletionService"]
+__all__ = ["CompletionService", "Undecodable", "add_to_server"]
 
 log = logging.getLogger("llmrpc_server")
 
@@ -33,33 +35,36 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
         self._router = router
         self._settings = settings
 
-    async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:  # type: ignore[type-arg]  # noqa: N802
+    async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
         async with _errors(context):
+            _require_decoded(request)
             validate_request(request)
             return await self._backend.complete(request, self._deadline(request, context))
         raise AssertionError("unreachable: _errors aborts")
 
-    async def StreamComplete(  # noqa: N802
-        self, request: pb.StreamCompleteRequest, context: grpc.aio.ServicerContext  # type: ignore[type-arg]
+    async def StreamComplete(
+        self, request: pb.StreamCompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompleteResponse]:
         # An async generator, not context.write(): the OTel aio interceptor breaks on the latter.
         async with _errors(context):
+            _require_decoded(request)
             req = request.request
             validate_request(req, prefix="request.")
             include_usage = request.stream_options.include_usage
             async for chunk in self._backend.stream(req, self._deadline(req, context), include_usage=include_usage):
                 yield chunk
 
-    async def GetSupportedParams(  # noqa: N802
-        self, request: pb.GetSupportedParamsRequest, context: grpc.aio.ServicerContext  # type: ignore[type-arg]
+    async def GetSupportedParams(
+        self, request: pb.GetSupportedParamsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSupportedParamsResponse:
         async with _errors(context):
+            _require_decoded(request)
             adapter, name = self._router.split(request.model)
             params = sorted({openai_name(p) for p in adapter.supported_params} | {"stream", "stream_options"})
             return pb.GetSupportedParamsResponse(provider=adapter.name, provider_model=name, supported_params=params)
         raise AssertionError("unreachable: _errors aborts")
 
-    def _deadline(self, req: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> Deadline:  # type: ignore[type-arg]
+    def _deadline(self, req: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> Deadline:
         return Deadline.smallest(
             caller_remaining=context.time_remaining(),
             timeout=req.timeout if req.HasField("timeout") else None,
@@ -68,7 +73,7 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
 
 
 @asynccontextmanager
-async def _errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:  # type: ignore[type-arg]
+async def _errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
     """Abort with the mapped status for every failure; AbortError and cancellation pass through."""
     try:
         yield
@@ -82,3 +87,44 @@ async def _errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:  # 
         log.exception("internal error")
         await context.abort_with_status(to_status(internal_error(exc)))
 
+
+
+class Undecodable:
+    """A request body that is not a valid message of the method's type (corrupt wire format,
+    invalid UTF-8 in a string). Handlers reject it with INVALID_ARGUMENT; left to grpcio, the
+    deserializer's exception would become an UNKNOWN status."""
+
+    def __init__(self, message_type: str, error: Exception) -> None:
+        self.message_type = message_type
+        self.error = error
+
+
+def _require_decoded(request: object) -> None:
+    if isinstance(request, Undecodable):
+        raise invalid_argument([("request", f"not a valid {request.message_type} message: {request.error}")])
+
+
+def _parser(cls: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    def parse(data: bytes) -> Message | Undecodable:
+        try:
+            return cls.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(cls.DESCRIPTOR.full_name, exc)
+    return parse
+
+
+def add_to_server(service: CompletionService, server: grpc.aio.Server) -> None:
+    """``add_CompletionServiceServicer_to_server`` with request parsing that never raises."""
+    name = pb.DESCRIPTOR.services_by_name["CompletionService"].full_name
+    handlers: dict[str, Any] = {
+        "Complete": grpc.unary_unary_rpc_method_handler(
+            service.Complete, _parser(pb.CompleteRequest), pb.CompleteResponse.SerializeToString),
+        "StreamComplete": grpc.unary_stream_rpc_method_handler(
+            service.StreamComplete, _parser(pb.StreamCompleteRequest),
+            pb.StreamCompleteResponse.SerializeToString),
+        "GetSupportedParams": grpc.unary_unary_rpc_method_handler(
+            service.GetSupportedParams, _parser(pb.GetSupportedParamsRequest),
+            pb.GetSupportedParamsResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)

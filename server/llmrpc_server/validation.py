@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from .convert import struct_to_dict
+from .convert import has_field, struct_to_dict
 from .errors import invalid_argument
 
 __all__ = ["ROLES", "validate_request"]
@@ -66,9 +66,9 @@ def _violations(req: pb.CompleteRequest) -> Iterator[Violation]:
 
 def _knobs(req: pb.CompleteRequest) -> Iterator[Violation]:
     for name, low, high in _RANGES:
-        if req.HasField(name):
+        if has_field(req, name):
             value = getattr(req, name)
-            if isinstance(value, float) and not math.isfinite(value) or not low <= value <= high:
+            if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
                 yield name, f"must be between {low} and {high}, got {value}"
     for token, bias in req.logit_bias.items():
         if not -100 <= bias <= 100:
@@ -85,7 +85,7 @@ def _knobs(req: pb.CompleteRequest) -> Iterator[Violation]:
             yield f"stop[{i}]", "must not be empty"
     if req.HasField("cache"):
         for name in ("ttl", "s_maxage"):
-            if req.cache.HasField(name) and not getattr(req.cache, name) >= 0:
+            if has_field(req.cache, name) and not getattr(req.cache, name) >= 0:
                 yield f"cache.{name}", "must not be negative"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 
 from .base import ErrorKind, HttpCall, ProviderAdapter, ProviderError, StreamEvent, StreamState, Target
 from .mock import MockAdapter
@@ -27,11 +28,12 @@ OPENAI = OpenAISpec(
 )
 
 
-def default_adapters() -> dict[str, ProviderAdapter]:
-    """Every built-in provider by its LiteLLM prefix."""
+def default_adapters(env: Mapping[str, str] | None = None) -> dict[str, ProviderAdapter]:
+    """Every built-in provider by its LiteLLM prefix; ``env`` is the server's environment snapshot
+    (a few hosts take attribution headers from it)."""
     adapters: list[ProviderAdapter] = [OpenAIAdapter(OPENAI), MockAdapter()]
     for module in _ADAPTER_MODULES:
-        adapters.extend(importlib.import_module(f"{__name__}.{module}").adapters())
+        adapters.extend(importlib.import_module(f"{__name__}.{module}").adapters(env))
     return {a.name: a for a in adapters}
 
 

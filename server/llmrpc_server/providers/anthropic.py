@@ -70,7 +70,7 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _PHONE = re.compile(r"\+?[\d\s()-]{7,}")
 
 
-def adapters() -> list[AnthropicAdapter]:
+def adapters(env: Mapping[str, str] | None = None) -> list[AnthropicAdapter]:
     """The provider module entry point (see ``providers/__init__.py``)."""
     return [AnthropicAdapter()]
 

@@ -77,6 +77,6 @@ def _inner_code(data: dict[str, Any]) -> str | None:
     return code if isinstance(code, str) else None
 
 
-def adapters() -> list[ProviderAdapter]:
+def adapters(env: Mapping[str, str] | None = None) -> list[ProviderAdapter]:
     """The Azure OpenAI adapter."""
     return [AzureAdapter(AZURE)]

@@ -127,7 +127,7 @@ class GeminiAdapter:
         return gemini_error(status, headers, data)
 
 
-def adapters() -> list[ProviderAdapter]:
+def adapters(env: Mapping[str, str] | None = None) -> list[ProviderAdapter]:
     """The ``gemini/`` provider."""
     return [GeminiAdapter()]
 

@@ -350,6 +350,6 @@ def _error(
     return classified
 
 
-def adapters() -> list[ProviderAdapter]:
+def adapters(env: Mapping[str, str] | None = None) -> list[ProviderAdapter]:
     """``ollama_chat/`` and ``ollama/`` (both on the native chat endpoint)."""
     return [OllamaAdapter("ollama_chat"), OllamaAdapter("ollama")]

@@ -12,7 +12,7 @@ from typing import Any
 from llmrpc.v1 import chat_pb2, usage_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from ..convert import struct_to_dict
+from ..convert import has_field, struct_to_dict
 from .common import new_completion_id
 
 __all__ = [
@@ -56,7 +56,7 @@ def body_from_request(req: pb.CompleteRequest, model: str, *, keep_cache_control
         "messages": [message_to_openai(m, keep_cache_control=keep_cache_control) for m in req.messages],
     }
     for name in _SCALARS:
-        if req.HasField(name):
+        if has_field(req, name):
             body[name] = getattr(req, name)
     if req.stop:
         body["stop"] = list(req.stop)
@@ -234,10 +234,12 @@ def _message_from_openai(msg: dict[str, Any], extras: dict[str, Any]) -> chat_pb
         )
     if msg.get("function_call"):
         fc = msg["function_call"]
-        out.function_call.CopyFrom(chat_pb2.FunctionCall(name=fc.get("name") or "", arguments=_args(fc.get("arguments"))))
+        out.function_call.name = fc.get("name") or ""
+        out.function_call.arguments = _args(fc.get("arguments"))
     for ann in msg.get("annotations") or ():
         if ann.get("type") == "url_citation" and isinstance(ann.get("url_citation"), dict):
-            out.annotations.add(type="url_citation", url_citation=chat_pb2.UrlCitation(**_citation(ann["url_citation"])))
+            citation = chat_pb2.UrlCitation(**_citation(ann["url_citation"]))
+            out.annotations.add(type="url_citation", url_citation=citation)
     extra = dict(extras)
     if msg.get("reasoning_details"):
         extra["reasoning_details"] = msg["reasoning_details"]
