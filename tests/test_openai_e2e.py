@@ -342,3 +342,18 @@ async def test_acompletion_unary_and_stream(gateway: GatewayThread, upstream: Fa
     chunks = [c async for c in stream]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "xy"
     client.close()
+
+
+def test_cancelling_a_unary_call_closes_the_upstream_request(gateway: GatewayThread, upstream: FakeUpstream) -> None:
+    from llmrpc.v1 import chat_pb2
+    from llmrpc.v1 import completion_service_pb2 as pb
+    from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
+
+    upstream.reset()
+    upstream.enqueue(StallReply(10))
+    req = pb.CompleteRequest(model="openai/gpt-4o", messages=[chat_pb2.Message(role="user", content="x")])
+    with grpc.insecure_channel(gateway.address) as channel:
+        future = pb_grpc.CompletionServiceStub(channel).Complete.future(req, timeout=30)
+        assert upstream.wait_for(lambda: len(upstream.requests) == 1, timeout=5)
+        future.cancel()
+        assert upstream.wait_for(lambda: upstream.disconnects >= 1, timeout=5)
