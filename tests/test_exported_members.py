@@ -10,6 +10,8 @@ import llmrpc
 PUBLIC = {
     # functions
     "completion", "acompletion", "get_supported_openai_params", "stream_chunk_builder",
+    # local callbacks (LiteLLM's module-level lists)
+    "success_callback", "failure_callback",
     # client and streams
     "Client", "CustomStreamWrapper", "AsyncCustomStreamWrapper",
     # response types

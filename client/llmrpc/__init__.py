@@ -10,6 +10,7 @@ exceptions subclass ``openai``'s. The gateway address comes from
 ``client=llmrpc.Client("host:port")`` or ``$LLMRPC_SERVER`` (default ``localhost:50051``).
 """
 
+from ._callbacks import failure_callback, success_callback
 from ._chunk_builder import stream_chunk_builder
 from ._client import Client, acompletion, completion, get_supported_openai_params
 from ._streaming import AsyncCustomStreamWrapper, CustomStreamWrapper
@@ -87,6 +88,8 @@ __all__ = [
     "__version__",
     "acompletion",
     "completion",
+    "failure_callback",
     "get_supported_openai_params",
     "stream_chunk_builder",
+    "success_callback",
 ]

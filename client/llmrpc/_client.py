@@ -20,6 +20,8 @@ from typing import Any
 
 import grpc
 
+from . import _callbacks
+from ._callbacks import with_trace
 from ._convert import _model_name, build_request, stream_options_to_proto
 from ._decode import response_from_proto
 from ._streaming import AsyncCustomStreamWrapper, CustomStreamWrapper
@@ -224,28 +226,30 @@ class Client:
         """``litellm.acompletion()`` through this client's gateway."""
         return await self._acomplete(_collect(locals()))
 
+    @_callbacks.observed
     def _complete(self, params: Mapping[str, Any]) -> ModelResponse | CustomStreamWrapper:
         call = _prepare(params)
         stub = self._sync_stub()
         if call.stream:
-            rpc = stub.StreamComplete(call.stream_request(), timeout=call.deadline, metadata=self._metadata)
+            rpc = stub.StreamComplete(call.stream_request(), timeout=call.deadline, metadata=with_trace(self._metadata))
             return CustomStreamWrapper(rpc, model=call.model, target=self.target)._start()
         started = time.perf_counter()
         try:
-            pb = stub.Complete(call.request, timeout=call.deadline, metadata=self._metadata)
+            pb = stub.Complete(call.request, timeout=call.deadline, metadata=with_trace(self._metadata))
         except grpc.RpcError as err:
             raise map_rpc_error(err, model=call.model, target=self.target) from err
         return _finish(pb, started)
 
+    @_callbacks.aobserved
     async def _acomplete(self, params: Mapping[str, Any]) -> ModelResponse | AsyncCustomStreamWrapper:
         call = _prepare(params)
         stub = self._aio_stub()
         if call.stream:
-            rpc = stub.StreamComplete(call.stream_request(), timeout=call.deadline, metadata=self._metadata)
+            rpc = stub.StreamComplete(call.stream_request(), timeout=call.deadline, metadata=with_trace(self._metadata))
             return await AsyncCustomStreamWrapper(rpc, model=call.model, target=self.target)._start()
         started = time.perf_counter()
         try:
-            pb = await stub.Complete(call.request, timeout=call.deadline, metadata=self._metadata)
+            pb = await stub.Complete(call.request, timeout=call.deadline, metadata=with_trace(self._metadata))
         except grpc.RpcError as err:
             raise map_rpc_error(err, model=call.model, target=self.target) from err
         return _finish(pb, started)
@@ -257,7 +261,7 @@ class Client:
         )
         try:
             pb = self._sync_stub().GetSupportedParams(
-                request, timeout=_PARAMS_DEADLINE_S, metadata=self._metadata
+                request, timeout=_PARAMS_DEADLINE_S, metadata=with_trace(self._metadata)
             )
         except grpc.RpcError as err:
             raise map_rpc_error(

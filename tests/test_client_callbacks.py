@@ -1,0 +1,147 @@
+"""The thin client's local callbacks (``llmrpc.success_callback`` / ``failure_callback``) and its W3C
+trace-context propagation to the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import llmrpc
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind
+
+from tests.otel_support import Otel, TelemetryGateway, of_kind, otel, start_observed
+from tests.support import GatewayThread
+
+__all__ = ["otel", "start_observed"]  # fixtures
+
+SECRET = "sk-client-SECRET-5678"
+MESSAGES = [{"role": "user", "content": "Hi"}]
+Event = tuple[dict[str, Any], Any, datetime, datetime]
+
+
+@pytest.fixture
+def events() -> Iterator[list[Event]]:
+    """Registers a recording success and failure callback; restores the lists afterwards."""
+    seen: list[Event] = []
+    lock = threading.Lock()
+
+    def record(kwargs: dict[str, Any], response: Any, start: datetime, end: datetime) -> None:
+        with lock:
+            seen.append((kwargs, response, start, end))
+
+    saved = llmrpc.success_callback, llmrpc.failure_callback
+    llmrpc.success_callback = [record]
+    llmrpc.failure_callback = [record]
+    yield seen
+    llmrpc.success_callback, llmrpc.failure_callback = saved
+
+
+@pytest.fixture
+def client(mock_gateway: GatewayThread) -> Iterator[llmrpc.Client]:
+    with llmrpc.Client(mock_gateway.address) as c:
+        yield c
+
+
+def wait_for(seen: list[Any], n: int, timeout: float = 5.0) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while len(seen) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(seen) >= n
+    return seen
+
+
+def test_success_callback_gets_litellm_arguments(events: list[Event], client: llmrpc.Client) -> None:
+    response = llmrpc.completion(model="openai/gpt-4o-mini", messages=MESSAGES, mock_response="hello",
+                                 api_key=SECRET, user="u1", client=client)
+    ((kwargs, got, start, end),) = wait_for(events, 1)
+    assert got is response and start <= end
+    assert kwargs["model"] == "openai/gpt-4o-mini" and kwargs["messages"] == MESSAGES and kwargs["user"] == "u1"
+    assert kwargs["response_cost"] == response._hidden_params["response_cost"] > 0
+    assert "api_key" not in kwargs and SECRET not in repr(kwargs)
+
+
+def test_failure_callback_gets_the_exception(events: list[Event], client: llmrpc.Client) -> None:
+    with pytest.raises(llmrpc.RateLimitError):
+        llmrpc.completion(model="openai/gpt-4o-mini", messages=MESSAGES, mock_response="litellm.RateLimitError",
+                          num_retries=0, client=client)
+    ((kwargs, response, _, _),) = wait_for(events, 1)
+    assert response is None and isinstance(kwargs["exception"], llmrpc.RateLimitError)
+
+
+def test_stream_reports_once_exhausted_with_the_rebuilt_response(
+        events: list[Event], client: llmrpc.Client) -> None:
+    stream = llmrpc.completion(model="openai/gpt-4o-mini", messages=MESSAGES, mock_response="a b c",
+                               stream=True, stream_options={"include_usage": True}, client=client)
+    assert isinstance(stream, llmrpc.CustomStreamWrapper)
+    time.sleep(0.1)
+    assert events == []  # not before the stream ends
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    ((kwargs, response, _, _),) = wait_for(events, 1)
+    assert text == "a b c" and response.choices[0].message.content == "a b c"
+    assert kwargs["complete_streaming_response"] is response and kwargs["response_cost"] > 0
+
+
+def test_async_callbacks_and_streams(mock_gateway: GatewayThread) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def record(kwargs: dict[str, Any], response: Any, start: datetime, end: datetime) -> None:
+        seen.append(kwargs)
+
+    async def main() -> None:
+        async with llmrpc.Client(mock_gateway.address) as client:
+            await llmrpc.acompletion(model="mock/echo", messages=MESSAGES, client=client)
+            stream = await llmrpc.acompletion(model="mock/echo", messages=MESSAGES, stream=True, client=client)
+            assert isinstance(stream, llmrpc.AsyncCustomStreamWrapper)
+            async for _ in stream:
+                pass
+            await asyncio.sleep(0.05)
+
+    saved = llmrpc.success_callback
+    llmrpc.success_callback = [record]
+    try:
+        asyncio.run(main())
+    finally:
+        llmrpc.success_callback = saved
+    assert [kwargs["call_type"] for kwargs in seen] == ["acompletion", "acompletion"]
+    assert [kwargs.get("stream") for kwargs in seen] == [None, True]
+
+
+def test_raising_or_slow_callbacks_do_not_affect_the_call(client: llmrpc.Client) -> None:
+    def boom(*args: Any) -> None:
+        raise RuntimeError("callback bug")
+
+    def slow(*args: Any) -> None:
+        time.sleep(1.0)
+
+    saved = llmrpc.success_callback
+    llmrpc.success_callback = [boom, slow]
+    try:
+        began = time.monotonic()
+        for _ in range(3):
+            response = llmrpc.completion(model="mock/echo", messages=MESSAGES, client=client)
+            assert response.choices[0].message.content
+        assert time.monotonic() - began < 0.9
+    finally:
+        llmrpc.success_callback = saved
+
+
+def test_trace_context_reaches_the_gateway(otel: Otel, start_observed: Callable[..., TelemetryGateway]) -> None:
+    gw = start_observed()
+    tracer = TracerProvider().get_tracer("caller")  # the caller's own SDK, not the global one
+    with llmrpc.Client(gw.address) as client, tracer.start_as_current_span("caller-operation") as parent:
+        llmrpc.completion(model="mock/echo", messages=MESSAGES, client=client)
+    (server,) = of_kind(otel.wait_spans(), SpanKind.SERVER)
+    assert server.context.trace_id == parent.get_span_context().trace_id
+    assert server.parent is not None and server.parent.span_id == parent.get_span_context().span_id
+
+
+def test_no_trace_metadata_without_an_active_span() -> None:
+    from llmrpc._callbacks import with_trace
+
+    assert with_trace((("authorization", "Bearer x"),)) == (("authorization", "Bearer x"),)
