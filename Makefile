@@ -34,11 +34,11 @@ proto: install ## regenerate client/llmrpc/v1 from protos/
 protoset: ## descriptor set for `grpcurl -protoset llmrpc.protoset` (decodes google.rpc details)
 	npx --yes @bufbuild/buf build protos -o llmrpc.protoset
 
-bench: install ## gateway vs direct upstream call, same run
+bench: install ## gateway vs direct upstream call, same run; then 1,000 concurrent slow streams
 	$(BIN)/python -m bench
 
-faults: install ## the fault-injection suite alone
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_faults.py
+faults: install ## the fault-injection suite: upstream faults, fallbacks, timeouts
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_faults.py tests/test_fallbacks.py tests/test_timeouts.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache llmrpc.protoset

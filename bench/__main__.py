@@ -210,6 +210,9 @@ def main() -> None:
             proc.terminate()
         for proc in procs:
             proc.wait(30)
+    from bench.bench_load import run_load
+
+    print("\n" + run_load().report())
 
 
 if __name__ == "__main__":

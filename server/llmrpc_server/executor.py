@@ -128,6 +128,7 @@ class _HttpStream:
         self._decoder = make_decoder(stream_format)
         self._limit = limit
         self._eof = False
+        self._pending = 0  # bytes read since the last complete event
 
     async def read_body(self) -> bytes:
         try:
@@ -149,7 +150,12 @@ class _HttpStream:
         if not data:
             self._eof = True
             return self._decoder.close()
-        return self._decoder.feed(data)
+        events = self._decoder.feed(data)
+        self._pending = 0 if events else self._pending + len(data)
+        if self._pending > self._limit:  # one endless line or event must not exhaust memory
+            raise ProviderError(ErrorKind.BAD_RESPONSE,
+                                f"upstream stream sent over {self._limit} bytes without completing an event")
+        return events
 
 
 @dataclass

@@ -6,18 +6,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Protocol
 
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from .config import Settings
+from .counters import COUNTERS, DEADLINE_EXCEEDED, FALLBACKS, RETRIES, STREAM_IDLE_TIMEOUTS, STREAMS_BROKEN
 from .errors import ServiceError, from_provider_error, invalid_argument
 from .executor import Executor, UpstreamStream
 from .params import openai_name, set_params, without_params
-from .providers.base import ErrorKind, ProviderError, StreamEvent, Target
+from .providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent, Target
 from .retry import Deadline, backoff_delay
 from .router import Route, Router
-from .telemetry import attempt_span, record_response
+from .telemetry import attempt_span, record_chunk, record_response
 
 __all__ = ["AttemptLog", "Backend", "FallbackPlan", "Pipeline"]
 
@@ -47,6 +49,10 @@ class AttemptLog:
         if error is not None and error.status is not None:
             attempt.upstream_http_status = error.status
         self.attempts.append(attempt)
+
+    def summary(self) -> str:
+        """``model (provider): outcome; ...`` for a failure's ErrorInfo metadata."""
+        return "; ".join(f"{a.model} ({a.provider}): {a.outcome}" for a in self.attempts)
 
     def metadata(self, target: Target, latency_ms: float | None, request_id: str | None) -> pb.ResponseMetadata:
         meta = pb.ResponseMetadata(
@@ -121,8 +127,8 @@ class Pipeline:
                 _require_key(route)
                 return await self._unary_with_retries(route, creq, deadline, log)
             except ProviderError as err:
-                model = plan.next_model(err) or ""
-                if not model or deadline.remaining() <= 0:
+                model = _fallback_model(plan, err, deadline)
+                if not model:
                     raise self._failure(err, target, log, deadline) from err
 
     async def stream(self, req: pb.CompleteRequest, deadline: Deadline, *,
@@ -142,10 +148,11 @@ class Pipeline:
                     yield chunk
                 return
             except _Committed as committed:
+                COUNTERS.incr(STREAMS_BROKEN, committed.error.kind.value)
                 raise self._failure(committed.error, target, log, deadline) from committed.error
             except ProviderError as err:
-                model = plan.next_model(err) or ""
-                if not model or deadline.remaining() <= 0:
+                model = _fallback_model(plan, err, deadline)
+                if not model:
                     raise self._failure(err, target, log, deadline) from err
 
     def _retries(self, req: pb.CompleteRequest) -> int:
@@ -188,6 +195,7 @@ class Pipeline:
         delay = backoff_delay(n, err.retry_after)
         if delay >= deadline.remaining():
             raise err
+        COUNTERS.incr(RETRIES, err.kind.value)
         await asyncio.sleep(delay)
 
     async def _stream_with_retries(self, route: Route, req: pb.CompleteRequest, deadline: Deadline,
@@ -216,25 +224,47 @@ class Pipeline:
                            include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
         adapter, target = route.adapter, route.target
         idle = self._settings.stream_idle_timeout
-        with attempt_span(target, req, stream=True):
+        with attempt_span(target, req, stream=True) as span:
             call = adapter.build_request(req, target, stream=True, include_usage=include_usage)
-            async with self._executor.stream(call, timeout=_time_left(deadline)) as upstream:
+            async with self._open_stream(call, deadline) as upstream:
                 if not 200 <= upstream.status < 300:
                     raise adapter.map_error(upstream.status, upstream.headers, await upstream.read_body())
                 state = adapter.new_stream_state(req, target, include_usage=include_usage)
                 while (events := await _next_events(upstream, idle, deadline)) is not None:
                     for event in events:
                         for chunk in adapter.parse_stream_event(event, state):
+                            record_chunk(span, chunk)
                             yield chunk
                 for chunk in adapter.finish_stream(state):
+                    record_chunk(span, chunk)
                     yield chunk
                 if not state.finished:
                     raise ProviderError(ErrorKind.STREAM_ERROR, "the upstream stream ended before it finished")
 
+    @asynccontextmanager
+    async def _open_stream(self, call: HttpCall, deadline: Deadline) -> AsyncIterator[UpstreamStream]:
+        """The executor's stream; waiting for the response headers counts as idle time too."""
+        idle, remaining = self._settings.stream_idle_timeout, _time_left(deadline)
+        opened = False
+        try:
+            async with self._executor.stream(call, timeout=min(idle, remaining)) as upstream:
+                opened = True
+                yield upstream
+        except ProviderError as err:
+            if opened or err.kind is not ErrorKind.TIMEOUT or remaining <= idle:
+                raise
+            COUNTERS.incr(STREAM_IDLE_TIMEOUTS, "headers")
+            raise ProviderError(ErrorKind.IDLE_TIMEOUT, f"no response headers within {idle:g}s") from err
+
     def _failure(self, err: ProviderError, target: Target | None, log: AttemptLog,
                  deadline: Deadline) -> ServiceError:
         caller = err.kind is ErrorKind.TIMEOUT and deadline.source == "caller" and deadline.remaining() <= 0.1
-        return from_provider_error(err, target, attempts=len(log.attempts), caller_deadline=caller)
+        if caller:
+            COUNTERS.incr(DEADLINE_EXCEEDED, err.kind.value)
+        failure = from_provider_error(err, target, attempts=len(log.attempts), caller_deadline=caller)
+        if log.attempts:
+            failure.metadata["attemptLog"] = log.summary()
+        return failure
 
 
 class _Committed(Exception):
@@ -252,6 +282,14 @@ def _require_key(route: Route) -> None:
                             f"no API key for {route.adapter.name}: pass api_key or set {names}")
 
 
+def _fallback_model(plan: FallbackPlan, err: ProviderError, deadline: Deadline) -> str:
+    """The next model to try after ``err`` spent a model's retries; "" when none is left or time is up."""
+    model = plan.next_model(err) if deadline.remaining() > 0 else None
+    if model:
+        COUNTERS.incr(FALLBACKS, err.kind.value)
+    return model or ""
+
+
 def _time_left(deadline: Deadline) -> float:
     remaining = deadline.remaining()
     if remaining <= 0:
@@ -267,4 +305,5 @@ async def _next_events(upstream: UpstreamStream, idle: float, deadline: Deadline
     except TimeoutError:
         if remaining <= idle:
             raise ProviderError(ErrorKind.TIMEOUT, "the call's deadline passed while streaming") from None
+        COUNTERS.incr(STREAM_IDLE_TIMEOUTS, "body")
         raise ProviderError(ErrorKind.IDLE_TIMEOUT, f"no data from the upstream for {idle:g}s") from None

@@ -67,6 +67,9 @@ class MockReply:
 def answer(call: HttpCall) -> MockReply:
     """Answer one OpenAI-shaped request the way LiteLLM's mock_response does."""
     body: dict[str, Any] = call.body
+    rejected = _reject(body)
+    if rejected is not None:
+        return rejected
     text = body.get("mock_response")
     delay = float(body.get("mock_delay") or 0.0)
     if isinstance(text, str) and text in _MOCK_ERRORS:
@@ -79,6 +82,34 @@ def answer(call: HttpCall) -> MockReply:
         events = _stream_events(content, body, n)
         return MockReply(200, events=events, delay=delay, headers={"content-type": "text/event-stream"})
     return MockReply(200, dumps(_completion(content, body, n)), delay=delay)
+
+
+def _reject(body: dict[str, Any]) -> MockReply | None:
+    """A 400 naming the field, as a strict upstream answers a body it cannot use (``extra_body`` is
+    merged in verbatim, so any of these may hold anything)."""
+    checks = (
+        ("n", _number(body.get("n", 1), 1, 128, whole=True), "must be an integer from 1 to 128"),
+        ("messages", isinstance(body.get("messages"), list)
+         and all(isinstance(m, dict) for m in body["messages"]), "must be a list of message objects"),
+        ("mock_delay", _number(body.get("mock_delay", 0), 0, 600), "must be a number of seconds from 0 to 600"),
+        ("mock_response", isinstance(body.get("mock_response", ""), str), "must be a string"),
+        ("stream_options", isinstance(body.get("stream_options", {}), dict | None), "must be an object"),
+        ("model", isinstance(body.get("model", ""), str), "must be a string"),
+    )
+    for param, ok, message in checks:
+        if not ok:
+            err = {"error": {"message": f"{param}: {message}", "type": "invalid_request_error",
+                             "param": param, "code": "invalid_value"}}
+            return MockReply(400, dumps(err))
+    return None
+
+
+def _number(value: Any, low: float, high: float, *, whole: bool = False) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, int | float) or (whole and not isinstance(value, int)):
+        return False
+    return low <= value <= high  # False for NaN
 
 
 def _echo(messages: list[dict[str, Any]]) -> str:
