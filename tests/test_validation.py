@@ -109,3 +109,16 @@ def test_unsupported_parameter_is_rejected_then_dropped(start_gateway: Any) -> N
             stub.Complete(req, timeout=10)
         # Dropped: the call now goes upstream (nothing listens on port 9) instead of being rejected.
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("key", ["stream", "model", "messages", "stream_options"])
+def test_extra_body_cannot_override_what_the_gateway_sets(stub: pb_grpc.CompletionServiceStub, key: str) -> None:
+    err = _complete(stub, {**GOOD, "extra_body": {key: True}})
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _violations(err)[1] == [f"extra_body.{key}"]
+
+
+def test_unknown_fallback_provider_names_the_fallback(stub: pb_grpc.CompletionServiceStub) -> None:
+    err = _complete(stub, {**GOOD, "fallbacks": ["mock/ok", "nosuch/model"]})
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _violations(err) == ("UNKNOWN_PROVIDER", ["fallbacks[1]"])

@@ -58,6 +58,13 @@ class Router:
             reason="UNKNOWN_PROVIDER", metadata={"knownProviders": known},
         )
 
+    def check_fallbacks(self, req: pb.CompleteRequest, *, prefix: str = "") -> None:
+        """INVALID_ARGUMENT naming ``fallbacks[i]`` (etc.) for a fallback no provider serves,
+        before any upstream call is made."""
+        for name in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
+            for i, model in enumerate(getattr(req, name)):
+                self.split(model, field=f"{prefix}{name}[{i}]")
+
     def resolve(self, req: pb.CompleteRequest, model: str) -> Route:
         """Where ``model`` (the request's model or a fallback) goes for this request."""
         adapter, name = self.split(model)

@@ -39,6 +39,7 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
         async with _errors(context):
             _require_decoded(request)
             validate_request(request)
+            self._router.check_fallbacks(request)
             return await self._backend.complete(request, self._deadline(request, context))
         raise AssertionError("unreachable: _errors aborts")
 
@@ -50,6 +51,7 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
             _require_decoded(request)
             req = request.request
             validate_request(req, prefix="request.")
+            self._router.check_fallbacks(req, prefix="request.")
             include_usage = request.stream_options.include_usage
             async for chunk in self._backend.stream(req, self._deadline(req, context), include_usage=include_usage):
                 yield chunk

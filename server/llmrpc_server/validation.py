@@ -20,6 +20,8 @@ _NAME = re.compile(r"^[a-zA-Z0-9_.:-]{1,128}$")
 _EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh", "max", "disable"})
 _FORMATS = frozenset({"text", "json_object", "json_schema"})
 _THINKING = frozenset({"enabled", "disabled", "adaptive"})
+# extra_body is merged last into the upstream body: these keys would silently change the call's shape.
+_RESERVED_BODY_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
 _PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
 # (field, low, high) for optional numeric knobs.
 _RANGES = (
@@ -60,6 +62,9 @@ def _violations(req: pb.CompleteRequest) -> Iterator[Violation]:
         for i, model in enumerate(getattr(req, name)):
             if not model.strip():
                 yield f"{name}[{i}]", "must name a model"
+    if req.HasField("extra_body"):
+        for key in _RESERVED_BODY_KEYS.intersection(req.extra_body.fields):
+            yield f"extra_body.{key}", f"{key!r} is set by the gateway; use the request field instead"
     if req.HasField("api_base") and not re.match(r"^https?://[^/\s]+", req.api_base):
         yield "api_base", "must be an http:// or https:// URL"
 
