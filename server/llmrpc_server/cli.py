@@ -20,6 +20,15 @@ __all__ = ["main"]
 _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {}
 
 
+def _cache(settings: Settings, args: argparse.Namespace) -> int:
+    from .cache import cache_command  # imported on use: serving does not need the CLI's code path
+
+    return cache_command(settings, args)
+
+
+_COMMANDS["cache"] = _cache
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmrpc-server", description="llmrpc gRPC gateway")
     parser.add_argument("command", nargs="?", default="serve", help="serve (default), or: cache")
