@@ -23,10 +23,10 @@ ANSWER = pb.CompleteResponse(
 
 
 class Echo(pb_grpc.CompletionServiceServicer):
-    async def Complete(self, request: pb.CompleteRequest, context: object) -> pb.CompleteResponse:  # noqa: N802
+    async def Complete(self, request: pb.CompleteRequest, context: object) -> pb.CompleteResponse:
         return ANSWER
 
-    async def StreamComplete(  # noqa: N802
+    async def StreamComplete(
         self, request: pb.StreamCompleteRequest, context: object
     ) -> AsyncIterator[pb.StreamCompleteResponse]:
         for _ in range(50):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 import pytest
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 
-import grpc
 from tests.support import GatewayThread, gateway_settings
 
 

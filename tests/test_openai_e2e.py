@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import llmrpc
 import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-import llmrpc
 from tests.support import GatewayThread, gateway_settings
 from tests.upstreams import FakeUpstream, closed_port_url
 from tests.upstreams import openai as oai

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import pytest
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
-
-import grpc
 
 GOOD: dict[str, Any] = {"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -58,18 +57,22 @@ def _complete(stub: pb_grpc.CompletionServiceStub, body: dict[str, Any]) -> grpc
         ({"logit_bias": {"50256": 300}}, "logit_bias[50256]"),
         ({"reasoning_effort": "extreme"}, "reasoning_effort"),
         ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name"),
-        ({"tools": [{"function": {"name": "f", "parameters": {"type": "string"}}}]}, "tools[0].function.parameters.type"),
+        ({"tools": [{"function": {"name": "f", "parameters": {"type": "string"}}}]},
+         "tools[0].function.parameters.type"),
         ({"tools": [{"function": {"name": "f", "parameters": {"type": "object", "properties": [1, 2]}}}]},
          "tools[0].function.parameters.properties"),
         ({"tool_choice": {"function": {"name": "missing"}}}, "tool_choice.function.name"),
         ({"response_format": {"type": "yaml"}}, "response_format.type"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "response_format.json_schema.name"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+         "response_format.json_schema.name"),
         ({"api_base": "ftp://example"}, "api_base"),
         ({"timeout": -1}, "timeout"),
         ({"thinking": {"type": "sometimes"}}, "thinking.type"),
     ],
 )
-def test_invalid_request_names_the_field(stub: pb_grpc.CompletionServiceStub, patch: dict[str, Any], field: str) -> None:
+def test_invalid_request_names_the_field(
+    stub: pb_grpc.CompletionServiceStub, patch: dict[str, Any], field: str
+) -> None:
     err = _complete(stub, {**GOOD, **patch})
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     reason, fields = _violations(err)
