@@ -357,3 +357,15 @@ def test_cancelling_a_unary_call_closes_the_upstream_request(gateway: GatewayThr
         assert upstream.wait_for(lambda: len(upstream.requests) == 1, timeout=5)
         future.cancel()
         assert upstream.wait_for(lambda: upstream.disconnects >= 1, timeout=5)
+
+
+def test_stream_metadata_latency_request_id_and_cost(client: llmrpc.Client, upstream: FakeUpstream) -> None:
+    upstream.enqueue(oai.chat_stream(["a", "b"], headers={"x-request-id": "req_stream1"}))
+    stream = client.completion(model="openai/gpt-4o-mini", messages=MESSAGES, stream=True,
+                               stream_options={"include_usage": True})
+    chunks = list(stream)
+    first = chunks[0]._hidden_params
+    assert first["upstream_latency_ms"] > 0 and first["provider_request_id"] == "req_stream1"
+    assert first["attempts"] == 1
+    assert chunks[-1]._hidden_params["response_cost"] > 0  # priced from the usage chunk
+    assert stream._hidden_params["response_cost"] == chunks[-1]._hidden_params["response_cost"]

@@ -39,10 +39,14 @@ class _StreamBase:
         self._done = False
 
     def _to_chunk(self, pb: _Chunk) -> ModelResponseStream:
-        # The gateway puts its metadata on the first chunk; every chunk carries a copy.
-        if not self._hidden_params and pb.HasField("metadata"):
-            self._hidden_params = hidden_params(pb.metadata)
-            self.custom_llm_provider = self._hidden_params["custom_llm_provider"]
+        # The gateway puts its metadata on the first chunk, and the cost on the usage chunk;
+        # every chunk carries a copy of what is known so far.
+        if pb.HasField("metadata"):
+            if not self._hidden_params:
+                self._hidden_params = hidden_params(pb.metadata)
+                self.custom_llm_provider = self._hidden_params["custom_llm_provider"]
+            elif pb.metadata.HasField("cost_usd"):
+                self._hidden_params = {**self._hidden_params, "response_cost": pb.metadata.cost_usd}
         chunk = chunk_from_proto(pb, self._hidden_params)
         self.chunks.append(chunk)
         return chunk

@@ -28,6 +28,7 @@ from .interceptors import build_interceptors
 from .observability import ObservedBackend
 from .otel_setup import Telemetry, configure
 from .pipeline import Backend, Pipeline
+from .pricing import load_price_table
 from .providers import default_adapters
 from .router import Router
 from .service import CompletionService, add_to_server
@@ -112,6 +113,7 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
 
 
 async def _serve(settings: Settings) -> None:
+    load_price_table()
     gateway = await start_gateway(settings)
     log.info("llmrpc-server listening on %s:%d (pid %d)", settings.host, gateway.port, os.getpid())
     stop = asyncio.Event()

@@ -204,11 +204,13 @@ class Pipeline:
         for n in range(retries + 1):
             started = time.perf_counter()
             sent = False
+            seen: dict[str, str] = {}
             try:
-                async for chunk in self._stream_once(route, req, deadline, include_usage):
+                async for chunk in self._stream_once(route, req, deadline, include_usage, seen):
                     if not sent:
                         log.add(route.target, started)
-                        chunk.metadata.CopyFrom(log.metadata(route.target, None, None))
+                        first_chunk_ms = (time.perf_counter() - started) * 1000.0
+                        chunk.metadata.CopyFrom(log.metadata(route.target, first_chunk_ms, seen.get("request_id")))
                         sent = True
                     yield chunk
                 if not sent:
@@ -221,7 +223,8 @@ class Pipeline:
                 await self._pause_or_raise(err, n, retries, deadline)
 
     async def _stream_once(self, route: Route, req: pb.CompleteRequest, deadline: Deadline,
-                           include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
+                           include_usage: bool, seen: dict[str, str]) -> AsyncIterator[pb.StreamCompleteResponse]:
+        """One streamed attempt; ``seen["request_id"]`` gets the upstream's request id header."""
         adapter, target = route.adapter, route.target
         idle = self._settings.stream_idle_timeout
         with attempt_span(target, req, stream=True) as span:
@@ -229,6 +232,9 @@ class Pipeline:
             async with self._open_stream(call, deadline) as upstream:
                 if not 200 <= upstream.status < 300:
                     raise adapter.map_error(upstream.status, upstream.headers, await upstream.read_body())
+                request_id = upstream.headers.get("x-request-id") or upstream.headers.get("request-id")
+                if request_id:
+                    seen["request_id"] = request_id
                 state = adapter.new_stream_state(req, target, include_usage=include_usage)
                 while (events := await _next_events(upstream, idle, deadline)) is not None:
                     for event in events:

@@ -676,7 +676,10 @@ class StreamCompleteResponse(_message.Message):
 
     @_builtins.property
     def metadata(self) -> Global___ResponseMetadata:
-        """Set on the first chunk: provider, attempts so far, cache hit."""
+        """Set on the first chunk (provider, attempts so far, cache hit, time to
+        the first upstream chunk as upstream_latency_ms) and again on the usage
+        chunk, which adds cost_usd.
+        """
 
     def __init__(
         self,
