@@ -7,6 +7,7 @@ files differ, so a stale stub cannot land.
 from __future__ import annotations
 
 import filecmp
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +20,12 @@ OUT = ROOT / "client"
 STUB_DIR = Path("llmrpc") / "v1"
 
 
+def _plugin(name: str) -> str:
+    """mypy-protobuf's plugins live beside this interpreter; the venv need not be on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else (shutil.which(name) or name)
+
+
 def generate(out: Path) -> None:
     (out / STUB_DIR).mkdir(parents=True, exist_ok=True)
     include = Path(protoc.__file__).parent / "_proto"
@@ -29,6 +36,8 @@ def generate(out: Path) -> None:
         f"-I{include}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
+        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
         f"--mypy_out={out}",
         f"--mypy_grpc_out={out}",
         *files,
