@@ -212,7 +212,12 @@ def main() -> None:
             proc.wait(30)
     from bench.bench_load import run_load
 
-    print("\n" + run_load().report())
+    print("\n### load: 1,000 concurrent streams, 20 chunks 50 ms apart\n")
+    print(run_load().report())
+    from bench.bench_cache import main as cache_bench
+
+    print("\n### response cache (hits, CPU per hit, coalescing)\n")
+    cache_bench()
 
 
 if __name__ == "__main__":
