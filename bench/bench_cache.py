@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -129,39 +128,19 @@ def run_cache_bench(address: str, server_pid: int, upstream: FakeUpstream, *, hi
     return asyncio.run(_bench(address, server_pid, upstream, hits, concurrency, coalesce, cold))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_serving(address: str, timeout: float = 30.0) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                time.sleep(0.1)
-    raise TimeoutError(f"server at {address} never became SERVING")
-
-
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the fake upstreams live in tests/
+    from tests.support import free_port, wait_serving
     from tests.upstreams import FakeUpstream, openai
 
     with FakeUpstream(default=openai.default_handler) as upstream, tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
         env.update(OPENAI_API_KEY="sk-bench", OPENAI_API_BASE=upstream.url, LLMRPC_LOG_LEVEL="WARNING")
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "llmrpc_server", "--host", "127.0.0.1", "--port",
                                  str(port), "--cache-path", str(Path(tmp) / "cache.sqlite")], env=env)
         try:
-            _wait_serving(f"127.0.0.1:{port}")
+            wait_serving(f"127.0.0.1:{port}")
             print(json.dumps(run_cache_bench(f"127.0.0.1:{port}", proc.pid, upstream), indent=2))
         finally:
             proc.send_signal(signal.SIGTERM)

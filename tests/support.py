@@ -6,18 +6,43 @@ another process would; fake providers run on their own threads too (tests/upstre
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
+import time
 from collections.abc import Coroutine, Mapping
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any, TypeVar
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmrpc_server.app import Gateway, start_gateway
 from llmrpc_server.config import Settings
 
 T = TypeVar("T")
 
-__all__ = ["GatewayThread", "gateway_settings"]
+__all__ = ["GatewayThread", "free_port", "gateway_settings", "wait_serving"]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_serving(address: str, timeout: float = 30.0) -> None:
+    """Block until the gRPC health service at ``address`` reports SERVING."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise TimeoutError(f"server at {address} never became SERVING")
 
 
 def gateway_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
