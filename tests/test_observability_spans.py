@@ -153,6 +153,8 @@ def test_retry_then_fallback_are_separate_attempt_spans(
     assert sum(p.value for _, p in points["llmrpc.upstream.retries"]) >= 1
     assert sum(p.value for _, p in points["llmrpc.upstream.fallbacks"]) >= 1
     assert {a["error.type"] for a, _ in points["llmrpc.upstream.errors"]} >= {"RATE_LIMITED"}
+    resilience = {(a["llmrpc.event"], a["error.type"]) for a, _ in points["llmrpc.resilience.events"]}
+    assert {("retries", "RATE_LIMITED"), ("fallbacks", "RATE_LIMITED")} <= resilience
     no_secret(spans)
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
+from .counters import COUNTERS, NAMES
+
 __all__ = ["GatewayMetrics"]
 
 # Bucket boundaries the GenAI semantic conventions recommend.
@@ -50,6 +52,9 @@ class GatewayMetrics:
             "llmrpc.callback.failures", "{event}", "Callback events whose handler raised or timed out")
         self.callback_dropped = meter.create_counter(
             "llmrpc.callback.dropped", "{event}", "Callback events dropped because the queue was full")
+        meter.create_observable_counter(
+            "llmrpc.resilience.events", [_observe_counters], "{event}",
+            "Broken streams, stream idle timeouts, expired caller deadlines, retries and fallbacks, by reason")
         if cache_stats is not None:
             meter.create_observable_counter(
                 "llmrpc.cache.events", [_observe(cache_stats)], "{event}",
@@ -65,6 +70,12 @@ class GatewayMetrics:
             self.tokens.record(output_tokens, {**attrs, "gen_ai.token.type": "output"})
         if cost:
             self.cost.add(cost, attrs)
+
+
+def _observe_counters(options: CallbackOptions) -> Iterable[Observation]:
+    """The pipeline's process counters (``counters.COUNTERS``) by name and ErrorInfo reason."""
+    return [Observation(value, {"llmrpc.event": name, "error.type": reason or "none"})
+            for name in NAMES for reason, value in COUNTERS.by_reason(name).items()]
 
 
 def _observe(stats: Callable[[], Mapping[str, Any]]) -> Callable[[CallbackOptions], Iterable[Observation]]:
