@@ -150,6 +150,32 @@ async def run_suite(address: str, echo: str, upstream: str, pids: list[int], ech
     return results
 
 
+async def http_client_comparison(upstream: str, calls: int, concurrency: int = 16) -> list[str]:
+    """Why the executor uses aiohttp: the same unary calls through httpx's default transport and
+    through aiohttp, measuring this process's CPU per call (the cost the gateway would pay)."""
+    import httpx
+
+    body = {"model": "bench-model", "messages": [{"role": "user", "content": "Say something."}]}
+    url = f"{upstream}/v1/chat/completions"
+    rows = []
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=100)) as hx, aiohttp.ClientSession() as ah:
+        async def with_httpx() -> None:
+            (await hx.post(url, json=body)).json()
+
+        async def with_aiohttp() -> None:
+            async with ah.post(url, json=body) as resp:
+                await resp.json()
+
+        for name, call in (("httpx (default transport)", with_httpx), ("aiohttp", with_aiohttp)):
+            cpu0 = time.process_time()
+            result = await drive(name, call, concurrency, calls, None)
+            cpu = (time.process_time() - cpu0) / (result.calls + 20) * 1000
+            p50 = statistics.median(result.latencies) * 1000
+            rate = result.calls / result.seconds
+            rows.append(f"| {name:<26} | {concurrency} | {rate:8.0f} | {p50:6.2f} | {cpu:6.3f} |")
+    return rows
+
+
 def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -194,6 +220,9 @@ def main() -> None:
         wait_port(gw_port)
         results = asyncio.run(run_suite(f"127.0.0.1:{gw_port}", echo, upstream, [gw.pid], [procs[1].pid], args.calls))
         print_table("one gateway process", results)
+        print("\n### HTTP client for the executor (client CPU per call, same upstream)\n")
+        print("| client | conc | calls/s | p50 ms | client CPU ms/call |\n|---|---|---|---|---|")
+        print("\n".join(asyncio.run(http_client_comparison(upstream, args.calls))))
         gw.terminate()
         gw.wait(30)
         multi_port = free_port()
