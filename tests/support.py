@@ -9,19 +9,21 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Coroutine, Mapping
-from concurrent.futures import Future
+from collections.abc import Coroutine, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from llmrpc.v1 import completion_service_pb2_grpc
 from llmrpc_server.app import Gateway, start_gateway
 from llmrpc_server.config import Settings
 
 T = TypeVar("T")
 
-__all__ = ["GatewayThread", "free_port", "gateway_settings", "wait_serving"]
+__all__ = ["GatewayThread", "free_port", "gateway_settings", "serve_servicer", "wait_serving"]
 
 
 def free_port() -> int:
@@ -43,6 +45,19 @@ def wait_serving(address: str, timeout: float = 30.0) -> None:
             except grpc.RpcError:
                 time.sleep(0.1)
     raise TimeoutError(f"server at {address} never became SERVING")
+
+
+@contextmanager
+def serve_servicer(servicer: completion_service_pb2_grpc.CompletionServiceServicer) -> Iterator[str]:
+    """A sync gRPC server for a fake ``CompletionService`` (client tests); yields its address."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=8))
+    completion_service_pb2_grpc.add_CompletionServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)
 
 
 def gateway_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -18,6 +17,8 @@ from llmrpc._decode import response_from_proto, struct_to_dict
 from llmrpc.v1 import chat_pb2, completion_service_pb2, completion_service_pb2_grpc, usage_pb2
 from openai.types.chat import ChatCompletion, ChatCompletionMessage
 from pydantic import BaseModel
+
+from tests.support import serve_servicer
 
 USER = {"role": "user", "content": "hi"}
 
@@ -61,12 +62,8 @@ class FakeGateway(completion_service_pb2_grpc.CompletionServiceServicer):
 @pytest.fixture(scope="module")
 def gateway_server() -> Iterator[tuple[FakeGateway, str]]:
     servicer = FakeGateway()
-    server = grpc.server(ThreadPoolExecutor(max_workers=4))
-    completion_service_pb2_grpc.add_CompletionServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield servicer, f"127.0.0.1:{port}"
-    server.stop(None)
+    with serve_servicer(servicer) as address:
+        yield servicer, address
 
 
 @pytest.fixture

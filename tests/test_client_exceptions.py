@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -17,6 +16,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from llmrpc import exceptions
 from llmrpc.v1 import completion_service_pb2, completion_service_pb2_grpc
+
+from tests.support import serve_servicer
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -48,12 +49,8 @@ class FakeGateway(completion_service_pb2_grpc.CompletionServiceServicer):
 @pytest.fixture(scope="module")
 def gateway_server() -> Iterator[tuple[FakeGateway, str]]:
     servicer = FakeGateway()
-    server = grpc.server(ThreadPoolExecutor(max_workers=8))
-    completion_service_pb2_grpc.add_CompletionServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield servicer, f"127.0.0.1:{port}"
-    server.stop(None)
+    with serve_servicer(servicer) as address:
+        yield servicer, address
 
 
 @pytest.fixture

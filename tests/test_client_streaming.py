@@ -7,7 +7,6 @@ import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -19,6 +18,8 @@ from grpc_status import rpc_status
 from llmrpc._decode import chunk_from_proto
 from llmrpc.v1 import chat_pb2, completion_service_pb2, completion_service_pb2_grpc, usage_pb2
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from tests.support import serve_servicer
 
 USER = {"role": "user", "content": "hi"}
 Chunk = completion_service_pb2.StreamCompleteResponse
@@ -44,12 +45,8 @@ class FakeGateway(completion_service_pb2_grpc.CompletionServiceServicer):
 @pytest.fixture(scope="module")
 def gateway_server() -> Iterator[tuple[FakeGateway, str]]:
     servicer = FakeGateway()
-    server = grpc.server(ThreadPoolExecutor(max_workers=8))
-    completion_service_pb2_grpc.add_CompletionServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield servicer, f"127.0.0.1:{port}"
-    server.stop(None)
+    with serve_servicer(servicer) as address:
+        yield servicer, address
 
 
 @pytest.fixture
