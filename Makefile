@@ -22,11 +22,14 @@ test: install ## lint + the whole test suite (what .ci/run runs)
 	$(MAKE) lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-lint: install ## ruff, mypy --strict, buf lint, generated stubs fresh
+lint: install ## ruff, mypy --strict, buf lint + breaking (FILE) vs main, generated stubs fresh
 	$(BIN)/ruff check client server tests bench scripts
 	$(BIN)/mypy client/llmrpc server/llmrpc_server
 	$(BIN)/python scripts/gen_proto.py --check
 	npx --yes @bufbuild/buf lint protos
+	@# Contract changes must be additive: compare with main (when the clone has it).
+	@if git rev-parse --verify -q main >/dev/null; then \
+		npx --yes @bufbuild/buf breaking protos --against '.git#branch=main,subdir=protos'; fi
 
 proto: install ## regenerate client/llmrpc/v1 from protos/
 	$(BIN)/python scripts/gen_proto.py
