@@ -23,19 +23,19 @@ _THINKING = frozenset({"enabled", "disabled", "adaptive"})
 # extra_body is merged last into the upstream body: these keys would silently change the call's shape.
 _RESERVED_BODY_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
 _PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
-# (field, low, high) for optional numeric knobs.
-_RANGES = (
-    ("temperature", 0.0, 2.0),
-    ("top_p", 0.0, 1.0),
-    ("presence_penalty", -2.0, 2.0),
-    ("frequency_penalty", -2.0, 2.0),
-    ("n", 1, 128),
-    ("max_tokens", 1, 10_000_000),
-    ("max_completion_tokens", 1, 10_000_000),
-    ("top_logprobs", 0, 20),
-    ("num_retries", 0, 10),
-    ("timeout", 1e-3, 86_400.0),
-)
+# field -> (low, high) for optional numeric knobs.
+_RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+    "n": (1, 128),
+    "max_tokens": (1, 10_000_000),
+    "max_completion_tokens": (1, 10_000_000),
+    "top_logprobs": (0, 20),
+    "num_retries": (0, 10),
+    "timeout": (1e-3, 86_400.0),
+}
 
 Violation = tuple[str, str]
 
@@ -70,11 +70,12 @@ def _violations(req: pb.CompleteRequest) -> Iterator[Violation]:
 
 
 def _knobs(req: pb.CompleteRequest) -> Iterator[Violation]:
-    for name, low, high in _RANGES:
-        if has_field(req, name):
-            value = getattr(req, name)
+    for fd, value in req.ListFields():  # only the fields the caller set: usually two or three
+        bounds = _RANGES.get(fd.name)
+        if bounds is not None:
+            low, high = bounds
             if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
-                yield name, f"must be between {low} and {high}, got {value}"
+                yield fd.name, f"must be between {low} and {high}, got {value}"
     for token, bias in req.logit_bias.items():
         if not -100 <= bias <= 100:
             yield f"logit_bias[{token}]", f"must be between -100 and 100, got {bias}"

@@ -12,7 +12,7 @@ from typing import Any
 from llmrpc.v1 import chat_pb2, usage_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from ..convert import has_field, struct_to_dict
+from ..convert import struct_to_dict
 from .common import new_completion_id
 
 __all__ = [
@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 # Optional scalars copied verbatim when the caller set them.
-_SCALARS = (
+_SCALARS = frozenset({
     "temperature",
     "top_p",
     "n",
@@ -41,7 +41,7 @@ _SCALARS = (
     "reasoning_effort",
     "service_tier",
     "store",
-)
+})
 _MODES = {
     chat_pb2.TOOL_CHOICE_MODE_AUTO: "auto",
     chat_pb2.TOOL_CHOICE_MODE_NONE: "none",
@@ -55,9 +55,9 @@ def body_from_request(req: pb.CompleteRequest, model: str, *, keep_cache_control
         "model": model,
         "messages": [message_to_openai(m, keep_cache_control=keep_cache_control) for m in req.messages],
     }
-    for name in _SCALARS:
-        if has_field(req, name):
-            body[name] = getattr(req, name)
+    for fd, value in req.ListFields():  # only the fields the caller set
+        if fd.name in _SCALARS:
+            body[fd.name] = value
     if req.stop:
         body["stop"] = list(req.stop)
     if req.logit_bias:
