@@ -243,6 +243,10 @@ def main() -> None:
 
     print("\n### load: 1,000 concurrent streams, 20 chunks 50 ms apart\n")
     print(run_load().report())
+    from bench.inprocess import main as inprocess_bench
+
+    print("\n### the gateway's own work, without gRPC (in-process)\n")
+    inprocess_bench()
     from bench.bench_cache import main as cache_bench
 
     print("\n### response cache (hits, CPU per hit, coalescing)\n")
