@@ -36,7 +36,8 @@ def gateway(upstream: FakeUpstream) -> Iterator[GatewayThread]:
     env = {"OPENAI_API_KEY": "sk-server-key", "OPENAI_API_BASE": upstream.url}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(retry, "INITIAL_DELAY", 0.01)
-        settings = gateway_settings(env, num_retries=2, stream_idle_timeout=1.0, fallbacks=SERVER_FALLBACKS)
+        settings = gateway_settings(env, num_retries=2, stream_idle_timeout=1.0, fallbacks=SERVER_FALLBACKS,
+                                    context_window_fallbacks={"openai/tiny": ("openai/large",)})
         with GatewayThread(settings) as gw:
             yield gw
 
@@ -196,3 +197,12 @@ def test_stream_never_falls_back_after_its_first_chunk(client: llmrpc.Client, up
     assert models_sent(upstream) == ["a"]  # neither retried nor fallen back: output was already sent
     assert info.value.metadata["attempts"] == "1"
     assert counters.COUNTERS.total(counters.STREAMS_BROKEN) == before + 1
+
+
+def test_server_context_window_fallbacks_apply_per_model(client: llmrpc.Client, upstream: FakeUpstream) -> None:
+    upstream.enqueue(oai.context_length_exceeded(), oai.chat_completion("from large"))
+    resp = client.completion(model="openai/tiny", messages=MESSAGES)
+    assert resp.choices[0].message.content == "from large"
+    assert models_sent(upstream) == ["tiny", "large"]
+    assert log_of(resp._hidden_params) == [("openai/tiny", "openai", "CONTEXT_WINDOW_EXCEEDED"),
+                                           ("openai/large", "openai", "ok")]

@@ -54,6 +54,10 @@ class Settings:
     metrics_port: int = _opt(0, 'serve Prometheus metrics on this port (0 = off)')
     fallbacks: Mapping[str, tuple[str, ...]] = field(
         default_factory=dict, metadata={"help": "model -> fallback models (JSON)"})
+    context_window_fallbacks: Mapping[str, tuple[str, ...]] = field(
+        default_factory=dict, metadata={"help": "model -> models for context-window errors (JSON)"})
+    content_policy_fallbacks: Mapping[str, tuple[str, ...]] = field(
+        default_factory=dict, metadata={"help": "model -> models for content-policy refusals (JSON)"})
     aliases: Mapping[str, str] = field(default_factory=dict, metadata={"help": 'model alias -> "provider/model"'})
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # provider keys/bases snapshot
 

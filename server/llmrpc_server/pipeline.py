@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Protocol
 
@@ -69,16 +69,19 @@ class AttemptLog:
 class FallbackPlan:
     """Which model to try next after a model's retries are spent (LiteLLM semantics): a
     context-window error takes ``context_window_fallbacks``, a content-policy refusal
-    ``content_policy_fallbacks``, anything else the general ``fallbacks`` (request, else server)."""
+    ``content_policy_fallbacks``, anything else the general ``fallbacks``; each list comes from the
+    request, else from the server setting of the same name for the requested model."""
 
-    def __init__(self, req: pb.CompleteRequest, server_fallbacks: Mapping[str, Sequence[str]]) -> None:
-        general = list(req.fallbacks) or list(server_fallbacks.get(req.model, ()))
+    def __init__(self, req: pb.CompleteRequest, settings: Settings) -> None:
+        model = req.model
+        self._general = list(req.fallbacks) or list(settings.fallbacks.get(model, ()))
         self._lists = {
-            ErrorKind.CONTEXT_WINDOW: list(req.context_window_fallbacks),
-            ErrorKind.CONTENT_POLICY: list(req.content_policy_fallbacks),
+            ErrorKind.CONTEXT_WINDOW: (list(req.context_window_fallbacks)
+                                       or list(settings.context_window_fallbacks.get(model, ()))),
+            ErrorKind.CONTENT_POLICY: (list(req.content_policy_fallbacks)
+                                       or list(settings.content_policy_fallbacks.get(model, ()))),
         }
-        self._general = general
-        self._tried = {req.model}
+        self._tried = {model}
 
     def next_model(self, error: ProviderError) -> str | None:
         for candidates in (self._lists.get(error.kind, []), self._general):
@@ -117,7 +120,7 @@ class Pipeline:
 
     async def complete(self, req: pb.CompleteRequest, deadline: Deadline) -> pb.CompleteResponse:
         log = AttemptLog()
-        plan = FallbackPlan(req, self._settings.fallbacks)
+        plan = FallbackPlan(req, self._settings)
         model = req.model
         while True:
             target: Target | None = None
@@ -136,7 +139,7 @@ class Pipeline:
         """Chunks of the first model that starts streaming; a fallback or retry is possible only
         until the first chunk has reached the caller."""
         log = AttemptLog()
-        plan = FallbackPlan(req, self._settings.fallbacks)
+        plan = FallbackPlan(req, self._settings)
         model = req.model
         while True:
             target: Target | None = None
