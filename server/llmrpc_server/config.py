@@ -43,7 +43,7 @@ class Settings:
     cache_path: str = field(default_factory=default_cache_path, metadata={"help": 'SQLite response cache file'})
     cache_default: bool = _opt(False, 'cache requests that do not set `caching`')
     cache_ttl: float = _opt(86400.0, 'seconds a cache entry lives unless the request sets `ttl`')
-    cache_max_mb: float = _opt(256.0, 'cache size bound, MiB; oldest entries are evicted past it')
+    cache_max_mb: float = _opt(256.0, 'cache size bound, MiB; least recently used entries are evicted past it')
     auth_tokens: tuple[str, ...] = _opt((), 'bearer tokens callers must present (empty = no auth)')
     log_level: str = _opt("INFO", 'logging level')
     input_callback: tuple[str, ...] = _opt((), 'callbacks as a call starts: otel, log, lunary, pkg.mod:func')
