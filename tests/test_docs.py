@@ -23,3 +23,13 @@ def test_every_provider_prefix_is_in_the_provider_table() -> None:
 def test_readme_test_command_is_what_ci_runs() -> None:
     ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
     assert "make test" in README and "make test" in ci
+
+
+def test_configuration_table_is_generated_not_hand_edited() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    table = subprocess.run([sys.executable, "scripts/config_table.py"], cwd=root, capture_output=True, text=True,
+                           check=True).stdout
+    assert table.strip() in README
