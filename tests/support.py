@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmrpc.v1 import completion_service_pb2_grpc
 from llmrpc_server.app import Gateway, start_gateway
 from llmrpc_server.config import Settings
+from llmrpc_server.counters import Counters
 
 T = TypeVar("T")
 
@@ -85,6 +86,12 @@ class GatewayThread:
     def address(self) -> str:
         assert self.gateway is not None
         return f"127.0.0.1:{self.gateway.port}"
+
+    @property
+    def counters(self) -> Counters:
+        """The running gateway's resilience counters."""
+        assert self.gateway is not None
+        return self.gateway.counters
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         """Run a coroutine on the gateway's loop and wait for its result."""

@@ -57,16 +57,17 @@ def log_of(params: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [(a["model"], a["provider"], a["outcome"]) for a in params["attempt_log"]]
 
 
-def test_fallback_runs_after_the_retries_are_spent(client: llmrpc.Client, upstream: FakeUpstream) -> None:
+def test_fallback_runs_after_the_retries_are_spent(client: llmrpc.Client, upstream: FakeUpstream,
+                                                   gateway: GatewayThread) -> None:
     upstream.enqueue(*[oai.server_error(503)] * 3, oai.chat_completion("from b"))
-    before = counters.COUNTERS.total(counters.FALLBACKS)
+    before = gateway.counters.total(counters.FALLBACKS)
     resp = client.completion(model="openai/model-a", messages=MESSAGES, fallbacks=["openai/model-b"])
     assert resp.choices[0].message.content == "from b"
     assert models_sent(upstream) == ["model-a"] * 3 + ["model-b"]
     assert resp._hidden_params["attempts"] == 4
     assert log_of(resp._hidden_params) == [("openai/model-a", "openai", "PROVIDER_UNAVAILABLE")] * 3 + [
         ("openai/model-b", "openai", "ok")]
-    assert counters.COUNTERS.total(counters.FALLBACKS) == before + 1
+    assert gateway.counters.total(counters.FALLBACKS) == before + 1
 
 
 def test_fallbacks_are_tried_in_order_and_may_change_provider(client: llmrpc.Client, upstream: FakeUpstream) -> None:
@@ -184,10 +185,11 @@ def test_stream_falls_back_before_its_first_chunk(client: llmrpc.Client, upstrea
         ("openai/a", "openai", "STREAM_IDLE_TIMEOUT"), ("openai/b", "openai", "ok")]
 
 
-def test_stream_never_falls_back_after_its_first_chunk(client: llmrpc.Client, upstream: FakeUpstream) -> None:
+def test_stream_never_falls_back_after_its_first_chunk(client: llmrpc.Client, upstream: FakeUpstream,
+                                                       gateway: GatewayThread) -> None:
     partial = oai.chat_stream(["one ", "two ", "three"], error_after=2).events[:-1]
     upstream.enqueue(SSEReply(partial, headers=oai.response_headers(), then="reset"))
-    before = counters.COUNTERS.total(counters.STREAMS_BROKEN)
+    before = gateway.counters.total(counters.STREAMS_BROKEN)
     got: list[str] = []
     with pytest.raises(llmrpc.APIConnectionError) as info:
         for chunk in client.completion(model="openai/a", messages=MESSAGES, stream=True, num_retries=2,
@@ -196,7 +198,7 @@ def test_stream_never_falls_back_after_its_first_chunk(client: llmrpc.Client, up
     assert "".join(got) == "one two "
     assert models_sent(upstream) == ["a"]  # neither retried nor fallen back: output was already sent
     assert info.value.metadata["attempts"] == "1"
-    assert counters.COUNTERS.total(counters.STREAMS_BROKEN) == before + 1
+    assert gateway.counters.total(counters.STREAMS_BROKEN) == before + 1
 
 
 def test_server_context_window_fallbacks_apply_per_model(client: llmrpc.Client, upstream: FakeUpstream) -> None:

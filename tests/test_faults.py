@@ -225,7 +225,7 @@ def test_fault(fault: Fault, client: llmrpc.Client, gateway: GatewayThread, upst
     upstream.reset()
     upstream.enqueue(*fault.replies())
     before = Resources.now(gateway, upstream)
-    counted = counters.COUNTERS.snapshot()
+    counted = gateway.counters.snapshot()
     started = time.monotonic()
     text, outcome = call(client, fault)
     elapsed = time.monotonic() - started
@@ -247,7 +247,7 @@ def test_fault(fault: Fault, client: llmrpc.Client, gateway: GatewayThread, upst
         assert len(upstream.requests) == fault.attempts
     assert upstream.pending == 0
 
-    after = counters.COUNTERS.snapshot()
+    after = gateway.counters.snapshot()
     assert after[counters.RETRIES] - counted[counters.RETRIES] == fault.attempts - 1
     assert after[counters.STREAMS_BROKEN] - counted[counters.STREAMS_BROKEN] == int(fault.broken)
 

@@ -36,14 +36,14 @@ async def _loop_tasks() -> int:
 async def test_a_thousand_concurrent_streams_lose_nothing(gateway: GatewayThread) -> None:
     await run_streams(gateway.address, 10)  # warm: channel, pool, imports
     tasks_before = gateway.run(_loop_tasks())
-    broken_before = counters.COUNTERS.total(counters.STREAMS_BROKEN)
+    broken_before = gateway.counters.total(counters.STREAMS_BROKEN)
 
     outcome = await run_streams(gateway.address, STREAMS)
 
     assert dict(outcome.errors) == {}
     assert outcome.complete == STREAMS
     assert outcome.seconds >= CHUNKS * 0.05  # really concurrent and really slow upstream-side
-    assert counters.COUNTERS.total(counters.STREAMS_BROKEN) == broken_before
+    assert gateway.counters.total(counters.STREAMS_BROKEN) == broken_before
     for _ in range(100):
         if gateway.run(_loop_tasks()) <= tasks_before:
             break

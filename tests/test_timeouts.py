@@ -116,15 +116,16 @@ def test_smaller_timeout_argument_wins_over_the_server_default(start_gateway: An
 
 
 def test_caller_deadline_is_deadline_exceeded_and_counted(stub: pb_grpc.CompletionServiceStub,
-                                                          upstream: FakeUpstream) -> None:
+                                                          upstream: FakeUpstream, gateway: GatewayThread) -> None:
+    counted = gateway.counters
     upstream.enqueue(StallReply(30))
-    before = counters.COUNTERS.total(counters.DEADLINE_EXCEEDED)
+    before = counted.total(counters.DEADLINE_EXCEEDED)
     elapsed, err = timed(lambda: stub.Complete(request(timeout=30), timeout=0.5))
     assert isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert isinstance(map_rpc_error(err, model="openai/gpt-4o", target="test"), llmrpc.Timeout)
     assert elapsed < 1.0
     assert upstream.wait_for(lambda: upstream.disconnects == 1)  # the upstream call was abandoned
-    assert counters.COUNTERS.total(counters.DEADLINE_EXCEEDED) == before + 1
+    assert counted.total(counters.DEADLINE_EXCEEDED) == before + 1
 
 
 def test_caller_deadline_bounds_retries_and_fallbacks(stub: pb_grpc.CompletionServiceStub,
@@ -181,13 +182,15 @@ def test_idle_timeout_is_per_read_not_per_stream(client: llmrpc.Client, upstream
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(pieces)
 
 
-def test_idle_timeout_covers_the_wait_for_headers(client: llmrpc.Client, upstream: FakeUpstream) -> None:
+def test_idle_timeout_covers_the_wait_for_headers(client: llmrpc.Client, upstream: FakeUpstream,
+                                                  gateway: GatewayThread) -> None:
+    counted = gateway.counters
     upstream.enqueue(StallReply(30), oai.chat_stream(["late ", "but ", "fine"]))
-    before = counters.COUNTERS.by_reason(counters.STREAM_IDLE_TIMEOUTS).get("headers", 0)
+    before = counted.by_reason(counters.STREAM_IDLE_TIMEOUTS).get("headers", 0)
     chunks = list(client.completion(model="openai/gpt-4o", messages=MESSAGES, stream=True, num_retries=1))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "late but fine"
     assert [a["outcome"] for a in chunks[0]._hidden_params["attempt_log"]] == ["STREAM_IDLE_TIMEOUT", "ok"]
-    assert counters.COUNTERS.by_reason(counters.STREAM_IDLE_TIMEOUTS)["headers"] == before + 1
+    assert counted.by_reason(counters.STREAM_IDLE_TIMEOUTS)["headers"] == before + 1
 
 
 def test_idle_timeout_after_partial_output(client: llmrpc.Client, upstream: FakeUpstream) -> None:

@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import os
 import signal
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,6 +23,7 @@ from llmrpc.v1 import completion_service_pb2 as pb
 from .cache import ResponseCache
 from .caching import CachingBackend
 from .config import Settings
+from .counters import Counters
 from .executor import Executor
 from .interceptors import build_interceptors
 from .observability import ObservedBackend
@@ -51,6 +52,7 @@ class Gateway:
     caching: CachingBackend | None = None
     observed: ObservedBackend | None = None
     telemetry: Telemetry | None = None
+    counters: Counters = field(default_factory=Counters)  # this gateway's resilience counters
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING first, then let in-flight calls finish within ``grace`` seconds."""
@@ -90,7 +92,7 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     caching = CachingBackend(pipeline, cache, pipeline, settings)
     backend: Backend = caching
     telemetry = telemetry or configure(settings)
-    backend = observed = ObservedBackend(backend, settings, telemetry)
+    backend = observed = ObservedBackend(backend, settings, telemetry, pipeline.counters)
     server = grpc.aio.server(
         interceptors=build_interceptors(settings, telemetry.tracer_provider),
         options=_server_options(settings),
@@ -109,7 +111,7 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health, executor, settings, caching, observed, telemetry)
+    return Gateway(server, port, health, executor, settings, caching, observed, telemetry, pipeline.counters)
 
 
 async def _serve(settings: Settings) -> None:

@@ -1,11 +1,11 @@
 """Resilience counters of this server process: how often the pipeline retried, fell back, broke a
 stream after partial output, hit the stream idle timeout or ran into the caller's deadline.
 
-Plain integers, bumped on the serving loop by ``pipeline.py``; observability exports them (e.g. as
-Prometheus counters ``llmrpc_<name>_total`` with a ``reason`` label) and tests read them directly::
+Plain integers, one :class:`Counters` per gateway (``Pipeline.counters``, also ``Gateway.counters``),
+bumped on the serving loop by ``pipeline.py``; observability exports them as the metric
+``llmrpc.resilience.events`` and tests read them directly::
 
-    from llmrpc_server import counters
-    counters.COUNTERS.total(counters.STREAMS_BROKEN)
+    gateway.counters.total(counters.STREAMS_BROKEN)
 
 Each bump carries a reason, the ``ErrorInfo`` reason of the failure that caused it
 (``RATE_LIMITED``, ``PROVIDER_UNREACHABLE``, ...).
@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections import Counter
 
 __all__ = [
-    "COUNTERS",
     "DEADLINE_EXCEEDED",
     "FALLBACKS",
     "NAMES",
@@ -59,6 +58,4 @@ class Counters:
         """Totals of every counter, zeros included."""
         return {name: self.total(name) for name in NAMES}
 
-
-COUNTERS = Counters()
 """The process-wide instance (one per server process; ``--workers`` processes count separately)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
-from .counters import COUNTERS, NAMES
+from .counters import NAMES, Counters
 
 __all__ = ["GatewayMetrics"]
 
@@ -30,7 +30,8 @@ class GatewayMetrics:
     """Every instrument the gateway records; one instance per gateway."""
 
     def __init__(self, provider: MeterProvider, *,
-                 cache_stats: Callable[[], Mapping[str, Any]] | None = None) -> None:
+                 cache_stats: Callable[[], Mapping[str, Any]] | None = None,
+                 counters: Counters | None = None) -> None:
         meter = provider.get_meter("llmrpc_server")
         self.tokens = meter.create_histogram(
             "gen_ai.client.token.usage", "{token}", "Tokens used per call, by gen_ai.token.type",
@@ -52,9 +53,10 @@ class GatewayMetrics:
             "llmrpc.callback.failures", "{event}", "Callback events whose handler raised or timed out")
         self.callback_dropped = meter.create_counter(
             "llmrpc.callback.dropped", "{event}", "Callback events dropped because the queue was full")
-        meter.create_observable_counter(
-            "llmrpc.resilience.events", [_observe_counters], "{event}",
-            "Broken streams, stream idle timeouts, expired caller deadlines, retries and fallbacks, by reason")
+        if counters is not None:
+            meter.create_observable_counter(
+                "llmrpc.resilience.events", [_observe_counters(counters)], "{event}",
+                "Broken streams, stream idle timeouts, expired caller deadlines, retries and fallbacks, by reason")
         if cache_stats is not None:
             meter.create_observable_counter(
                 "llmrpc.cache.events", [_observe(cache_stats)], "{event}",
@@ -72,10 +74,12 @@ class GatewayMetrics:
             self.cost.add(cost, attrs)
 
 
-def _observe_counters(options: CallbackOptions) -> Iterable[Observation]:
-    """The pipeline's process counters (``counters.COUNTERS``) by name and ErrorInfo reason."""
-    return [Observation(value, {"llmrpc.event": name, "error.type": reason or "none"})
-            for name in NAMES for reason, value in COUNTERS.by_reason(name).items()]
+def _observe_counters(counters: Counters) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    """The pipeline's counters by name and ErrorInfo reason."""
+    def callback(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(value, {"llmrpc.event": name, "error.type": reason or "none"})
+                for name in NAMES for reason, value in counters.by_reason(name).items()]
+    return callback
 
 
 def _observe(stats: Callable[[], Mapping[str, Any]]) -> Callable[[CallbackOptions], Iterable[Observation]]:

@@ -30,6 +30,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from .callbacks import CallbackDispatcher, CallRecord
 from .config import Settings
+from .counters import Counters
 from .errors import ServiceError
 from .metrics import GatewayMetrics
 from .otel_setup import Telemetry
@@ -131,13 +132,14 @@ class _Call:
 class ObservedBackend:
     """Wraps the backend the service calls; see the module docstring."""
 
-    def __init__(self, inner: Backend, settings: Settings, telemetry: Telemetry) -> None:
+    def __init__(self, inner: Backend, settings: Settings, telemetry: Telemetry,
+                 counters: Counters | None = None) -> None:
         self._inner = inner
         provider = telemetry.tracer_provider
         self._tracer = provider.get_tracer("llmrpc_server") if provider is not None else None
         cache = getattr(inner, "cache", None)
         stats = getattr(cache, "stats", None)
-        self._metrics = (GatewayMetrics(telemetry.meter_provider, cache_stats=stats)
+        self._metrics = (GatewayMetrics(telemetry.meter_provider, cache_stats=stats, counters=counters)
                          if telemetry.meter_provider is not None else None)
         self.callbacks = CallbackDispatcher.from_settings(settings, self._metrics)
         self._content = settings.otel_record_content

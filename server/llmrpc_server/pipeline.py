@@ -12,7 +12,7 @@ from typing import Protocol
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from .config import Settings
-from .counters import COUNTERS, DEADLINE_EXCEEDED, FALLBACKS, RETRIES, STREAM_IDLE_TIMEOUTS, STREAMS_BROKEN
+from .counters import DEADLINE_EXCEEDED, FALLBACKS, RETRIES, STREAM_IDLE_TIMEOUTS, STREAMS_BROKEN, Counters
 from .errors import ServiceError, from_provider_error, invalid_argument
 from .executor import Executor, UpstreamStream
 from .params import openai_name, set_params, without_params
@@ -100,6 +100,7 @@ class Pipeline:
         self._router = router
         self._executor = executor
         self._settings = settings
+        self.counters = Counters()
 
     def prepare(self, req: pb.CompleteRequest, model: str) -> tuple[Route, pb.CompleteRequest]:
         """Resolve ``model`` and apply the provider's supported-parameter policy."""
@@ -130,7 +131,7 @@ class Pipeline:
                 _require_key(route)
                 return await self._unary_with_retries(route, creq, deadline, log)
             except ProviderError as err:
-                model = _fallback_model(plan, err, deadline)
+                model = self._fallback_model(plan, err, deadline)
                 if not model:
                     raise self._failure(err, target, log, deadline) from err
 
@@ -151,10 +152,10 @@ class Pipeline:
                     yield chunk
                 return
             except _Committed as committed:
-                COUNTERS.incr(STREAMS_BROKEN, committed.error.kind.value)
+                self.counters.incr(STREAMS_BROKEN, committed.error.kind.value)
                 raise self._failure(committed.error, target, log, deadline) from committed.error
             except ProviderError as err:
-                model = _fallback_model(plan, err, deadline)
+                model = self._fallback_model(plan, err, deadline)
                 if not model:
                     raise self._failure(err, target, log, deadline) from err
 
@@ -198,7 +199,7 @@ class Pipeline:
         delay = backoff_delay(n, err.retry_after)
         if delay >= deadline.remaining():
             raise err
-        COUNTERS.incr(RETRIES, err.kind.value)
+        self.counters.incr(RETRIES, err.kind.value)
         await asyncio.sleep(delay)
 
     async def _stream_with_retries(self, route: Route, req: pb.CompleteRequest, deadline: Deadline,
@@ -239,7 +240,7 @@ class Pipeline:
                 if request_id:
                     seen["request_id"] = request_id
                 state = adapter.new_stream_state(req, target, include_usage=include_usage)
-                while (events := await _next_events(upstream, idle, deadline)) is not None:
+                while (events := await self._next_events(upstream, idle, deadline)) is not None:
                     for event in events:
                         for chunk in adapter.parse_stream_event(event, state):
                             record_chunk(span, chunk)
@@ -262,18 +263,38 @@ class Pipeline:
         except ProviderError as err:
             if opened or err.kind is not ErrorKind.TIMEOUT or remaining <= idle:
                 raise
-            COUNTERS.incr(STREAM_IDLE_TIMEOUTS, "headers")
+            self.counters.incr(STREAM_IDLE_TIMEOUTS, "headers")
             raise ProviderError(ErrorKind.IDLE_TIMEOUT, f"no response headers within {idle:g}s") from err
 
     def _failure(self, err: ProviderError, target: Target | None, log: AttemptLog,
                  deadline: Deadline) -> ServiceError:
         caller = err.kind is ErrorKind.TIMEOUT and deadline.source == "caller" and deadline.remaining() <= 0.1
         if caller:
-            COUNTERS.incr(DEADLINE_EXCEEDED, err.kind.value)
+            self.counters.incr(DEADLINE_EXCEEDED, err.kind.value)
         failure = from_provider_error(err, target, attempts=len(log.attempts), caller_deadline=caller)
         if log.attempts:
             failure.metadata["attemptLog"] = log.summary()
         return failure
+
+
+    def _fallback_model(self, plan: FallbackPlan, err: ProviderError, deadline: Deadline) -> str:
+        """The next model to try after ``err`` spent a model's retries; "" when none is left or time is up."""
+        model = plan.next_model(err) if deadline.remaining() > 0 else None
+        if model:
+            self.counters.incr(FALLBACKS, err.kind.value)
+        return model or ""
+
+    async def _next_events(self, upstream: UpstreamStream, idle: float,
+                           deadline: Deadline) -> list[StreamEvent] | None:
+        """The next batch of events, bounded by the idle timeout and the call's deadline."""
+        remaining = _time_left(deadline)
+        try:
+            return await upstream.next_events(min(idle, remaining))
+        except TimeoutError:
+            if remaining <= idle:
+                raise ProviderError(ErrorKind.TIMEOUT, "the call's deadline passed while streaming") from None
+            self.counters.incr(STREAM_IDLE_TIMEOUTS, "body")
+            raise ProviderError(ErrorKind.IDLE_TIMEOUT, f"no data from the upstream for {idle:g}s") from None
 
 
 class _Committed(Exception):
@@ -291,28 +312,8 @@ def _require_key(route: Route) -> None:
                             f"no API key for {route.adapter.name}: pass api_key or set {names}")
 
 
-def _fallback_model(plan: FallbackPlan, err: ProviderError, deadline: Deadline) -> str:
-    """The next model to try after ``err`` spent a model's retries; "" when none is left or time is up."""
-    model = plan.next_model(err) if deadline.remaining() > 0 else None
-    if model:
-        COUNTERS.incr(FALLBACKS, err.kind.value)
-    return model or ""
-
-
 def _time_left(deadline: Deadline) -> float:
     remaining = deadline.remaining()
     if remaining <= 0:
         raise ProviderError(ErrorKind.TIMEOUT, "the call's deadline passed before the upstream answered")
     return remaining
-
-
-async def _next_events(upstream: UpstreamStream, idle: float, deadline: Deadline) -> list[StreamEvent] | None:
-    """The next batch of events, bounded by the idle timeout and the call's deadline."""
-    remaining = _time_left(deadline)
-    try:
-        return await upstream.next_events(min(idle, remaining))
-    except TimeoutError:
-        if remaining <= idle:
-            raise ProviderError(ErrorKind.TIMEOUT, "the call's deadline passed while streaming") from None
-        COUNTERS.incr(STREAM_IDLE_TIMEOUTS, "body")
-        raise ProviderError(ErrorKind.IDLE_TIMEOUT, f"no data from the upstream for {idle:g}s") from None
