@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import aiohttp
 from google.protobuf import json_format
 from llmrpc.v1 import completion_service_pb2 as pb
 
+from ._http import HttpClient
 from .config import Settings
 from .convert import dumps, struct_to_dict
 from .metrics import GatewayMetrics
@@ -188,7 +188,7 @@ def _function_args(record: CallRecord) -> tuple[Any, ...]:
 
 class LunaryHandler:
     """``lunary``: Lunary's ingestion API (``POST {LUNARY_API_URL}/v1/runs/ingest``), the endpoint its
-    SDKs batch to, called with our own aiohttp session: no SDK threads or global state per process.
+    SDKs batch to, called with the gateway's own HTTP client: no SDK threads or global state per process.
     Without ``input_callback=lunary`` the ``start`` event is sent together with ``end``/``error``."""
 
     name = "lunary"
@@ -201,18 +201,24 @@ class LunaryHandler:
         self._key = key
         self._url = (env.get("LUNARY_API_URL") or "https://api.lunary.ai").rstrip("/") + "/v1/runs/ingest"
         self._sends_start = sends_start
-        self._session: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
 
     async def __call__(self, records: Sequence[CallRecord]) -> None:
         events = [event for record in records for event in self.events(record)]
         if not events:
             return
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_HANDLER_TIMEOUT))
-        headers = {"Authorization": f"Bearer {self._key}", "Content-Type": "application/json"}
-        async with self._session.post(self._url, data=dumps({"events": events}), headers=headers) as resp:
-            if resp.status >= 300:
-                raise RuntimeError(f"lunary ingestion answered HTTP {resp.status}")
+        if self._http is None:
+            self._http = HttpClient(max_connections=4)
+        headers = {"authorization": f"Bearer {self._key}", "content-type": "application/json"}
+        async with asyncio.timeout(_HANDLER_TIMEOUT):
+            resp = await self._http.request("POST", self._url, headers, dumps({"events": events}))
+            try:
+                while await resp.read_chunk():
+                    pass  # drain, so the connection can be reused
+            finally:
+                resp.close()
+        if resp.status >= 300:
+            raise RuntimeError(f"lunary ingestion answered HTTP {resp.status}")
 
     def events(self, record: CallRecord) -> list[dict[str, Any]]:
         """Lunary ``llm`` run events for one record: start, end or error."""
@@ -235,8 +241,8 @@ class LunaryHandler:
         return out
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._http is not None:
+            await self._http.close()
 
 
 def _lunary_output(resp: pb.CompleteResponse) -> dict[str, Any]:

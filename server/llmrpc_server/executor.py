@@ -1,12 +1,13 @@
 """The only module that talks to the network.
 
-Adapters build :class:`HttpCall` objects; the executor sends them over one pooled aiohttp session
-(created inside the running loop) and turns every transport failure into a :class:`ProviderError`
-in :func:`map_transport_error`. ``mock://`` URLs are answered in-process by the mock upstream.
+Adapters build :class:`HttpCall` objects; the executor sends them over one pooled
+:class:`~llmrpc_server._http.HttpClient` (created inside the running loop) and turns every transport
+failure into a :class:`ProviderError` in :func:`map_transport_error`. ``mock://`` URLs are answered
+in-process by the mock upstream.
 
-Why aiohttp and not httpx: on this 2-core machine httpx's default transport costs ~2.4 ms of CPU per
-call against a local upstream, aiohttp ~0.2 ms (see README, "Benchmarks"); the gateway's CPU budget
-is 1 ms per unary call, so only aiohttp meets it.
+Why not httpx or aiohttp: on this 2-core machine httpx's default transport costs ~2.2 ms of CPU per
+call against a local upstream, aiohttp ~0.23 ms and the lean pooled client in ``_http`` ~0.08 ms
+(``make bench`` prints all three); the gateway's CPU budget is 1 ms per unary call.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import aiohttp
-
+from . import _http
 from .convert import dumps
 from .providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent
 from .providers.mock import MOCK_SCHEME, MockReply, answer
@@ -58,27 +58,22 @@ class Executor:
         self._max_connections = max_connections
         self._connect_timeout = connect_timeout
         self.max_response_bytes = max_response_bytes
-        self._session: aiohttp.ClientSession | None = None
+        self._client: _http.HttpClient | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
-            skip_auto_headers=("User-Agent",),
-            headers={"user-agent": "llmrpc/0.1"},
-        )
+        self._client = _http.HttpClient(max_connections=self._max_connections,
+                                        connect_timeout=self._connect_timeout)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def client(self) -> _http.HttpClient:
+        if self._client is None:
             raise RuntimeError("Executor.start() was not awaited")
-        return self._session
+        return self._client
 
     async def send(self, call: HttpCall, *, timeout: float) -> UpstreamReply:
         """One unary request; the whole exchange is bounded by ``timeout`` seconds."""
@@ -89,12 +84,13 @@ class Executor:
             return UpstreamReply(reply.status, reply.headers, reply.body, _ms_since(started))
         try:
             async with asyncio.timeout(timeout):
-                async with self.session.request(
-                    call.method, call.url, data=dumps(call.body), headers=dict(call.headers)
-                ) as resp:
+                resp = await self.client.request(call.method, call.url, call.headers, dumps(call.body))
+                try:
                     body = await _read_bounded(resp, self.max_response_bytes)
-                    return UpstreamReply(resp.status, resp.headers, body, _ms_since(started))
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                finally:
+                    resp.close()
+                return UpstreamReply(resp.status, resp.headers, body, _ms_since(started))
+        except (_http.HttpError, OSError, TimeoutError) as exc:
             raise map_transport_error(exc, timeout=timeout) from exc
 
     @asynccontextmanager
@@ -108,10 +104,8 @@ class Executor:
             return
         try:
             async with asyncio.timeout(timeout):
-                resp = await self.session.request(
-                    call.method, call.url, data=dumps(call.body), headers=dict(call.headers)
-                )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                resp = await self.client.request(call.method, call.url, call.headers, dumps(call.body))
+        except (_http.HttpError, OSError, TimeoutError) as exc:
             raise map_transport_error(exc, timeout=timeout) from exc
         try:
             yield _HttpStream(resp, call.stream_format, _ms_since(started), self.max_response_bytes)
@@ -120,7 +114,7 @@ class Executor:
 
 
 class _HttpStream:
-    def __init__(self, resp: aiohttp.ClientResponse, stream_format: str, latency_ms: float, limit: int) -> None:
+    def __init__(self, resp: _http.Response, stream_format: str, latency_ms: float, limit: int) -> None:
         self._resp = resp
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
@@ -133,7 +127,7 @@ class _HttpStream:
     async def read_body(self) -> bytes:
         try:
             return await _read_bounded(self._resp, self._limit)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (_http.HttpError, OSError, TimeoutError) as exc:
             raise map_transport_error(exc, timeout=None) from exc
 
     async def next_events(self, timeout: float) -> list[StreamEvent] | None:
@@ -142,10 +136,10 @@ class _HttpStream:
             return None
         try:
             async with asyncio.timeout(timeout):
-                data = await self._resp.content.readany()
+                data = await self._resp.read_chunk()
         except TimeoutError:
             raise  # the pipeline decides: idle timeout or the call's deadline
-        except (aiohttp.ClientError, OSError) as exc:
+        except (_http.HttpError, OSError) as exc:
             raise map_transport_error(exc, timeout=None) from exc
         if not data:
             self._eof = True
@@ -188,14 +182,14 @@ async def _mock_delay(reply: MockReply, timeout: float) -> None:
         await asyncio.sleep(reply.delay)
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+async def _read_bounded(resp: _http.Response, limit: int) -> bytes:
     length = resp.content_length
     if length is not None and length > limit:
         raise ProviderError(ErrorKind.BAD_RESPONSE, f"upstream body of {length} bytes exceeds {limit}",
                             status=resp.status)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in resp.content.iter_any():
+    while chunk := await resp.read_chunk():
         size += len(chunk)
         if size > limit:
             raise ProviderError(ErrorKind.BAD_RESPONSE, f"upstream body exceeds {limit} bytes", status=resp.status)
@@ -205,17 +199,17 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 
 def map_transport_error(exc: BaseException, *, timeout: float | None) -> ProviderError:
     """Classify a transport failure (the executor's ``map_httpcore_exceptions``)."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, _http.ConnectTimeout):
         return ProviderError(ErrorKind.TIMEOUT, f"connecting to the upstream timed out: {exc}")
     if isinstance(exc, TimeoutError):
         limit = "" if timeout is None else f" within {timeout:.3g}s"
         return ProviderError(ErrorKind.TIMEOUT, f"upstream did not answer{limit}")
-    if isinstance(exc, aiohttp.InvalidURL):
-        return ProviderError(ErrorKind.BAD_REQUEST, f"invalid upstream URL: {exc}")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return ProviderError(ErrorKind.UNREACHABLE, f"cannot connect to the upstream: {exc.os_error or exc}")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | ConnectionResetError):
-        return ProviderError(ErrorKind.UNREACHABLE, f"the upstream closed the connection: {exc}")
+    if isinstance(exc, _http.InvalidURL):
+        return ProviderError(ErrorKind.BAD_REQUEST, f"invalid upstream request: {exc}")
+    if isinstance(exc, _http.ConnectError):
+        return ProviderError(ErrorKind.UNREACHABLE, str(exc))
+    if isinstance(exc, _http.RemoteClosed | _http.ProtocolError | ConnectionError):
+        return ProviderError(ErrorKind.UNREACHABLE, f"the upstream connection failed: {exc}")
     return ProviderError(ErrorKind.UNREACHABLE, f"upstream connection failed: {exc!r}")
 
 
