@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import orjson
 from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
@@ -105,8 +106,27 @@ def request(upstream_port: int) -> pb.CompleteRequest:
                               messages=[chat_pb2.Message(role="user", content="Say something.")])
 
 
+async def interleaved_p50(calls: dict[str, Callable[[], Awaitable[None]]], rounds: int) -> dict[str, float]:
+    """p50 latency (ms) of each call at concurrency 1, the calls taking turns so that every path
+    sees the same machine: on a shared 2-core VM the floor drifts between back-to-back runs."""
+    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    for n in range(rounds + 20):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            await call()
+            if n >= 20:  # the first rounds warm connections up
+                latencies[name].append(time.perf_counter() - started)
+    return {name: statistics.median(lat) * 1000 for name, lat in latencies.items()}
+
+
+@dataclass
+class Suite:
+    results: list[Result]
+    p50: dict[str, float]  # interleaved unary p50 at concurrency 1, ms
+
+
 async def run_suite(address: str, echo: str, upstream: str, pids: list[int], echo_pids: list[int],
-                    calls: int) -> list[Result]:
+                    calls: int) -> Suite:
     """Per concurrency: direct HTTP to the upstream, bare grpc.aio echo, then the gateway."""
     results: list[Result] = []
     req = request(0)
@@ -147,18 +167,33 @@ async def run_suite(address: str, echo: str, upstream: str, pids: list[int], ech
             results.append(await drive("direct HTTP stream", direct_stream, conc, n, None, 50))
             results.append(await drive("bare grpc.aio echo stream", stream(echo_stub), conc, n, echo_pids, 50))
             results.append(await drive("gateway stream", stream(stub), conc, n, pids, 50))
-    return results
+        p50 = await interleaved_p50({"direct HTTP": direct_unary, "bare grpc.aio echo": unary(echo_stub),
+                                     "gateway": unary(stub)}, calls // 2)
+    return Suite(results, p50)
 
 
 async def http_client_comparison(upstream: str, calls: int, concurrency: int = 16) -> list[str]:
-    """Why the executor uses aiohttp: the same unary calls through httpx's default transport and
-    through aiohttp, measuring this process's CPU per call (the cost the gateway would pay)."""
+    """Why the executor has its own client: the same unary calls through httpx's default transport,
+    aiohttp and ``llmrpc_server._http``, measuring this process's CPU per call (the cost the gateway
+    would pay)."""
     import httpx
+    from llmrpc_server._http import HttpClient
 
     body = {"model": "bench-model", "messages": [{"role": "user", "content": "Say something."}]}
     url = f"{upstream}/v1/chat/completions"
     rows = []
+    lean = HttpClient()
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=100)) as hx, aiohttp.ClientSession() as ah:
+        async def with_lean() -> None:
+            resp = await lean.request("POST", url, {"content-type": "application/json"}, orjson.dumps(body))
+            try:
+                data = b""
+                while chunk := await resp.read_chunk():
+                    data += chunk
+                orjson.loads(data)
+            finally:
+                resp.close()
+
         async def with_httpx() -> None:
             (await hx.post(url, json=body)).json()
 
@@ -166,13 +201,15 @@ async def http_client_comparison(upstream: str, calls: int, concurrency: int = 1
             async with ah.post(url, json=body) as resp:
                 await resp.json()
 
-        for name, call in (("httpx (default transport)", with_httpx), ("aiohttp", with_aiohttp)):
+        for name, call in (("httpx (default transport)", with_httpx), ("aiohttp", with_aiohttp),
+                           ("llmrpc_server._http (used)", with_lean)):
             cpu0 = time.process_time()
             result = await drive(name, call, concurrency, calls, None)
             cpu = (time.process_time() - cpu0) / (result.calls + 20) * 1000
             p50 = statistics.median(result.latencies) * 1000
             rate = result.calls / result.seconds
             rows.append(f"| {name:<26} | {concurrency} | {rate:8.0f} | {p50:6.2f} | {cpu:6.3f} |")
+    await lean.close()
     return rows
 
 
@@ -190,16 +227,21 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
-def print_table(title: str, results: list[Result]) -> None:
+def print_table(title: str, suite: Suite) -> None:
+    results = suite.results
     print(f"\n### {title}\n")
     print("| path (streams: 50 chunks)    | conc |  calls/s |  p50 ms  |  p99 ms  | server CPU ms/call | ms/chunk |")
     print("|------------------------------|------|----------|----------|----------|-----------|-----------|")
     for r in results:
         print(r.row())
     for direct, _echo, gw in zip(results[::3], results[1::3], results[2::3], strict=True):
-        if gw.concurrency == 1:
+        if gw.concurrency == 1 and gw.chunks > 1:
             added = statistics.median(gw.latencies) - statistics.median(direct.latencies)
             print(f"- {gw.name}: added p50 latency vs direct HTTP at concurrency 1 = {added * 1000:.2f} ms")
+    p50, direct = suite.p50, suite.p50["direct HTTP"]
+    print(f"- unary p50 at concurrency 1, calls interleaved: direct HTTP {direct:.2f} ms, "
+          f"bare echo {p50['bare grpc.aio echo']:.2f} ms, gateway {p50['gateway']:.2f} ms; "
+          f"added by the gateway vs direct HTTP = {p50['gateway'] - direct:.2f} ms")
 
 
 def main() -> None:
