@@ -96,9 +96,21 @@ async def drive(name: str, call: Callable[[], Awaitable[None]], concurrency: int
     return Result(name, concurrency, total, elapsed, latencies, cpu, chunks)
 
 
-def echo_command(port: int) -> list[str]:
-    """A bare grpc.aio server answering canned protos: the floor any gRPC gateway pays."""
-    return [sys.executable, str(HERE / "echo_server.py"), str(port)]
+def echo_command(port: int, upstream: str | None = None) -> list[str]:
+    """A bare grpc.aio server answering canned protos: the floor any gRPC gateway pays. With
+    ``upstream``, the bare proxy: one HTTP call to it per unary request, nothing parsed."""
+    return [sys.executable, str(HERE / "echo_server.py"), str(port), *([upstream] if upstream else [])]
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """The processes every gateway figure is compared with."""
+
+    upstream: str  # base URL of the fast upstream
+    echo: str  # address of the bare grpc.aio echo
+    echo_pid: int
+    proxy: str  # address of the bare grpc.aio -> HTTP proxy
+    proxy_pid: int
 
 
 def request(upstream_port: int) -> pb.CompleteRequest:
@@ -106,36 +118,44 @@ def request(upstream_port: int) -> pb.CompleteRequest:
                               messages=[chat_pb2.Message(role="user", content="Say something.")])
 
 
-async def interleaved_p50(calls: dict[str, Callable[[], Awaitable[None]]], rounds: int) -> dict[str, float]:
-    """p50 latency (ms) of each call at concurrency 1, the calls taking turns so that every path
-    sees the same machine: on a shared 2-core VM the floor drifts between back-to-back runs."""
+async def interleaved(calls: dict[str, tuple[Callable[[], Awaitable[None]], list[int]]],
+                      rounds: int) -> dict[str, tuple[float, float | None]]:
+    """p50 latency (ms) and server CPU (ms/call) of each path at concurrency 1, the paths taking turns
+    call by call so that every one sees the same machine: on a shared 2-core VM the floor drifts
+    between back-to-back runs by more than the differences measured here."""
     latencies: dict[str, list[float]] = {name: [] for name in calls}
-    for n in range(rounds + 20):
-        for name, call in calls.items():
+    for _ in range(20):  # warm connections up
+        for call, _pids in calls.values():
+            await call()
+    cpu0 = {name: cpu_seconds(pids) for name, (_call, pids) in calls.items()}
+    for _ in range(rounds):
+        for name, (call, _pids) in calls.items():
             started = time.perf_counter()
             await call()
-            if n >= 20:  # the first rounds warm connections up
-                latencies[name].append(time.perf_counter() - started)
-    return {name: statistics.median(lat) * 1000 for name, lat in latencies.items()}
+            latencies[name].append(time.perf_counter() - started)
+    return {name: (statistics.median(latencies[name]) * 1000,
+                   (cpu_seconds(pids) - cpu0[name]) / rounds * 1000 if pids else None)
+            for name, (_call, pids) in calls.items()}
 
 
 @dataclass
 class Suite:
     results: list[Result]
-    p50: dict[str, float]  # interleaved unary p50 at concurrency 1, ms
+    conc1: dict[str, tuple[float, float | None]]  # interleaved unary p50 ms and CPU ms/call at concurrency 1
 
 
-async def run_suite(address: str, echo: str, upstream: str, pids: list[int], echo_pids: list[int],
-                    calls: int) -> Suite:
+async def run_suite(address: str, pids: list[int], base: Baselines, calls: int) -> Suite:
     """Per concurrency: direct HTTP to the upstream, bare grpc.aio echo, then the gateway."""
     results: list[Result] = []
+    echo, upstream, echo_pids = base.echo, base.upstream, [base.echo_pid]
     req = request(0)
     stream_req = pb.StreamCompleteRequest(request=req)
     body = {"model": "bench-model", "messages": [{"role": "user", "content": "Say something."}]}
     async with aiohttp.ClientSession() as http, grpc.aio.insecure_channel(address) as channel, \
-            grpc.aio.insecure_channel(echo) as echo_channel:
+            grpc.aio.insecure_channel(echo) as echo_channel, grpc.aio.insecure_channel(base.proxy) as proxy_channel:
         stub = pb_grpc.CompletionServiceStub(channel)
         echo_stub = pb_grpc.CompletionServiceStub(echo_channel)
+        proxy_stub = pb_grpc.CompletionServiceStub(proxy_channel)
 
         async def direct_unary() -> None:
             async with http.post(f"{upstream}/v1/chat/completions", json=body) as resp:
@@ -167,9 +187,11 @@ async def run_suite(address: str, echo: str, upstream: str, pids: list[int], ech
             results.append(await drive("direct HTTP stream", direct_stream, conc, n, None, 50))
             results.append(await drive("bare grpc.aio echo stream", stream(echo_stub), conc, n, echo_pids, 50))
             results.append(await drive("gateway stream", stream(stub), conc, n, pids, 50))
-        p50 = await interleaved_p50({"direct HTTP": direct_unary, "bare grpc.aio echo": unary(echo_stub),
-                                     "gateway": unary(stub)}, calls // 2)
-    return Suite(results, p50)
+        conc1 = await interleaved({
+            "direct HTTP": (direct_unary, []), "bare grpc.aio echo": (unary(echo_stub), echo_pids),
+            "bare grpc.aio proxy": (unary(proxy_stub), [base.proxy_pid]), "gateway": (unary(stub), pids),
+        }, calls // 2)
+    return Suite(results, conc1)
 
 
 async def http_client_comparison(upstream: str, calls: int, concurrency: int = 16) -> list[str]:
@@ -238,10 +260,11 @@ def print_table(title: str, suite: Suite) -> None:
         if gw.concurrency == 1 and gw.chunks > 1:
             added = statistics.median(gw.latencies) - statistics.median(direct.latencies)
             print(f"- {gw.name}: added p50 latency vs direct HTTP at concurrency 1 = {added * 1000:.2f} ms")
-    p50, direct = suite.p50, suite.p50["direct HTTP"]
-    print(f"- unary p50 at concurrency 1, calls interleaved: direct HTTP {direct:.2f} ms, "
-          f"bare echo {p50['bare grpc.aio echo']:.2f} ms, gateway {p50['gateway']:.2f} ms; "
-          f"added by the gateway vs direct HTTP = {p50['gateway'] - direct:.2f} ms")
+    direct = suite.conc1["direct HTTP"][0]
+    print("\nunary at concurrency 1, the four paths taking turns call by call:\n")
+    print("| path | p50 ms | added p50 vs direct HTTP, ms | server CPU ms/call |\n|---|---|---|---|")
+    for name, (p50, cpu) in suite.conc1.items():
+        print(f"| {name} | {p50:.2f} | {p50 - direct:.2f} | {'' if cpu is None else f'{cpu:.3f}'} |")
 
 
 def main() -> None:
@@ -249,18 +272,20 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2, help="processes for the multi-process run")
     args = parser.parse_args()
-    up_port, gw_port, echo_port = free_port(), free_port(), free_port()
+    up_port, gw_port, echo_port, proxy_port = free_port(), free_port(), free_port(), free_port()
     env = {**os.environ, "OPENAI_API_KEY": "sk-bench", "OPENAI_API_BASE": f"http://127.0.0.1:{up_port}/v1",
            "LLMRPC_CACHE_PATH": "/tmp/llmrpc-bench-cache.sqlite", "LLMRPC_NUM_RETRIES": "0"}
-    procs = [start([sys.executable, str(HERE / "upstream.py"), str(up_port)], env), start(echo_command(echo_port), env)]
-    upstream, echo = f"http://127.0.0.1:{up_port}", f"127.0.0.1:{echo_port}"
+    upstream = f"http://127.0.0.1:{up_port}"
+    procs = [start([sys.executable, str(HERE / "upstream.py"), str(up_port)], env), start(echo_command(echo_port), env),
+             start(echo_command(proxy_port, f"{upstream}/v1/chat/completions"), env)]
+    base = Baselines(upstream, f"127.0.0.1:{echo_port}", procs[1].pid, f"127.0.0.1:{proxy_port}", procs[2].pid)
     try:
-        wait_port(up_port)
-        wait_port(echo_port)
+        for port in (up_port, echo_port, proxy_port):
+            wait_port(port)
         gw = start([sys.executable, "-m", "llmrpc_server", "--host", "127.0.0.1", "--port", str(gw_port)], env)
         procs.append(gw)
         wait_port(gw_port)
-        results = asyncio.run(run_suite(f"127.0.0.1:{gw_port}", echo, upstream, [gw.pid], [procs[1].pid], args.calls))
+        results = asyncio.run(run_suite(f"127.0.0.1:{gw_port}", [gw.pid], base, args.calls))
         print_table("one gateway process", results)
         print("\n### HTTP client for the executor (client CPU per call, same upstream)\n")
         print("| client | conc | calls/s | p50 ms | client CPU ms/call |\n|---|---|---|---|---|")
@@ -273,8 +298,7 @@ def main() -> None:
         procs.append(multi)
         wait_port(multi_port)
         time.sleep(1.0)
-        results = asyncio.run(run_suite(f"127.0.0.1:{multi_port}", echo, upstream, children(multi.pid),
-                                        [procs[1].pid], args.calls))
+        results = asyncio.run(run_suite(f"127.0.0.1:{multi_port}", children(multi.pid), base, args.calls))
         print_table(f"{args.workers} gateway processes on one port (SO_REUSEPORT)", results)
     finally:
         for proc in procs:

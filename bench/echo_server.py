@@ -1,4 +1,9 @@
-"""Bare grpc.aio baseline: the same service answering canned messages, no gateway work at all."""
+"""Bare grpc.aio baselines: the same service answering canned messages, no gateway work at all.
+
+``echo_server.py PORT`` answers at once. ``echo_server.py PORT URL`` is the bare proxy: each unary call
+first POSTs a fixed body to ``URL`` with the gateway's HTTP client and reads the reply (parsing
+nothing), the floor for any Python gRPC server that makes one HTTP call per request.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 
 import grpc
+import orjson
 import uvloop
 from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
@@ -33,13 +39,31 @@ class Echo(pb_grpc.CompletionServiceServicer):
             yield CHUNK
 
 
-async def serve(port: int) -> None:
+class Proxy(Echo):
+    def __init__(self, url: str) -> None:
+        from llmrpc_server._http import HttpClient
+
+        self._url = url
+        self._http = HttpClient()
+        self._body = orjson.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "Say something."}]})
+
+    async def Complete(self, request: pb.CompleteRequest, context: object) -> pb.CompleteResponse:
+        resp = await self._http.request("POST", self._url, {"content-type": "application/json"}, self._body)
+        try:
+            while await resp.read_chunk():
+                pass
+        finally:
+            resp.close()
+        return ANSWER
+
+
+async def serve(port: int, upstream: str | None) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_CompletionServiceServicer_to_server(Echo(), server)
+    pb_grpc.add_CompletionServiceServicer_to_server(Proxy(upstream) if upstream else Echo(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
 
 
 if __name__ == "__main__":
-    uvloop.run(serve(int(sys.argv[1])))
+    uvloop.run(serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None))
