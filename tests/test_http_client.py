@@ -4,6 +4,7 @@ keep-alive reuse, body framings, compression, TLS, broken peers, cancellation an
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -237,3 +238,146 @@ async def test_large_bodies_pause_reading_until_consumed() -> None:
         assert data == payload
         assert (await fetch(client, url))[2] == payload
         await client.close()
+
+
+class PipeProxy:
+    """A forward proxy on 127.0.0.1: CONNECT tunnels for https, absolute-form requests for http
+    (forwarded verbatim to the host they name). Records each request's head."""
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            writer.close()
+            return
+        self.heads.append(head)
+        method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ")
+        host, port = (target if method == "CONNECT" else target.split("/")[2]).rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        self.writers.append(up_writer)
+        if method == "CONNECT":
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            up_writer.write(head)
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def pipe_proxy() -> AsyncIterator[tuple[PipeProxy, int]]:
+    proxy = PipeProxy()
+    srv = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    try:
+        yield proxy, srv.sockets[0].getsockname()[1]
+    finally:
+        srv.close()
+        for writer in proxy.writers:  # ends every pipe with EOF instead of cancelling it at loop close
+            writer.close()
+        await asyncio.sleep(0.05)
+
+
+def test_proxies_come_from_the_usual_environment_variables() -> None:
+    assert _http.proxies_from_env({"HTTPS_PROXY": "http://a:1", "https_proxy": "http://b:2", "NO_PROXY": "x"}) == {
+        "https": "http://b:2", "no": "x"}
+    assert _http.proxies_from_env({"ALL_PROXY": "http://c:3", "HTTP_PROXY": "http://d:4"}) == {
+        "http": "http://d:4", "https": "http://c:3"}
+    assert _http.proxies_from_env({"OPENAI_API_KEY": "sk"}) == {}
+
+
+@pytest.mark.parametrize(("host", "port", "no_proxy", "bypass"), [
+    ("api.openai.com", 443, "*", True),
+    ("api.openai.com", 443, "openai.com", True),
+    ("api.openai.com", 443, ".openai.com", True),
+    ("api.openai.com", 443, "*.openai.com", True),
+    ("notopenai.com", 443, "openai.com", False),
+    ("api.openai.com", 443, "openai.com:8443", False),
+    ("api.openai.com", 443, "localhost, openai.com:443", True),
+    ("10.1.2.3", 80, "10.0.0.0/8", True),
+    ("10.1.2.3", 80, "192.168.0.0/16,127.0.0.1", False),
+    ("::1", 80, "::1", True),
+    ("api.openai.com", 443, "", False),
+])
+def test_no_proxy_matching(host: str, port: int, no_proxy: str, bypass: bool) -> None:
+    assert _http._bypasses_proxy(host, port, no_proxy) is bypass
+
+
+async def test_https_goes_through_a_connect_tunnel_with_proxy_credentials() -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    async with raw_server(replying(ok(b"tunnelled")), tls=server_ctx) as (server, url), pipe_proxy() as (proxy, port):
+        client = _http.HttpClient(ssl_context=trusting, proxies={"https": f"http://us%40r:p%3Ass@127.0.0.1:{port}"})
+        assert (await fetch(client, url))[2] == b"tunnelled"
+        assert (await fetch(client, url))[2] == b"tunnelled"  # the tunnel is kept alive and reused
+        await client.close()
+    assert len(proxy.heads) == 1 and server.connections == 1
+    origin = url.split("/")[2]
+    lines = proxy.heads[0].split(b"\r\n")
+    assert lines[0] == f"CONNECT {origin} HTTP/1.1".encode()
+    credentials = base64.b64encode(b"us@r:p:ss").decode()
+    assert f"proxy-authorization: Basic {credentials}".encode() in lines
+
+
+async def test_plain_http_through_a_proxy_uses_the_absolute_form() -> None:
+    async with raw_server(replying(ok(b"forwarded"))) as (server, url), pipe_proxy() as (proxy, port):
+        client = _http.HttpClient(proxies={"http": f"http://127.0.0.1:{port}"})
+        assert (await fetch(client, url))[2] == b"forwarded"
+        await client.close()
+    assert proxy.heads[0].startswith(f"POST {url} HTTP/1.1\r\n".encode())
+    assert server.requests[0].startswith(f"POST {url} HTTP/1.1\r\n".encode())
+
+
+async def test_no_proxy_hosts_are_reached_directly() -> None:
+    async with raw_server(replying(ok(b"direct"))) as (_, url):
+        client = _http.HttpClient(proxies={"http": "http://127.0.0.1:1", "no": "localhost,127.0.0.1"})
+        assert (await fetch(client, url))[2] == b"direct"
+        await client.close()
+
+
+async def test_a_proxy_refusing_the_tunnel_is_a_connect_error() -> None:
+    refuse = replying(b"HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n", close=True)
+    async with raw_server(refuse) as (_, proxy_url):
+        proxy_port = int(proxy_url.split(":")[2].split("/")[0])
+        client = _http.HttpClient(proxies={"https": f"http://127.0.0.1:{proxy_port}"})
+        with pytest.raises(_http.ConnectError, match=r"refused the tunnel.*HTTP 407"):
+            await fetch(client, "https://api.example.test/v1/chat")
+        await client.close()
+
+
+async def test_the_gateway_sends_upstream_calls_through_http_proxy() -> None:
+    """End to end: HTTP_PROXY in the server's environment routes the OpenAI call through the proxy."""
+    import llmrpc
+
+    from tests.support import GatewayThread, gateway_settings
+    from tests.upstreams import FakeUpstream
+    from tests.upstreams import openai as oai
+
+    async with pipe_proxy() as (proxy, port):
+        with FakeUpstream(default=oai.default_handler) as upstream:
+            base = upstream.url
+            env = {"OPENAI_API_KEY": "sk-k", "OPENAI_API_BASE": base, "HTTP_PROXY": f"http://127.0.0.1:{port}"}
+            with GatewayThread(gateway_settings(env)) as gateway:
+                client = llmrpc.Client(gateway.address)
+                resp = await client.acompletion(model="openai/gpt-4o-mini",
+                                                messages=[{"role": "user", "content": "via the proxy?"}])
+                client.close()
+    assert resp.choices[0].message.content
+    assert proxy.heads[0].startswith(f"POST {base}/chat/completions HTTP/1.1\r\n".encode())
+    assert len(upstream.requests) == 1

@@ -4,14 +4,16 @@ Why not aiohttp or httpx: the gateway's CPU budget is 1 ms per unary call, and o
 machine aiohttp's client costs ~0.23 ms per call (request/response objects, tracing hooks, cookie
 and redirect handling we never use) and httpx's default transport ~2.2 ms. This client does only
 what an LLM upstream needs: keep-alive pooling per origin, TLS, a connect timeout, content-length
-and chunked bodies (llhttp decodes both), gzip/deflate bodies, and backpressure on streamed reads.
+and chunked bodies (llhttp decodes both), gzip/deflate bodies, backpressure on streamed reads, and
+the ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` / ``NO_PROXY`` egress proxies that httpx (and so
+the openai SDK and LiteLLM) honour: CONNECT tunnels for https, absolute-form requests for http.
 ``make bench`` prints the comparison.
 
 Exceptions (all carry a message for the status detail)::
 
     HttpError
      ├── InvalidURL       not an http(s) URL, or a header with CR/LF
-     ├── ConnectError     DNS, refused, unreachable, TLS handshake
+     ├── ConnectError     DNS, refused, unreachable, TLS handshake, a proxy refusing the tunnel
      ├── ConnectTimeout   opening the connection took longer than connect_timeout
      ├── RemoteClosed     the peer closed the connection before the response was complete
      └── ProtocolError    the peer's bytes are not HTTP/1.1
@@ -20,12 +22,14 @@ Exceptions (all carry a message for the status detail)::
 from __future__ import annotations
 
 import asyncio
+import base64
+import ipaddress
 import ssl
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -38,6 +42,7 @@ __all__ = [
     "ProtocolError",
     "RemoteClosed",
     "Response",
+    "proxies_from_env",
 ]
 
 _USER_AGENT = "llmrpc/0.1"
@@ -91,8 +96,81 @@ def _parse_url(url: str) -> _Target:
     return _Target((parts.scheme, parts.hostname, port or default_port), path, parts.netloc.rpartition("@")[2])
 
 
-def _request_head(method: str, target: _Target, headers: Mapping[str, str], length: int) -> bytes:
-    lines = [f"{method} {target.path} HTTP/1.1\r\nhost: {target.host_header}\r\ncontent-length: {length}\r\n"]
+def proxies_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``{"http": url, "https": url, "no": hosts}`` from ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``
+    and ``NO_PROXY`` (either case; lower case wins, as in curl and httpx)."""
+    found: dict[str, str] = {}
+    for name in ("http", "https", "all", "no"):
+        value = env.get(f"{name}_proxy") or env.get(f"{name.upper()}_PROXY")
+        if value:
+            found[name] = value.strip()
+    for scheme in ("http", "https"):
+        if scheme not in found and "all" in found:
+            found[scheme] = found["all"]
+    found.pop("all", None)
+    return found
+
+
+def _bypasses_proxy(host: str, port: int, no_proxy: str) -> bool:
+    """Whether ``NO_PROXY`` names the host: ``*``, a domain and its subdomains (``example.com``,
+    ``.example.com``), an IP address or CIDR range, any of them optionally with ``:port``."""
+    host = host.lower()
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for entry in (e.strip().lower() for e in no_proxy.split(",")):
+        name, sep, entry_port = entry.rpartition(":")
+        if sep and entry_port.isdigit() and entry.count(":") == 1:  # host:port, not an IPv6 address
+            if int(entry_port) != port:
+                continue
+            entry = name
+        if entry == "*":
+            return True
+        if not entry:
+            continue
+        try:
+            network = ipaddress.ip_network(entry.strip("[]"), strict=False)
+        except ValueError:
+            domain = entry.lstrip("*").lstrip(".")
+            if host == domain or host.endswith(f".{domain}"):
+                return True
+        else:
+            if address is not None and address in network:
+                return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class _Proxy:
+    host: str
+    port: int
+    authorization: str | None  # a Proxy-Authorization value from the URL's user:password
+
+
+@lru_cache(maxsize=32)
+def _parse_proxy(url: str) -> _Proxy:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidURL(f"proxy {url!r}: {exc}") from None
+    if parts.scheme != "http" or not parts.hostname:
+        raise InvalidURL(f"proxy {url!r}: only http:// proxies are supported")
+    auth = None
+    if parts.username is not None:
+        user_pass = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        auth = "Basic " + base64.b64encode(user_pass).decode()
+    return _Proxy(parts.hostname, port or 80, auth)
+
+
+def _request_head(method: str, target: _Target, headers: Mapping[str, str], length: int,
+                  proxy: _Proxy | None = None) -> bytes:
+    # Through a proxy, plain http requests use the absolute form (RFC 9112 section 3.2.2).
+    path = target.path if proxy is None else f"http://{target.host_header}{target.path}"
+    lines = [f"{method} {path} HTTP/1.1\r\nhost: {target.host_header}\r\ncontent-length: {length}\r\n"]
+    if proxy is not None and proxy.authorization:
+        lines.append(f"proxy-authorization: {proxy.authorization}\r\n")
     for name, value in headers.items():
         if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
             raise InvalidURL(f"header {name!r} contains a line break")
@@ -280,7 +358,9 @@ class HttpClient:
     """Keep-alive connection pools per (scheme, host, port). Create and use it in one event loop."""
 
     def __init__(self, *, max_connections: int = 1000, connect_timeout: float = 10.0,
-                 keepalive: float = 15.0, ssl_context: ssl.SSLContext | None = None) -> None:
+                 keepalive: float = 15.0, ssl_context: ssl.SSLContext | None = None,
+                 proxies: Mapping[str, str] | None = None) -> None:
+        self._proxies = dict(proxies or {})
         self._slots = asyncio.Semaphore(max_connections)
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive
@@ -291,11 +371,12 @@ class HttpClient:
     async def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> Response:
         """Send a request and wait for the response's headers."""
         target = _parse_url(url)
-        head = _request_head(method, target, headers, len(body))
+        proxy = self._proxy_for(target.origin)
+        head = _request_head(method, target, headers, len(body), proxy if target.origin[0] == "http" else None)
         await self._slots.acquire()
         conn: _Connection | None = None
         try:
-            conn = self._idle_connection(target.origin) or await self._connect(target.origin)
+            conn = self._idle_connection(target.origin) or await self._connect(target.origin, proxy)
             conn.send(head, body)
             while not conn.headers_done:
                 await conn.wait()
@@ -325,18 +406,55 @@ class HttpClient:
                 return conn
         return None
 
-    async def _connect(self, origin: tuple[str, str, int]) -> _Connection:
+    def _proxy_for(self, origin: tuple[str, str, int]) -> _Proxy | None:
         scheme, host, port = origin
-        tls = self._tls() if scheme == "https" else None
-        loop = asyncio.get_running_loop()
+        url = self._proxies.get(scheme)
+        if url is None or _bypasses_proxy(host, port, self._proxies.get("no", "")):
+            return None
+        return _parse_proxy(url)
+
+    async def _connect(self, origin: tuple[str, str, int], proxy: _Proxy | None) -> _Connection:
+        scheme, host, port = origin
+        where = f"{host}:{port}" if proxy is None else f"{host}:{port} through the proxy {proxy.host}:{proxy.port}"
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(origin), host, port, ssl=tls, server_hostname=host if tls else None)
+                if proxy is not None and scheme == "https":
+                    return await self._tunnel(origin, proxy)
+                tls = self._tls() if scheme == "https" else None
+                dial_host, dial_port = (host, port) if proxy is None else (proxy.host, proxy.port)
+                _, conn = await asyncio.get_running_loop().create_connection(
+                    lambda: _Connection(origin), dial_host, dial_port, ssl=tls, server_hostname=host if tls else None)
+                return conn
         except TimeoutError:
-            raise ConnectTimeout(f"connecting to {host}:{port} took over {self._connect_timeout:.3g}s") from None
+            raise ConnectTimeout(f"connecting to {where} took over {self._connect_timeout:.3g}s") from None
         except (OSError, ssl.SSLError) as exc:
-            raise ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
+            raise ConnectError(f"cannot connect to {where}: {exc}") from exc
+
+    async def _tunnel(self, origin: tuple[str, str, int], proxy: _Proxy) -> _Connection:
+        """An https connection through an HTTP CONNECT tunnel, TLS negotiated end to end with the origin."""
+        _, host, port = origin
+        loop = asyncio.get_running_loop()
+        conn = _Connection(origin)
+        raw, _ = await loop.create_connection(lambda: conn, proxy.host, proxy.port)
+        try:
+            auth = f"proxy-authorization: {proxy.authorization}\r\n" if proxy.authorization else ""
+            conn.send(f"CONNECT {host}:{port} HTTP/1.1\r\nhost: {host}:{port}\r\n{auth}\r\n".encode("latin-1"), b"")
+            try:
+                while not conn.headers_done:
+                    await conn.wait()
+            except RemoteClosed:
+                raise ConnectError(f"the proxy {proxy.host}:{proxy.port} closed the tunnel to {host}:{port}") from None
+            if conn.status != 200:
+                raise ConnectError(f"the proxy {proxy.host}:{proxy.port} refused the tunnel to {host}:{port}: "
+                                   f"HTTP {conn.status}")
+            # From here on the proxy relays bytes; our protocol now sits on top of TLS.
+            tls = await loop.start_tls(raw, conn, self._tls(), server_hostname=host)
+            if tls is None:  # pragma: no cover - only when the loop cannot do TLS at all
+                raise ConnectError("this event loop cannot start TLS")
+        except BaseException:
+            raw.close()
+            raise
+        conn.connection_made(tls)
         return conn
 
     def _tls(self) -> ssl.SSLContext:

@@ -20,6 +20,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from llmrpc.v1 import completion_service_pb2 as pb
 
+from ._http import proxies_from_env
 from .cache import ResponseCache
 from .caching import CachingBackend
 from .config import Settings
@@ -84,7 +85,8 @@ def _server_options(settings: Settings) -> list[tuple[str, int]]:
 async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) -> Gateway:
     """Create, wire and start everything inside the running loop (``telemetry``: the OTel providers,
     by default from the ``OTEL_*`` environment, see ``otel_setup``)."""
-    executor = Executor(max_connections=settings.max_connections, connect_timeout=settings.connect_timeout)
+    executor = Executor(max_connections=settings.max_connections, connect_timeout=settings.connect_timeout,
+                        proxies=proxies_from_env(settings.env))
     await executor.start()
     router = Router(default_adapters(settings.env), settings.env, settings.aliases)
     pipeline = Pipeline(router, executor, settings)

@@ -54,7 +54,8 @@ class Executor:
     """Sends :class:`HttpCall` objects. Create and close it inside the serving event loop."""
 
     def __init__(self, *, max_connections: int = 1000, connect_timeout: float = 10.0,
-                 max_response_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_response_bytes: int = 64 * 1024 * 1024, proxies: Mapping[str, str] | None = None) -> None:
+        self._proxies = dict(proxies or {})
         self._max_connections = max_connections
         self._connect_timeout = connect_timeout
         self.max_response_bytes = max_response_bytes
@@ -62,7 +63,7 @@ class Executor:
 
     async def start(self) -> None:
         self._client = _http.HttpClient(max_connections=self._max_connections,
-                                        connect_timeout=self._connect_timeout)
+                                        connect_timeout=self._connect_timeout, proxies=self._proxies)
 
     async def close(self) -> None:
         if self._client is not None:
