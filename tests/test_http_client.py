@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trustme
-from llmrpc_server import _http
+from llmrpc_server import _http, _http_proxy
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -151,11 +151,11 @@ async def test_broken_responses_raise(reply: bytes, error: type[Exception]) -> N
 async def test_invalid_urls_and_headers_are_refused_before_sending() -> None:
     client = _http.HttpClient()
     for url in ("ftp://example.com/x", "http:///nohost", "http://h:99999/", "http://h/a b"):
-        with pytest.raises(_http.InvalidURL):
+        with pytest.raises(_http.InvalidRequest):
             await client.request("POST", url, {}, b"")
-    with pytest.raises(_http.InvalidURL, match="line break"):
+    with pytest.raises(_http.InvalidRequest, match="line break"):
         await client.request("POST", "http://127.0.0.1:1/", {"x-evil": "a\r\nhost: other"}, b"")
-    with pytest.raises(_http.InvalidURL, match="latin-1"):
+    with pytest.raises(_http.InvalidRequest, match="latin-1"):
         await client.request("POST", "http://127.0.0.1:1/", {"x-name": "名前"}, b"")
 
 
@@ -292,11 +292,22 @@ async def pipe_proxy() -> AsyncIterator[tuple[PipeProxy, int]]:
 
 
 def test_proxies_come_from_the_usual_environment_variables() -> None:
-    assert _http.proxies_from_env({"HTTPS_PROXY": "http://a:1", "https_proxy": "http://b:2", "NO_PROXY": "x"}) == {
-        "https": "http://b:2", "no": "x"}
-    assert _http.proxies_from_env({"ALL_PROXY": "http://c:3", "HTTP_PROXY": "http://d:4"}) == {
+    env = {"HTTPS_PROXY": "http://a:1", "https_proxy": "http://b:2", "NO_PROXY": "x"}
+    assert _http_proxy.proxies_from_env(env) == {"https": "http://b:2", "no": "x"}
+    assert _http_proxy.proxies_from_env({"ALL_PROXY": "http://c:3", "HTTP_PROXY": "http://d:4"}) == {
         "http": "http://d:4", "https": "http://c:3"}
-    assert _http.proxies_from_env({"OPENAI_API_KEY": "sk"}) == {}
+    assert _http_proxy.proxies_from_env({"OPENAI_API_KEY": "sk"}) == {}
+    with pytest.raises(_http_proxy.InvalidProxy, match="HTTPS_PROXY: 'socks5://p:1080' is not an http://"):
+        _http_proxy.proxies_from_env({"HTTPS_PROXY": "socks5://p:1080"})
+
+
+def test_an_unusable_proxy_stops_the_server_at_startup(capsys: pytest.CaptureFixture[str]) -> None:
+    from llmrpc_server.cli import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HTTPS_PROXY", "https://proxy.example:3128")
+        assert main(["--port", "0"]) == 2
+    assert "bad setting: HTTPS_PROXY: 'https://proxy.example:3128' is not an http://" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("host", "port", "no_proxy", "bypass"), [
@@ -313,7 +324,7 @@ def test_proxies_come_from_the_usual_environment_variables() -> None:
     ("api.openai.com", 443, "", False),
 ])
 def test_no_proxy_matching(host: str, port: int, no_proxy: str, bypass: bool) -> None:
-    assert _http._bypasses_proxy(host, port, no_proxy) is bypass
+    assert _http_proxy.bypasses_proxy(host, port, no_proxy) is bypass
 
 
 async def test_https_goes_through_a_connect_tunnel_with_proxy_credentials() -> None:

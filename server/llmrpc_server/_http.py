@@ -12,7 +12,7 @@ the openai SDK and LiteLLM) honour: CONNECT tunnels for https, absolute-form req
 Exceptions (all carry a message for the status detail)::
 
     HttpError
-     ├── InvalidURL       not an http(s) URL, or a header with CR/LF
+     ├── InvalidRequest   not an http(s) URL, a header with CR/LF, a bad proxy URL
      ├── ConnectError     DNS, refused, unreachable, TLS handshake, a proxy refusing the tunnel
      ├── ConnectTimeout   opening the connection took longer than connect_timeout
      ├── RemoteClosed     the peer closed the connection before the response was complete
@@ -22,23 +22,23 @@ Exceptions (all carry a message for the status detail)::
 from __future__ import annotations
 
 import asyncio
-import base64
-import ipaddress
 import ssl
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import httptools
+
+from ._http_proxy import Proxy, bypasses_proxy, parse_proxy, proxies_from_env
 
 __all__ = [
     "ConnectError",
     "ConnectTimeout",
     "HttpClient",
     "HttpError",
-    "InvalidURL",
+    "InvalidRequest",
     "ProtocolError",
     "RemoteClosed",
     "Response",
@@ -53,8 +53,9 @@ class HttpError(Exception):
     """Base of every transport failure this module raises."""
 
 
-class InvalidURL(HttpError):
-    """The URL is not an absolute http(s) URL, or a header would break the request framing."""
+class InvalidRequest(HttpError):
+    """The URL is not an absolute http(s) URL, a header would break the request framing, or the
+    proxy URL is not an http:// URL."""
 
 
 class ConnectError(HttpError):
@@ -86,86 +87,18 @@ def _parse_url(url: str) -> _Target:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise InvalidURL(f"{url!r}: {exc}") from None
+        raise InvalidRequest(f"{url!r}: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidURL(f"{url!r} is not an absolute http(s) URL")
+        raise InvalidRequest(f"{url!r} is not an absolute http(s) URL")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if any(c in path for c in " \r\n"):
-        raise InvalidURL(f"{url!r} contains whitespace")
+        raise InvalidRequest(f"{url!r} contains whitespace")
     default_port = 443 if parts.scheme == "https" else 80
     return _Target((parts.scheme, parts.hostname, port or default_port), path, parts.netloc.rpartition("@")[2])
 
 
-def proxies_from_env(env: Mapping[str, str]) -> dict[str, str]:
-    """``{"http": url, "https": url, "no": hosts}`` from ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``
-    and ``NO_PROXY`` (either case; lower case wins, as in curl and httpx)."""
-    found: dict[str, str] = {}
-    for name in ("http", "https", "all", "no"):
-        value = env.get(f"{name}_proxy") or env.get(f"{name.upper()}_PROXY")
-        if value:
-            found[name] = value.strip()
-    for scheme in ("http", "https"):
-        if scheme not in found and "all" in found:
-            found[scheme] = found["all"]
-    found.pop("all", None)
-    return found
-
-
-def _bypasses_proxy(host: str, port: int, no_proxy: str) -> bool:
-    """Whether ``NO_PROXY`` names the host: ``*``, a domain and its subdomains (``example.com``,
-    ``.example.com``), an IP address or CIDR range, any of them optionally with ``:port``."""
-    host = host.lower()
-    try:
-        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
-    except ValueError:
-        address = None
-    for entry in (e.strip().lower() for e in no_proxy.split(",")):
-        name, sep, entry_port = entry.rpartition(":")
-        if sep and entry_port.isdigit() and entry.count(":") == 1:  # host:port, not an IPv6 address
-            if int(entry_port) != port:
-                continue
-            entry = name
-        if entry == "*":
-            return True
-        if not entry:
-            continue
-        try:
-            network = ipaddress.ip_network(entry.strip("[]"), strict=False)
-        except ValueError:
-            domain = entry.lstrip("*").lstrip(".")
-            if host == domain or host.endswith(f".{domain}"):
-                return True
-        else:
-            if address is not None and address in network:
-                return True
-    return False
-
-
-@dataclass(frozen=True, slots=True)
-class _Proxy:
-    host: str
-    port: int
-    authorization: str | None  # a Proxy-Authorization value from the URL's user:password
-
-
-@lru_cache(maxsize=32)
-def _parse_proxy(url: str) -> _Proxy:
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise InvalidURL(f"proxy {url!r}: {exc}") from None
-    if parts.scheme != "http" or not parts.hostname:
-        raise InvalidURL(f"proxy {url!r}: only http:// proxies are supported")
-    auth = None
-    if parts.username is not None:
-        user_pass = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-        auth = "Basic " + base64.b64encode(user_pass).decode()
-    return _Proxy(parts.hostname, port or 80, auth)
-
-
 def _request_head(method: str, target: _Target, headers: Mapping[str, str], length: int,
-                  proxy: _Proxy | None = None) -> bytes:
+                  proxy: Proxy | None = None) -> bytes:
     # Through a proxy, plain http requests use the absolute form (RFC 9112 section 3.2.2).
     path = target.path if proxy is None else f"http://{target.host_header}{target.path}"
     lines = [f"{method} {path} HTTP/1.1\r\nhost: {target.host_header}\r\ncontent-length: {length}\r\n"]
@@ -173,7 +106,7 @@ def _request_head(method: str, target: _Target, headers: Mapping[str, str], leng
         lines.append(f"proxy-authorization: {proxy.authorization}\r\n")
     for name, value in headers.items():
         if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
-            raise InvalidURL(f"header {name!r} contains a line break")
+            raise InvalidRequest(f"header {name!r} contains a line break")
         lines.append(f"{name}: {value}\r\n")
     if "user-agent" not in headers:
         lines.append(f"user-agent: {_USER_AGENT}\r\n")
@@ -181,7 +114,7 @@ def _request_head(method: str, target: _Target, headers: Mapping[str, str], leng
     try:
         return "".join(lines).encode("latin-1")
     except UnicodeEncodeError as exc:
-        raise InvalidURL(f"a header is not latin-1: {exc}") from None
+        raise InvalidRequest(f"a header is not latin-1: {exc}") from None
 
 
 class _Connection(asyncio.Protocol):
@@ -406,14 +339,14 @@ class HttpClient:
                 return conn
         return None
 
-    def _proxy_for(self, origin: tuple[str, str, int]) -> _Proxy | None:
+    def _proxy_for(self, origin: tuple[str, str, int]) -> Proxy | None:
         scheme, host, port = origin
         url = self._proxies.get(scheme)
-        if url is None or _bypasses_proxy(host, port, self._proxies.get("no", "")):
+        if url is None or bypasses_proxy(host, port, self._proxies.get("no", "")):
             return None
-        return _parse_proxy(url)
+        return parse_proxy(url)
 
-    async def _connect(self, origin: tuple[str, str, int], proxy: _Proxy | None) -> _Connection:
+    async def _connect(self, origin: tuple[str, str, int], proxy: Proxy | None) -> _Connection:
         scheme, host, port = origin
         where = f"{host}:{port}" if proxy is None else f"{host}:{port} through the proxy {proxy.host}:{proxy.port}"
         try:
@@ -430,7 +363,7 @@ class HttpClient:
         except (OSError, ssl.SSLError) as exc:
             raise ConnectError(f"cannot connect to {where}: {exc}") from exc
 
-    async def _tunnel(self, origin: tuple[str, str, int], proxy: _Proxy) -> _Connection:
+    async def _tunnel(self, origin: tuple[str, str, int], proxy: Proxy) -> _Connection:
         """An https connection through an HTTP CONNECT tunnel, TLS negotiated end to end with the origin."""
         _, host, port = origin
         loop = asyncio.get_running_loop()

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ._http_proxy import proxies_from_env
+
 __all__ = ["Settings", "default_cache_path", "setting_fields"]
 
 
@@ -72,6 +74,7 @@ class Settings:
             values.update(json.loads(Path(path).read_text()))
         values.update(_from_env(environ))
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        proxies_from_env(environ)  # an unusable HTTPS_PROXY is a bad setting, reported at startup
         settings = cls(env=environ)
         return replace(settings, **_coerce(values))
 

@@ -205,7 +205,7 @@ def map_transport_error(exc: BaseException, *, timeout: float | None) -> Provide
     if isinstance(exc, TimeoutError):
         limit = "" if timeout is None else f" within {timeout:.3g}s"
         return ProviderError(ErrorKind.TIMEOUT, f"upstream did not answer{limit}")
-    if isinstance(exc, _http.InvalidURL):
+    if isinstance(exc, _http.InvalidRequest):
         return ProviderError(ErrorKind.BAD_REQUEST, f"invalid upstream request: {exc}")
     if isinstance(exc, _http.ConnectError):
         return ProviderError(ErrorKind.UNREACHABLE, str(exc))
