@@ -121,7 +121,7 @@ class Pipeline:
 
     async def complete(self, req: pb.CompleteRequest, deadline: Deadline) -> pb.CompleteResponse:
         log = AttemptLog()
-        plan = FallbackPlan(req, self._settings)
+        plan: FallbackPlan | None = None  # built on the first failure: most calls never need it
         model = req.model
         while True:
             target: Target | None = None
@@ -131,6 +131,7 @@ class Pipeline:
                 _require_key(route)
                 return await self._unary_with_retries(route, creq, deadline, log)
             except ProviderError as err:
+                plan = plan or FallbackPlan(req, self._settings)
                 model = self._fallback_model(plan, err, deadline)
                 if not model:
                     raise self._failure(err, target, log, deadline) from err
@@ -140,7 +141,7 @@ class Pipeline:
         """Chunks of the first model that starts streaming; a fallback or retry is possible only
         until the first chunk has reached the caller."""
         log = AttemptLog()
-        plan = FallbackPlan(req, self._settings)
+        plan: FallbackPlan | None = None  # built on the first failure: most calls never need it
         model = req.model
         while True:
             target: Target | None = None
@@ -155,6 +156,7 @@ class Pipeline:
                 self.counters.incr(STREAMS_BROKEN, committed.error.kind.value)
                 raise self._failure(committed.error, target, log, deadline) from committed.error
             except ProviderError as err:
+                plan = plan or FallbackPlan(req, self._settings)
                 model = self._fallback_model(plan, err, deadline)
                 if not model:
                     raise self._failure(err, target, log, deadline) from err

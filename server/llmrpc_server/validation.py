@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
+from typing import Any
 
 from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
@@ -48,74 +49,85 @@ def validate_request(req: pb.CompleteRequest, *, prefix: str = "") -> None:
 
 
 def _violations(req: pb.CompleteRequest) -> Iterator[Violation]:
+    # ListFields() names only what the caller set (usually model and messages): one C call instead
+    # of a HasField probe per optional field, on the path of every request.
+    present = {fd.name: value for fd, value in req.ListFields()}
     if not req.model.strip():
         yield "model", "required: name a model such as 'openai/gpt-4o-mini' or 'mock/echo'"
-    if not req.messages:
+    messages = present.get("messages", ())
+    if not messages:
         yield "messages", "at least one message is required"
-    for i, msg in enumerate(req.messages):
+    for i, msg in enumerate(messages):
         yield from _message(msg, f"messages[{i}]")
-    yield from _knobs(req)
-    yield from _tools(req)
-    if req.HasField("response_format"):
+    yield from _knobs(req, present)
+    if "tools" in present or "functions" in present or "tool_choice" in present:
+        yield from _tools(req)
+    if "response_format" in present:
         yield from _response_format(req.response_format)
     for name in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
-        for i, model in enumerate(getattr(req, name)):
+        for i, model in enumerate(present.get(name, ())):
             if not model.strip():
                 yield f"{name}[{i}]", "must name a model"
-    if req.HasField("extra_body"):
+    if "extra_body" in present:
         for key in _RESERVED_BODY_KEYS.intersection(req.extra_body.fields):
             yield f"extra_body.{key}", f"{key!r} is set by the gateway; use the request field instead"
-    if req.HasField("api_base") and not re.match(r"^https?://[^/\s]+", req.api_base):
+    if "api_base" in present and not re.match(r"^https?://[^/\s]+", req.api_base):
         yield "api_base", "must be an http:// or https:// URL"
 
 
-def _knobs(req: pb.CompleteRequest) -> Iterator[Violation]:
-    for fd, value in req.ListFields():  # only the fields the caller set: usually two or three
-        bounds = _RANGES.get(fd.name)
+def _knobs(req: pb.CompleteRequest, present: dict[str, Any]) -> Iterator[Violation]:
+    for name, value in present.items():
+        bounds = _RANGES.get(name)
         if bounds is not None:
             low, high = bounds
             if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
-                yield fd.name, f"must be between {low} and {high}, got {value}"
-    for token, bias in req.logit_bias.items():
+                yield name, f"must be between {low} and {high}, got {value}"
+    for token, bias in req.logit_bias.items() if "logit_bias" in present else ():
         if not -100 <= bias <= 100:
             yield f"logit_bias[{token}]", f"must be between -100 and 100, got {bias}"
-    if req.HasField("reasoning_effort") and req.reasoning_effort not in _EFFORTS:
+    if "reasoning_effort" in present and req.reasoning_effort not in _EFFORTS:
         yield "reasoning_effort", f"must be one of {', '.join(sorted(_EFFORTS))}"
-    if req.HasField("thinking"):
+    if "thinking" in present:
         if req.thinking.type not in _THINKING:
             yield "thinking.type", f"must be one of {', '.join(sorted(_THINKING))}"
         if req.thinking.HasField("budget_tokens") and req.thinking.budget_tokens < 0:
             yield "thinking.budget_tokens", "must not be negative"
-    for i, stop in enumerate(req.stop):
+    for i, stop in enumerate(present.get("stop", ())):
         if not stop:
             yield f"stop[{i}]", "must not be empty"
-    if req.HasField("cache"):
+    if "cache" in present:
         for name in ("ttl", "s_maxage"):
             if has_field(req.cache, name) and not getattr(req.cache, name) >= 0:
                 yield f"cache.{name}", "must not be negative"
 
 
 def _message(msg: chat_pb2.Message, path: str) -> Iterator[Violation]:
-    if msg.role not in ROLES:
-        yield f"{path}.role", f"unknown role {msg.role!r}; use one of {', '.join(sorted(ROLES))}"
-    if msg.HasField("content") and msg.content_parts:
+    present = {fd.name for fd, _ in msg.ListFields()}
+    role = msg.role
+    if role not in ROLES:
+        yield f"{path}.role", f"unknown role {role!r}; use one of {', '.join(sorted(ROLES))}"
+    has_content, has_parts = "content" in present, "content_parts" in present
+    if has_content and has_parts:
         yield f"{path}.content", "set either content or content_parts, not both"
-    if msg.role == "tool" and not msg.tool_call_id:
+    if role == "tool" and not msg.tool_call_id:
         yield f"{path}.tool_call_id", "required for role 'tool'"
-    if msg.role == "function" and not msg.name:
+    if role == "function" and not msg.name:
         yield f"{path}.name", "required for role 'function'"
-    if msg.role in ("user", "system", "developer") and not msg.HasField("content") and not msg.content_parts:
-        yield f"{path}.content", f"required for role {msg.role!r}"
-    for j, part in enumerate(msg.content_parts):
-        yield from _part(part, f"{path}.content_parts[{j}]")
-    for j, call in enumerate(msg.tool_calls):
-        if not call.function.name:
-            yield f"{path}.tool_calls[{j}].function.name", "required"
-        if call.type not in ("", "function"):
-            yield f"{path}.tool_calls[{j}].type", "must be 'function'"
-    for j, block in enumerate(msg.thinking_blocks):
-        if block.type not in ("thinking", "redacted_thinking"):
-            yield f"{path}.thinking_blocks[{j}].type", "must be 'thinking' or 'redacted_thinking'"
+    if role in ("user", "system", "developer") and not has_content and not has_parts:
+        yield f"{path}.content", f"required for role {role!r}"
+    if has_parts:
+        for j, part in enumerate(msg.content_parts):
+            yield from _part(part, f"{path}.content_parts[{j}]")
+    if "tool_calls" in present:
+        for j, call in enumerate(msg.tool_calls):
+            if not call.function.name:
+                yield f"{path}.tool_calls[{j}].function.name", "required"
+            if call.type not in ("", "function"):
+                yield f"{path}.tool_calls[{j}].type", "must be 'function'"
+    if "thinking_blocks" in present:
+        for j, block in enumerate(msg.thinking_blocks):
+            if block.type not in ("thinking", "redacted_thinking"):
+                yield f"{path}.thinking_blocks[{j}].type", "must be 'thinking' or 'redacted_thinking'"
 
 
 def _part(part: chat_pb2.ContentPart, path: str) -> Iterator[Violation]:
