@@ -1,12 +1,11 @@
 """The gRPC handlers: validate -> pipeline -> respond. Thin on purpose; every failure is mapped
-to a status in one place (:meth:`CompletionService._errors`)."""
+to a status in one place (:func:`_abort`)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -36,18 +35,19 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
         self._settings = settings
 
     async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
-        async with _errors(context):
+        try:
             _require_decoded(request)
             validate_request(request)
             self._router.check_fallbacks(request)
             return await self._backend.complete(request, self._deadline(request, context))
-        raise AssertionError("unreachable: _errors aborts")
+        except Exception as exc:
+            await _abort(context, exc)
 
     async def StreamComplete(
         self, request: pb.StreamCompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompleteResponse]:
         # An async generator, not context.write(): the OTel aio interceptor breaks on the latter.
-        async with _errors(context):
+        try:
             _require_decoded(request)
             req = request.request
             validate_request(req, prefix="request.")
@@ -55,16 +55,19 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
             include_usage = request.stream_options.include_usage
             async for chunk in self._backend.stream(req, self._deadline(req, context), include_usage=include_usage):
                 yield chunk
+        except Exception as exc:
+            await _abort(context, exc)
 
     async def GetSupportedParams(
         self, request: pb.GetSupportedParamsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSupportedParamsResponse:
-        async with _errors(context):
+        try:
             _require_decoded(request)
             adapter, name = self._router.split(request.model)
             params = sorted({openai_name(p) for p in adapter.supported_params} | {"stream", "stream_options"})
             return pb.GetSupportedParamsResponse(provider=adapter.name, provider_model=name, supported_params=params)
-        raise AssertionError("unreachable: _errors aborts")
+        except Exception as exc:
+            await _abort(context, exc)
 
     def _deadline(self, req: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> Deadline:
         return Deadline.smallest(
@@ -74,21 +77,20 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
         )
 
 
-@asynccontextmanager
-async def _errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    """Abort with the mapped status for every failure; AbortError and cancellation pass through."""
-    try:
-        yield
-    except ServiceError as err:
-        await context.abort_with_status(to_status(err))
-    except ProviderError as err:  # raised before any attempt, e.g. a missing API key
-        await context.abort_with_status(to_status(from_provider_error(err, None, attempts=0)))
-    except grpc.aio.AbortError:
-        raise
-    except Exception as exc:  # our bug: INTERNAL with ErrorInfo, never UNKNOWN
-        log.exception("internal error")
-        await context.abort_with_status(to_status(internal_error(exc)))
-
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+    """Abort the call with the status ``exc`` maps to; an AbortError (already aborting) passes through.
+    A plain try/except in each handler rather than a context manager: it is on every call's path."""
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    if isinstance(exc, ServiceError):
+        status = to_status(exc)
+    elif isinstance(exc, ProviderError):  # raised before any attempt, e.g. a missing API key
+        status = to_status(from_provider_error(exc, None, attempts=0))
+    else:  # our bug: INTERNAL with ErrorInfo, never UNKNOWN
+        log.error("internal error", exc_info=exc)
+        status = to_status(internal_error(exc))
+    await context.abort_with_status(status)
+    raise AssertionError("unreachable: abort_with_status raises AbortError")
 
 
 class Undecodable:

@@ -13,7 +13,7 @@ no span at all. Prompts and completions are recorded only when the operator turn
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
 
@@ -93,6 +93,7 @@ class AttemptSpan:
 
 
 _NO_SPAN = AttemptSpan(INVALID_SPAN)
+_NO_ATTEMPT = nullcontext(_NO_SPAN)  # reusable: nullcontext keeps no state between uses
 
 
 def request_attributes(req: pb.CompleteRequest, model: str) -> Attributes:
@@ -111,13 +112,17 @@ def has_field(msg: Message, name: str) -> bool:
     return msg.HasField(name)
 
 
-@contextmanager
-def attempt_span(target: Target, req: pb.CompleteRequest, *, stream: bool) -> Iterator[AttemptSpan]:
+def attempt_span(target: Target, req: pb.CompleteRequest, *, stream: bool) -> AbstractContextManager[AttemptSpan]:
     """A CLIENT span ``chat {model}`` around one upstream attempt (none when tracing is off)."""
     call = _CALL.get()
-    if call is None:
-        yield _NO_SPAN
-        return
+    if call is None:  # nothing observes this call: a shared no-op, on the path of every attempt
+        return _NO_ATTEMPT
+    return _attempt_span(call, target, req, stream=stream)
+
+
+@contextmanager
+def _attempt_span(call: CallTrace, target: Target, req: pb.CompleteRequest, *, stream: bool,
+                  ) -> Iterator[AttemptSpan]:
     call.attempt_started(target)
     if call.tracer is None:
         try:

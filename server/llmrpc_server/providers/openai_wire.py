@@ -189,9 +189,8 @@ def response_from_openai(data: dict[str, Any], *, created: int) -> pb.CompleteRe
     _copy_envelope(data, resp)
     extras = _top_level_extras(data)
     for i, choice in enumerate(data.get("choices") or ()):
-        msg = _message_from_openai(choice.get("message") or {}, extras)
         out = resp.choices.add(index=int(choice.get("index", i)), finish_reason=_finish(choice.get("finish_reason")))
-        out.message.CopyFrom(msg)
+        _fill_message(out.message, choice.get("message") or {}, extras)
         if choice.get("logprobs"):
             _fill_logprobs(out.logprobs, choice["logprobs"])
     if data.get("usage"):
@@ -217,8 +216,8 @@ def _finish(reason: Any) -> str:
     return "stop" if reason == "error" else str(reason)
 
 
-def _message_from_openai(msg: dict[str, Any], extras: dict[str, Any]) -> chat_pb2.Message:
-    out = chat_pb2.Message(role=msg.get("role") or "assistant")
+def _fill_message(out: chat_pb2.Message, msg: dict[str, Any], extras: dict[str, Any]) -> None:
+    out.role = msg.get("role") or "assistant"
     if msg.get("content") is not None:
         out.content = _text(msg["content"])
     if msg.get("refusal") is not None:
@@ -245,7 +244,6 @@ def _message_from_openai(msg: dict[str, Any], extras: dict[str, Any]) -> chat_pb
         extra["reasoning_details"] = msg["reasoning_details"]
     if extra:
         out.provider_specific_fields.update(extra)
-    return out
 
 
 def _text(content: Any) -> str:
