@@ -263,3 +263,46 @@ def test_prometheus_metrics_port(start_gateway: Callable[..., GatewayThread]) ->
         text = reply.read().decode()
     assert "gen_ai_client_operation_duration_seconds_bucket" in text
     assert "gen_ai_client_token_usage" in text and 'gen_ai_token_type="output"' in text
+
+
+def test_prometheus_with_workers_serves_every_workers_metrics(tmp_path: Any) -> None:
+    """``--workers 2 --metrics-port M``: worker i serves M + i, and together they count every call."""
+    import os
+    import re
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.support import free_port, wait_serving
+
+    def two_free_ports() -> int:
+        while True:
+            port = free_port()
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port + 1)) != 0:
+                    return port
+
+    port, metrics = free_port(), two_free_ports()
+    env = {**{k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")},
+           "LLMRPC_CACHE_PATH": str(tmp_path / "cache.sqlite")}
+    proc = subprocess.Popen([sys.executable, "-m", "llmrpc_server", "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "2", "--metrics-port", str(metrics)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_serving(f"127.0.0.1:{port}")
+        calls = 30
+        for _ in range(calls):  # a connection per call, so SO_REUSEPORT spreads them over both workers
+            with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+                pb_grpc.CompletionServiceStub(ch).Complete(request(model="mock/echo"), timeout=10)
+        counts = []
+        for worker_port in (metrics, metrics + 1):
+            with urllib.request.urlopen(f"http://127.0.0.1:{worker_port}/metrics", timeout=5) as reply:
+                text = reply.read().decode()
+            found = re.findall(r"^gen_ai_client_operation_duration_seconds_count\{[^}]*\} (\S+)$", text, re.M)
+            counts.append(sum(float(v) for v in found))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert sum(counts) == calls
+    assert all(counts), f"each worker should have served some calls: {counts}"

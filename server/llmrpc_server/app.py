@@ -139,6 +139,13 @@ def _run_worker(settings: Settings) -> None:
         asyncio.run(_serve(settings))
 
 
+def _worker_settings(settings: Settings, workers: int, index: int) -> Settings:
+    """Worker ``index`` of ``workers``: the shared gRPC port, its own metrics port (``metrics_port +
+    index``), since each process has its own counters and a scrape must reach every one of them."""
+    metrics_port = settings.metrics_port + index if settings.metrics_port else 0
+    return replace(settings, workers=workers, metrics_port=metrics_port)
+
+
 def run(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT; with ``workers`` > 1, that many processes share the port."""
     workers = settings.workers or os.cpu_count() or 1
@@ -149,7 +156,7 @@ def run(settings: Settings) -> None:
         raise SystemExit("--workers > 1 needs a fixed --port")
     # spawn, never fork: no gRPC object may cross a fork (grpc/grpc#13873).
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_run_worker, args=(replace(settings, workers=workers),)) for _ in range(workers)]
+    procs = [ctx.Process(target=_run_worker, args=(_worker_settings(settings, workers, i),)) for i in range(workers)]
     for proc in procs:
         proc.start()
     def forward(*_: object) -> None:

@@ -53,7 +53,7 @@ class Settings:
     failure_callback: tuple[str, ...] = _opt((), 'callbacks when a call fails (same names)')
     callback_queue_size: int = _opt(1000, 'events queued per callback; more are dropped and counted')
     otel_record_content: bool = _opt(False, 'record prompts and completions on spans and in the log callback')
-    metrics_port: int = _opt(0, 'serve Prometheus metrics on this port (0 = off)')
+    metrics_port: int = _opt(0, 'serve Prometheus metrics on this port (0 = off); worker i of --workers uses port + i')
     fallbacks: Mapping[str, tuple[str, ...]] = field(
         default_factory=dict, metadata={"help": "model -> fallback models (JSON)"})
     context_window_fallbacks: Mapping[str, tuple[str, ...]] = field(

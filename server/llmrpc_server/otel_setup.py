@@ -16,7 +16,6 @@ the default, as LiteLLM's ``otel`` callback does.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -166,9 +165,8 @@ def _prometheus(settings: Settings, telemetry: Telemetry) -> MetricReader:
         host = settings.host.strip("[]") or "0.0.0.0"
         try:
             server, _ = start_http_server(settings.metrics_port, addr=host, registry=registry)
-        except OSError as exc:  # with several workers, the first one to start serves the port
-            log.warning("metrics port %d not served by pid %d: %s", settings.metrics_port, os.getpid(), exc)
-            return reader
+        except OSError as exc:
+            raise ValueError(f"cannot serve metrics on port {settings.metrics_port}: {exc}") from exc
         telemetry._closers.append(server.server_close)
         telemetry._closers.append(server.shutdown)
     return reader
