@@ -362,6 +362,13 @@ async def test_no_proxy_hosts_are_reached_directly() -> None:
         await client.close()
 
 
+async def test_an_unusable_proxy_url_is_an_invalid_request() -> None:
+    client = _http.HttpClient(proxies={"https": "socks5://127.0.0.1:1080"})
+    with pytest.raises(_http.InvalidRequest, match=r"https proxy 'socks5://127\.0\.0\.1:1080' is not an http://"):
+        await fetch(client, "https://api.example.test/v1/chat")
+    await client.close()
+
+
 async def test_a_proxy_refusing_the_tunnel_is_a_connect_error() -> None:
     refuse = replying(b"HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n", close=True)
     async with raw_server(refuse) as (_, proxy_url):

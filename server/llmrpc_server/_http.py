@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from ._http_proxy import Proxy, bypasses_proxy, parse_proxy, proxies_from_env
+from ._http_proxy import InvalidProxy, Proxy, bypasses_proxy, parse_proxy, proxies_from_env
 
 __all__ = [
     "ConnectError",
@@ -344,7 +344,10 @@ class HttpClient:
         url = self._proxies.get(scheme)
         if url is None or bypasses_proxy(host, port, self._proxies.get("no", "")):
             return None
-        return parse_proxy(url)
+        try:
+            return parse_proxy(url)
+        except InvalidProxy as exc:  # Settings.load rejects these at startup; a hand-built client may not
+            raise InvalidRequest(f"{scheme} proxy {exc}") from None
 
     async def _connect(self, origin: tuple[str, str, int], proxy: Proxy | None) -> _Connection:
         scheme, host, port = origin

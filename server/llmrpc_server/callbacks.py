@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from google.protobuf import json_format
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from ._http import HttpClient
+from ._http import HttpClient, proxies_from_env
 from .config import Settings
 from .convert import dumps, struct_to_dict
 from .metrics import GatewayMetrics
@@ -201,6 +201,7 @@ class LunaryHandler:
         self._key = key
         self._url = (env.get("LUNARY_API_URL") or "https://api.lunary.ai").rstrip("/") + "/v1/runs/ingest"
         self._sends_start = sends_start
+        self._proxies = proxies_from_env(env)  # the same egress proxy as upstream calls
         self._http: HttpClient | None = None
 
     async def __call__(self, records: Sequence[CallRecord]) -> None:
@@ -208,7 +209,7 @@ class LunaryHandler:
         if not events:
             return
         if self._http is None:
-            self._http = HttpClient(max_connections=4)
+            self._http = HttpClient(max_connections=4, proxies=self._proxies)
         headers = {"authorization": f"Bearer {self._key}", "content-type": "application/json"}
         async with asyncio.timeout(_HANDLER_TIMEOUT):
             resp = await self._http.request("POST", self._url, headers, dumps({"events": events}))
