@@ -24,11 +24,16 @@ class SSEDecoder:
         self._raw: list[str] = []
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
-        self._buffer += chunk
-        *lines, self._buffer = self._buffer.split(b"\n")
+        complete, newline, self._buffer = (self._buffer + chunk).rpartition(b"\n")
+        if not newline:  # no line ended yet: rpartition left everything in the last slot
+            return []
         events: list[StreamEvent] = []
-        for line in lines:
-            self._line(line.rstrip(b"\r").decode("utf-8", "replace"), events)
+        # One decode for all complete lines: "\n" never occurs inside a UTF-8 multi-byte sequence.
+        for line in complete.decode("utf-8", "replace").split("\n"):
+            if line.startswith("data: "):  # the common case, short-circuiting _line
+                self._data.append(line[6:].rstrip("\r"))
+            else:
+                self._line(line.rstrip("\r"), events)
         return events
 
     def close(self) -> list[StreamEvent]:

@@ -99,7 +99,7 @@ class OllamaAdapter:
     def parse_stream_event(
         self, event: StreamEvent, state: StreamState
     ) -> Iterable[pb.StreamCompleteResponse]:
-        data = _json_object(event.data.encode())
+        data = _json_object(event.data)
         if "error" in data:
             raise _error(200, {}, data, mid_stream=True)
         raw = data.get("message") if isinstance(data.get("message"), dict) else {}
@@ -281,7 +281,7 @@ def _arguments(arguments: str) -> Any:
 # ---- reply helpers -------------------------------------------------------------------------------
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
+def _json_object(body: bytes | str) -> dict[str, Any]:
     try:
         data = loads(body)
     except ValueError as exc:

@@ -104,7 +104,7 @@ class OpenAIAdapter:
         if event.data == "[DONE]":
             state.finished = True
             return ()
-        data = _json_object(event.data.encode())
+        data = _json_object(event.data)
         if "error" in data:
             raise _stream_error(data)
         if not state.id:
@@ -133,7 +133,7 @@ class OpenAIAdapter:
         return openai_error(status, headers, data if isinstance(data, dict) else {})
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
+def _json_object(body: bytes | str) -> dict[str, Any]:
     try:
         data = loads(body)
     except ValueError as exc:
