@@ -269,6 +269,7 @@ def test_prometheus_with_workers_serves_every_workers_metrics(tmp_path: Any) -> 
     """``--workers 2 --metrics-port M``: worker i serves M + i, and together they count every call."""
     import os
     import re
+    import select
     import socket
     import subprocess
     import sys
@@ -288,8 +289,15 @@ def test_prometheus_with_workers_serves_every_workers_metrics(tmp_path: Any) -> 
            "LLMRPC_CACHE_PATH": str(tmp_path / "cache.sqlite")}
     proc = subprocess.Popen([sys.executable, "-m", "llmrpc_server", "--host", "127.0.0.1", "--port", str(port),
                              "--workers", "2", "--metrics-port", str(metrics)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
+        assert proc.stderr is not None
+        listening, deadline = 0, time.monotonic() + 30
+        while listening < 2:  # both workers, not just the first to bind: calls must be able to reach each
+            assert time.monotonic() < deadline, "the workers did not both start"
+            ready, _, _ = select.select([proc.stderr], [], [], 1.0)
+            if ready:
+                listening += "listening on" in proc.stderr.readline()
         wait_serving(f"127.0.0.1:{port}")
         calls = 30
         for _ in range(calls):  # a connection per call, so SO_REUSEPORT spreads them over both workers
@@ -303,6 +311,6 @@ def test_prometheus_with_workers_serves_every_workers_metrics(tmp_path: Any) -> 
             counts.append(sum(float(v) for v in found))
     finally:
         proc.terminate()
-        proc.wait(30)
+        proc.communicate(timeout=30)  # also closes the stderr pipe
     assert sum(counts) == calls
     assert all(counts), f"each worker should have served some calls: {counts}"
