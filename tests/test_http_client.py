@@ -63,6 +63,14 @@ def replying(*parts: bytes, close: bool = False) -> Script:
     return script
 
 
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll instead of sleeping a fixed time: a loaded CI machine may need longer."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
 def ok(body: bytes, *headers: str) -> bytes:
     extra = "".join(f"{h}\r\n" for h in headers)
     return f"HTTP/1.1 200 OK\r\ncontent-length: {len(body)}\r\n{extra}\r\n".encode() + body
@@ -206,17 +214,17 @@ async def test_idle_connections_expire_and_peer_closed_ones_are_skipped() -> Non
         writer.close()  # keep-alive in the headers, then the peer closes the idle connection
 
     async with raw_server(once) as (server, url):
-        client = _http.HttpClient(keepalive=0.1)
+        client = _http.HttpClient()
         for _ in range(3):
             assert (await fetch(client, url))[2] == b"y"
-            await asyncio.sleep(0.05)
+            await until(lambda: all(c.closed for conns in client._idle.values() for c in conns))
         await client.close()
     assert server.connections == 3
     async with raw_server(replying(ok(b"z"))) as (server, url):
         client = _http.HttpClient(keepalive=0.1)
         await fetch(client, url)
-        await asyncio.sleep(0.3)
-        assert not any(client._idle.values())  # expired: closed and out of the pool
+        assert any(client._idle.values())
+        await until(lambda: not any(client._idle.values()))  # expired: closed and out of the pool
         await fetch(client, url)
         await client.close()
     assert server.connections == 2
@@ -227,10 +235,10 @@ async def test_large_bodies_pause_reading_until_consumed() -> None:
     async with raw_server(replying(ok(payload))) as (_, url):
         client = _http.HttpClient()
         resp = await client.request("GET", url, {}, b"")
-        await asyncio.sleep(0.2)  # let the socket fill our buffer while nobody reads
         conn = resp._conn
-        assert conn is not None and conn._paused
-        assert conn.buffered <= 2 * 1024 * 1024
+        assert conn is not None
+        await until(lambda: conn._paused)  # the socket filled our buffer while nobody read
+        assert conn.buffered < len(payload)
         data = b""
         while chunk := await resp.read_chunk():
             data += chunk
