@@ -1,6 +1,6 @@
 """Build and run the gRPC server: health, reflection, graceful shutdown, several processes.
 
-The server, the aiohttp session and every channel are created inside the running loop (grpc.aio
+The server, the HTTP client pool and every channel are created inside the running loop (grpc.aio
 objects are loop-bound, grpc/grpc#32480). SIGTERM/SIGINT flip health to NOT_SERVING so load
 balancers drain, then ``server.stop(grace)`` lets in-flight calls finish and refuses new ones.
 """
