@@ -1,12 +1,12 @@
-"""The only module that talks to the network.
+"""The only module that sends upstream requests.
 
 Adapters build :class:`HttpCall` objects; the executor sends them over one pooled
 :class:`~llmrpc_server._http.HttpClient` (created inside the running loop) and turns every transport
 failure into a :class:`ProviderError` in :func:`map_transport_error`. ``mock://`` URLs are answered
 in-process by the mock upstream.
 
-Why not httpx or aiohttp: on this 2-core machine httpx's default transport costs ~2.2 ms of CPU per
-call against a local upstream, aiohttp ~0.23 ms and the lean pooled client in ``_http`` ~0.08 ms
+Why not httpx or aiohttp: on this 2-core machine httpx's default transport costs ~2.7 ms of CPU per
+call against a local upstream, aiohttp ~0.25-0.3 ms and the lean pooled client in ``_http`` ~0.1 ms
 (``make bench`` prints all three); the gateway's CPU budget is 1 ms per unary call.
 """
 
