@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from ._http_proxy import InvalidProxy, Proxy, bypasses_proxy, parse_proxy, proxies_from_env
+from ._http_proxy import InvalidProxy, Proxy, bypasses_proxy, parse_proxy
 
 __all__ = [
     "ConnectError",
@@ -42,7 +42,6 @@ __all__ = [
     "ProtocolError",
     "RemoteClosed",
     "Response",
-    "proxies_from_env",
 ]
 
 _USER_AGENT = "llmrpc/0.1"
@@ -294,6 +293,7 @@ class HttpClient:
                  keepalive: float = 15.0, ssl_context: ssl.SSLContext | None = None,
                  proxies: Mapping[str, str] | None = None) -> None:
         self._proxies = dict(proxies or {})
+        self._proxy_by_origin: dict[tuple[str, str, int], Proxy | None] = {}  # NO_PROXY decided once per origin
         self._slots = asyncio.Semaphore(max_connections)
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive
@@ -340,6 +340,13 @@ class HttpClient:
         return None
 
     def _proxy_for(self, origin: tuple[str, str, int]) -> Proxy | None:
+        if not self._proxies:
+            return None
+        if origin not in self._proxy_by_origin:
+            self._proxy_by_origin[origin] = self._choose_proxy(origin)
+        return self._proxy_by_origin[origin]
+
+    def _choose_proxy(self, origin: tuple[str, str, int]) -> Proxy | None:
         scheme, host, port = origin
         url = self._proxies.get(scheme)
         if url is None or bypasses_proxy(host, port, self._proxies.get("no", "")):

@@ -20,7 +20,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from ._http import proxies_from_env
+from ._http_proxy import proxies_from_env
 from .cache import ResponseCache
 from .caching import CachingBackend
 from .config import Settings

@@ -31,7 +31,8 @@ from typing import Any, Protocol
 from google.protobuf import json_format
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from ._http import HttpClient, proxies_from_env
+from ._http import HttpClient
+from ._http_proxy import proxies_from_env
 from .config import Settings
 from .convert import dumps, struct_to_dict
 from .metrics import GatewayMetrics
