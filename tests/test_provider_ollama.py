@@ -262,6 +262,41 @@ def test_streamed_thinking(client: llmrpc.Client, upstream: FakeUpstream) -> Non
     )
 
 
+def test_think_tags_in_content_become_reasoning(client: llmrpc.Client, upstream: FakeUpstream) -> None:
+    # deepseek-r1 / qwen3 without "think": the reasoning arrives inline, as LiteLLM parses it.
+    upstream.enqueue(oll.chat("<think>Capital of France.</think>\n\nParis."))
+    msg = client.completion("ollama_chat/deepseek-r1:8b", USER).choices[0].message
+    assert (msg.reasoning_content, msg.content) == ("Capital of France.", "\n\nParis.")
+
+
+def test_streamed_think_tags_cut_across_lines(client: llmrpc.Client, upstream: FakeUpstream) -> None:
+    upstream.enqueue(oll.chat_stream(["<th", "ink>Capital", " of France.</th", "ink>\n\nPar", "is."]))
+    chunks = list(client.completion("ollama_chat/deepseek-r1:8b", USER, stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert [d.reasoning_content for d in deltas if d.reasoning_content] == ["Capital", " of France."]
+    assert [d.content for d in deltas if d.content] == ["\n\nPar", "is."]
+    assert "<" not in "".join(d.content or "" for d in deltas)
+    built = llmrpc.stream_chunk_builder(chunks)
+    assert built is not None
+    assert built.choices[0].message.reasoning_content == "Capital of France."
+    assert built.choices[0].message.content == "\n\nParis."
+
+
+def test_unclosed_think_block_at_the_end_of_a_stream(client: llmrpc.Client, upstream: FakeUpstream) -> None:
+    upstream.enqueue(oll.chat_stream(["<think>cut off by num_predict </th"], done_reason="length"))
+    built = llmrpc.stream_chunk_builder(list(client.completion("ollama_chat/qwen3:8b", USER, stream=True)))
+    assert built is not None
+    assert built.choices[0].message.reasoning_content == "cut off by num_predict </th"
+    assert not built.choices[0].message.content
+    assert built.choices[0].finish_reason == "length"
+
+
+def test_a_reply_that_mentions_think_is_left_alone(client: llmrpc.Client, upstream: FakeUpstream) -> None:
+    upstream.enqueue(oll.chat("Put your notes in <think></think> tags."))
+    msg = client.completion("ollama_chat/llama3.2", USER).choices[0].message
+    assert msg.content == "Put your notes in <think></think> tags." and msg.reasoning_content is None
+
+
 def test_images_from_data_urls(client: llmrpc.Client, upstream: FakeUpstream) -> None:
     messages = [
         {"role": "developer", "content": "Be terse."},

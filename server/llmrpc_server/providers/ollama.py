@@ -13,6 +13,7 @@ from llmrpc.v1 import chat_pb2, usage_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from ..convert import loads, struct_to_dict
+from ._think_tags import ThinkTagSplitter, split_think_tags
 from .base import ErrorKind, HttpCall, ProviderAdapter, ProviderError, StreamEvent, StreamState, Target
 from .common import classify, new_completion_id, now
 from .openai_wire import function_to_openai
@@ -71,10 +72,15 @@ class OllamaAdapter:
         raw = data.get("message") if isinstance(data.get("message"), dict) else {}
         assert isinstance(raw, dict)
         message = chat_pb2.Message(role="assistant")
-        if raw.get("content"):
-            message.content = str(raw["content"])
+        reasoning, content = None, str(raw.get("content") or "")
         if raw.get("thinking"):
-            message.reasoning_content = str(raw["thinking"])
+            reasoning = str(raw["thinking"])
+        else:  # a model that inlines its reasoning in <think> tags
+            reasoning, content = split_think_tags(content)
+        if content:
+            message.content = content
+        if reasoning:
+            message.reasoning_content = reasoning
         for call in _tool_calls(raw):
             message.tool_calls.add().CopyFrom(call)
         resp = pb.CompleteResponse(
@@ -105,20 +111,25 @@ class OllamaAdapter:
         raw = data.get("message") if isinstance(data.get("message"), dict) else {}
         assert isinstance(raw, dict)
         chunks: list[pb.StreamCompleteResponse] = []
-        delta = self._delta(raw, state)
+        splitter: ThinkTagSplitter = state.extra.setdefault("think_tags", ThinkTagSplitter())
+        reasoning, content = splitter.feed(str(raw.get("content") or ""))
+        delta = self._delta(raw, state, str(raw.get("thinking") or "") + reasoning, content)
         if delta is not None:
             chunks.append(delta)
         if data.get("done"):
+            held = self._delta({}, state, *splitter.flush())
+            chunks.extend([held] if held is not None else [])
             chunks.extend(self._finish_chunks(data, state))
         return chunks
 
-    def _delta(self, raw: dict[str, Any], state: StreamState) -> pb.StreamCompleteResponse | None:
+    def _delta(self, raw: dict[str, Any], state: StreamState, reasoning: str,
+               content: str) -> pb.StreamCompleteResponse | None:
         chunk = _chunk(state)
         delta = chunk.choices.add(index=0).delta
-        if raw.get("thinking"):
-            delta.reasoning_content = str(raw["thinking"])
-        if raw.get("content"):
-            delta.content = str(raw["content"])
+        if reasoning:
+            delta.reasoning_content = reasoning
+        if content:
+            delta.content = content
         for call in _tool_calls(raw):
             index = len(state.tool_index)
             state.tool_index[call.id] = index
