@@ -100,3 +100,25 @@ def test_both_processes_write_concurrently(servers: tuple[FakeUpstream, Path, li
         hits = list(pool.map(lambda job: ask(*job), swapped))
     assert all(h._hidden_params["cache_hit"] for h in hits)
     assert len(upstream.requests) == 40
+
+
+def test_opening_a_fresh_file_at_once_never_disables_the_cache(tmp_path: Path) -> None:
+    # Two workers starting together on a new cache file race to switch it to WAL; SQLite fails the
+    # loser at once instead of waiting. Separate connections in threads race the same way.
+    from threading import Barrier
+
+    from llmrpc_server.cache import SqliteStore
+
+    for attempt in range(40):
+        path = str(tmp_path / f"fresh-{attempt}.sqlite")
+        stores = [SqliteStore(path, 1 << 20) for _ in range(3)]
+        barrier = Barrier(len(stores))
+
+        def put(store: SqliteStore, barrier: Barrier = barrier) -> None:
+            barrier.wait()
+            store.put(f"key-{id(store)}", "ns", "unary", b"payload", now=time.time(), ttl=60.0)
+
+        with ThreadPoolExecutor(len(stores)) as pool:
+            list(pool.map(put, stores))
+        assert [s.totals["errors"] for s in stores] == [0, 0, 0], f"attempt {attempt}"
+        assert entries(Path(path)) == 3

@@ -116,6 +116,19 @@ class SqliteStore:
         return self._db
 
     def _open(self) -> Database:
+        """Open the file, creating or migrating it. Processes opening a fresh file at once deadlock on
+        the switch to WAL, and SQLite resolves that by failing one of them at once, without waiting
+        out the busy timeout: retry those within it."""
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                return self._open_once()
+            except sqlite3.OperationalError as exc:
+                if not _contended(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+
+    def _open_once(self) -> Database:
         memory = self.path == ":memory:"
         if not memory:
             _create_private(Path(self.path))
@@ -174,7 +187,7 @@ class SqliteStore:
         try:
             return op(db)
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not _contended(exc):
                 self._fail(exc)
                 return default
             self.totals["errors"] += 1
@@ -308,6 +321,11 @@ def _create_private(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not path.exists():
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
+def _contended(exc: sqlite3.OperationalError) -> bool:
+    """Another connection holds the lock (SQLITE_BUSY / SQLITE_LOCKED): nothing is wrong with the file."""
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 @contextmanager
