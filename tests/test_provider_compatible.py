@@ -11,6 +11,7 @@ import llmrpc
 import pytest
 from llmrpc_server.providers.compatible import adapters, family_specs
 from llmrpc_server.providers.openai import OpenAISpec
+from llmrpc_server.providers.openai_wire import usage_from_openai
 
 from tests.support import GatewayThread
 from tests.upstreams import FakeUpstream, SSEReply, dumps
@@ -414,6 +415,31 @@ def test_openrouter_stream_reasoning_comments_and_usage(
     assert last.usage is not None and last.usage.total_tokens == 15
     assert last.usage.prompt_tokens_details.cached_tokens == 8
     assert last.usage.completion_tokens_details.reasoning_tokens == 2
+    assert last.usage.cost == 0.001 and last._hidden_params["response_cost"] == 0.001
+
+
+def test_openrouter_reported_cost_is_the_call_cost(
+    client_for: Callable[..., llmrpc.Client], upstream: FakeUpstream
+) -> None:
+    # What OpenRouter billed beats the price table (LiteLLM's response_cost does the same).
+    usage = {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100, "cost": 0.0042}
+    upstream.enqueue(oai.chat_completion("42", model="openai/gpt-4o", usage=usage))
+    resp = client_for("openrouter").completion("openrouter/openai/gpt-4o", USER)
+    assert resp.usage.cost == 0.0042 and resp.usage.model_dump()["cost"] == 0.0042
+    assert resp._hidden_params["response_cost"] == 0.0042
+
+
+@pytest.mark.parametrize("cost", ["0.1", -1, True, None, float("inf")])
+def test_unusable_reported_costs_are_ignored(cost: Any) -> None:
+    usage = usage_from_openai({"prompt_tokens": 1, "completion_tokens": 1, "cost": cost})
+    assert not usage.HasField("cost")
+
+
+def test_other_providers_report_no_cost_field(
+    client_for: Callable[..., llmrpc.Client], upstream: FakeUpstream
+) -> None:
+    resp = client_for("groq").completion("groq/llama-3.1-8b-instant", USER)
+    assert "cost" not in resp.usage.model_dump()
 
 
 def test_openrouter_mid_stream_error_code_picks_the_class(

@@ -120,7 +120,10 @@ def hidden_params(meta: completion_service_pb2.ResponseMetadata) -> dict[str, An
 def usage_from_proto(pb: usage_pb2.Usage) -> Usage:
     prompt = pb.prompt_tokens_details if pb.HasField("prompt_tokens_details") else None
     completion = pb.completion_tokens_details if pb.HasField("completion_tokens_details") else None
+    # A provider-reported cost appears as the extra field the upstream sent (``usage.cost``).
+    extra = {"cost": pb.cost} if pb.HasField("cost") else {}
     return Usage(
+        **extra,
         completion_tokens=pb.completion_tokens,
         prompt_tokens=pb.prompt_tokens,
         total_tokens=pb.total_tokens,

@@ -62,9 +62,12 @@ def cost_usd(provider: str | None, model: str, usage: usage_pb2.Usage) -> float 
 
 
 def call_cost(meta: pb.ResponseMetadata, model: str, usage: usage_pb2.Usage) -> float | None:
-    """Cost of a response: its provider's price for the model that answered (the response's model
-    name, else the name sent upstream). The offline ``mock`` provider is priced as the provider the
-    requested model names, so cost tracking can be tested without a provider."""
+    """Cost of a response: what the provider billed, when it says (OpenRouter's ``usage.cost``), else
+    its price for the model that answered (the response's model name, else the name sent upstream).
+    The offline ``mock`` provider is priced as the provider the requested model names, so cost
+    tracking can be tested without a provider."""
+    if usage.HasField("cost"):
+        return usage.cost
     if meta.provider == "mock":
         requested = meta.attempt_log[-1].model if meta.attempt_log else ""
         prefix, sep, _ = requested.partition("/")

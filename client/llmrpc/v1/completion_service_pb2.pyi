@@ -741,7 +741,9 @@ class ResponseMetadata(_message.Message):
     first byte, for streams).
     """
     cost_usd: _builtins.float
-    """Cost of this call in USD, when the price of the model is known."""
+    """Cost of this call in USD: what the provider reported (Usage.cost), else
+    the gateway's price table; unset when the price of the model is unknown.
+    """
     api_base: _builtins.str
     """The api_base the answer came from (no credentials)."""
     @_builtins.property

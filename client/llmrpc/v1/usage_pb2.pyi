@@ -37,6 +37,7 @@ class Usage(_message.Message):
     COMPLETION_TOKENS_DETAILS_FIELD_NUMBER: _builtins.int
     CACHE_CREATION_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     CACHE_READ_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     """Tokens in the prompt, cache reads and cache writes included."""
     completion_tokens: _builtins.int
@@ -51,6 +52,11 @@ class Usage(_message.Message):
     """Prompt tokens read from the provider's prompt cache (Anthropic
     `cache_read_input_tokens`, OpenAI `cached_tokens`); LiteLLM shows this at
     the top level.
+    """
+    cost: _builtins.float
+    """Cost of the call in USD as the provider itself reported it (OpenRouter
+    `usage.cost`). When set, ResponseMetadata.cost_usd is this figure rather
+    than the gateway's estimate from its price table.
     """
     @_builtins.property
     def prompt_tokens_details(self) -> Global___PromptTokensDetails:
@@ -70,19 +76,24 @@ class Usage(_message.Message):
         completion_tokens_details: Global___CompletionTokensDetails | None = ...,
         cache_creation_input_tokens: _builtins.int | None = ...,
         cache_read_input_tokens: _builtins.int | None = ...,
+        cost: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cache_creation_input_tokens", b"_cache_creation_input_tokens", "_cache_read_input_tokens", b"_cache_read_input_tokens", "cache_creation_input_tokens", b"cache_creation_input_tokens", "cache_read_input_tokens", b"cache_read_input_tokens", "completion_tokens_details", b"completion_tokens_details", "prompt_tokens_details", b"prompt_tokens_details"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cache_creation_input_tokens", b"_cache_creation_input_tokens", "_cache_read_input_tokens", b"_cache_read_input_tokens", "_cost", b"_cost", "cache_creation_input_tokens", b"cache_creation_input_tokens", "cache_read_input_tokens", b"cache_read_input_tokens", "completion_tokens_details", b"completion_tokens_details", "cost", b"cost", "prompt_tokens_details", b"prompt_tokens_details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cache_creation_input_tokens", b"_cache_creation_input_tokens", "_cache_read_input_tokens", b"_cache_read_input_tokens", "cache_creation_input_tokens", b"cache_creation_input_tokens", "cache_read_input_tokens", b"cache_read_input_tokens", "completion_tokens", b"completion_tokens", "completion_tokens_details", b"completion_tokens_details", "prompt_tokens", b"prompt_tokens", "prompt_tokens_details", b"prompt_tokens_details", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cache_creation_input_tokens", b"_cache_creation_input_tokens", "_cache_read_input_tokens", b"_cache_read_input_tokens", "_cost", b"_cost", "cache_creation_input_tokens", b"cache_creation_input_tokens", "cache_read_input_tokens", b"cache_read_input_tokens", "completion_tokens", b"completion_tokens", "completion_tokens_details", b"completion_tokens_details", "cost", b"cost", "prompt_tokens", b"prompt_tokens", "prompt_tokens_details", b"prompt_tokens_details", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cache_creation_input_tokens: _TypeAlias = _typing.Literal["cache_creation_input_tokens"]  # noqa: Y015
     _WhichOneofArgType__cache_creation_input_tokens: _TypeAlias = _typing.Literal["_cache_creation_input_tokens", b"_cache_creation_input_tokens"]  # noqa: Y015
     _WhichOneofReturnType__cache_read_input_tokens: _TypeAlias = _typing.Literal["cache_read_input_tokens"]  # noqa: Y015
     _WhichOneofArgType__cache_read_input_tokens: _TypeAlias = _typing.Literal["_cache_read_input_tokens", b"_cache_read_input_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__cost: _TypeAlias = _typing.Literal["cost"]  # noqa: Y015
+    _WhichOneofArgType__cost: _TypeAlias = _typing.Literal["_cost", b"_cost"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cache_creation_input_tokens) -> _WhichOneofReturnType__cache_creation_input_tokens | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cache_read_input_tokens) -> _WhichOneofReturnType__cache_read_input_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost) -> _WhichOneofReturnType__cost | None: ...
 
 Global___Usage: _TypeAlias = Usage  # noqa: Y015
 

@@ -7,6 +7,7 @@ Field names match on both sides, so most of this is a straight copy; the work is
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from llmrpc.v1 import chat_pb2, usage_pb2
@@ -288,7 +289,8 @@ def _fill_logprobs(out: chat_pb2.ChoiceLogprobs, data: dict[str, Any]) -> None:
 
 
 def usage_from_openai(data: dict[str, Any]) -> usage_pb2.Usage:
-    """OpenAI usage; ``cached_tokens`` is mirrored to LiteLLM's top-level ``cache_read_input_tokens``."""
+    """OpenAI usage; ``cached_tokens`` is mirrored to LiteLLM's top-level ``cache_read_input_tokens``, and a
+    provider-reported ``cost`` is kept."""
     prompt = int(data.get("prompt_tokens") or 0)
     completion = int(data.get("completion_tokens") or 0)
     usage = usage_pb2.Usage(
@@ -311,6 +313,9 @@ def usage_from_openai(data: dict[str, Any]) -> usage_pb2.Usage:
     written = details.get("cache_write_tokens")
     if written is not None:
         usage.cache_creation_input_tokens = int(written)
+    cost = data.get("cost")  # OpenRouter reports what the call cost
+    if isinstance(cost, int | float) and not isinstance(cost, bool) and math.isfinite(cost) and cost >= 0:
+        usage.cost = float(cost)
     return usage
 
 
