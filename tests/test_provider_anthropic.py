@@ -215,6 +215,7 @@ def test_supported_params(client: llmrpc.Client) -> None:
         "user",
         "reasoning_effort",
         "thinking",
+        "web_search_options",
     }
 
 

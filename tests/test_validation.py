@@ -68,6 +68,8 @@ def _complete(stub: pb_grpc.CompletionServiceStub, body: dict[str, Any]) -> grpc
         ({"api_base": "ftp://example"}, "api_base"),
         ({"timeout": -1}, "timeout"),
         ({"thinking": {"type": "sometimes"}}, "thinking.type"),
+        ({"web_search_options": {"search_context_size": "huge"}}, "web_search_options.search_context_size"),
+        ({"web_search_options": {"user_location": {"type": "exact"}}}, "web_search_options.user_location.type"),
     ],
 )
 def test_invalid_request_names_the_field(

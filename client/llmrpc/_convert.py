@@ -336,6 +336,21 @@ def _set_prediction(req: completion_service_pb2.CompleteRequest, value: Any) -> 
     _fill(req.prediction, {"type": data.get("type"), "content": content}, ("type", "content"))
 
 
+def _set_web_search_options(req: completion_service_pb2.CompleteRequest, value: Any) -> None:
+    data = _as_dict(value)
+    opts = req.web_search_options
+    opts.SetInParent()  # {} still means "search"
+    _fill(opts, data, ("search_context_size",))
+    if data.get("user_location") is not None:
+        location = _as_dict(data["user_location"])
+        opts.user_location.SetInParent()
+        _fill(opts.user_location, location, ("type",))
+        if location.get("approximate") is not None:
+            approximate = opts.user_location.approximate
+            approximate.SetInParent()
+            _fill(approximate, _as_dict(location["approximate"]), ("city", "country", "region", "timezone"))
+
+
 def _set_cache(req: completion_service_pb2.CompleteRequest, value: Any) -> None:
     data = _as_dict(value)
     req.cache.SetInParent()
@@ -365,6 +380,7 @@ _REQUEST_SETTERS: dict[str, _Setter] = {
     "thinking": _sub_message("thinking", ("type", "budget_tokens")),
     "audio": _sub_message("audio", ("voice", "format")),
     "prediction": _set_prediction,
+    "web_search_options": _set_web_search_options,
     "cache": _set_cache,
     "metadata": _struct_field("metadata"),
     "extra_headers": _set_string_map("extra_headers"),

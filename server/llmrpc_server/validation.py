@@ -21,6 +21,7 @@ _NAME = re.compile(r"^[a-zA-Z0-9_.:-]{1,128}$")
 _EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh", "max", "disable"})
 _FORMATS = frozenset({"text", "json_object", "json_schema"})
 _THINKING = frozenset({"enabled", "disabled", "adaptive"})
+_SEARCH_SIZES = frozenset({"low", "medium", "high"})
 # extra_body is merged last into the upstream body: these keys would silently change the call's shape.
 _RESERVED_BODY_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
 _PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
@@ -64,6 +65,8 @@ def _violations(req: pb.CompleteRequest) -> Iterator[Violation]:
         yield from _tools(req)
     if "response_format" in present:
         yield from _response_format(req.response_format)
+    if "web_search_options" in present:
+        yield from _web_search(req.web_search_options)
     for name in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
         for i, model in enumerate(present.get(name, ())):
             if not model.strip():
@@ -73,6 +76,14 @@ def _violations(req: pb.CompleteRequest) -> Iterator[Violation]:
             yield f"extra_body.{key}", f"{key!r} is set by the gateway; use the request field instead"
     if "api_base" in present and not re.match(r"^https?://[^/\s]+", req.api_base):
         yield "api_base", "must be an http:// or https:// URL"
+
+
+def _web_search(opts: pb.WebSearchOptions) -> Iterator[Violation]:
+    if opts.HasField("search_context_size") and opts.search_context_size not in _SEARCH_SIZES:
+        yield ("web_search_options.search_context_size",
+               f"must be one of {', '.join(sorted(_SEARCH_SIZES))}, got {opts.search_context_size!r}")
+    if opts.user_location.type not in ("", "approximate"):
+        yield "web_search_options.user_location.type", f"must be 'approximate', got {opts.user_location.type!r}"
 
 
 def _knobs(req: pb.CompleteRequest, present: dict[str, Any]) -> Iterator[Violation]:

@@ -56,6 +56,7 @@ def _response(
     finish_reason: str | None,
     model_version: str,
     response_id: str,
+    grounding: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A GenerateContentResponse; parts=None means a prompt-level response with no candidates."""
     body: dict[str, Any] = {}
@@ -63,6 +64,8 @@ def _response(
         candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
         if finish_reason is not None:
             candidate["finishReason"] = finish_reason
+        if grounding is not None:
+            candidate["groundingMetadata"] = grounding
         body["candidates"] = [candidate]
     body |= {"usageMetadata": usage, "modelVersion": model_version, "responseId": response_id}
     return body
@@ -78,13 +81,31 @@ def generate_content(
     model_version: str = "gemini-2.5-flash",
     prompt_blocked: str | None = None,
     response_id: str = "resp-1",
+    grounding: dict[str, Any] | None = None,
 ) -> JSONReply:
-    """A unary response; `prompt_blocked="SAFETY"` gives no candidates plus promptFeedback."""
+    """A unary response; `prompt_blocked="SAFETY"` gives no candidates plus promptFeedback;
+    `grounding` is the candidate's groundingMetadata (see `grounding_metadata`)."""
     if prompt_blocked is not None:
         return JSONReply(200, _blocked(prompt_blocked, model_version, response_id))
     usage = usage if usage is not None else default_usage(thoughts=4 if thoughts else 0)
     parts = _parts(text, thoughts, function_calls)
-    return JSONReply(200, _response(parts, usage, finish_reason, model_version, response_id))
+    return JSONReply(200, _response(parts, usage, finish_reason, model_version, response_id, grounding))
+
+
+def grounding_metadata(sources: Sequence[tuple[str, str]], supports: Sequence[tuple[int, int, list[int]]],
+                       ) -> dict[str, Any]:
+    """Google Search grounding: `sources` are (uri, title); `supports` are (start, end, source indices).
+    A zero startIndex is omitted, as proto3 JSON omits defaults."""
+    def segment(start: int, end: int) -> dict[str, Any]:
+        return ({"startIndex": start} if start else {}) | {"endIndex": end, "text": "..."}
+
+    return {
+        "webSearchQueries": ["who won euro 2024"],
+        "searchEntryPoint": {"renderedContent": "<style>...</style>"},
+        "groundingChunks": [{"web": {"uri": uri, "title": title}} for uri, title in sources],
+        "groundingSupports": [{"segment": segment(start, end), "groundingChunkIndices": indices}
+                              for start, end, indices in supports],
+    }
 
 
 def _blocked(reason: str, model_version: str, response_id: str) -> dict[str, Any]:
@@ -122,9 +143,10 @@ def stream_generate_content(
     delay: float = 0.0,
     first_delay: float = 0.0,
     then: Then = "close",
+    grounding: dict[str, Any] | None = None,
 ) -> SSEReply:
     """SSE events: one per thought piece, one per text piece, one with all function calls;
-    finishReason and final usage ride on the last. `error_after=k` ends after k events with a raw
+    finishReason, final usage and `grounding` ride on the last. `error_after=k` ends after k events with a raw
     multi-line error JSON (no `data:` prefix), as the API does mid-stream."""
     final = usage if usage is not None else default_usage(thoughts=4 if thoughts else 0)
     batches = [[{"text": t, "thought": True}] for t in thoughts or ()]
@@ -146,6 +168,7 @@ def stream_generate_content(
             finish_reason if last else None,
             model_version,
             response_id,
+            grounding if last else None,
         )
         events.append("data: " + dumps(body))
     return SSEReply(events, 200, {}, delay=delay, first_delay=first_delay, then=then)

@@ -134,6 +134,7 @@ class CompleteRequest(_message.Message):
     CONTENT_POLICY_FALLBACKS_FIELD_NUMBER: _builtins.int
     PREDICTION_FIELD_NUMBER: _builtins.int
     PROVIDER_METADATA_FIELD_NUMBER: _builtins.int
+    WEB_SEARCH_OPTIONS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """"provider/model", e.g. "openai/gpt-4o-mini"; well-known OpenAI names
     need no prefix. Required.
@@ -283,6 +284,13 @@ class CompleteRequest(_message.Message):
         from the gateway-local `metadata`.
         """
 
+    @_builtins.property
+    def web_search_options(self) -> Global___WebSearchOptions:
+        """Let the model search the web (OpenAI `web_search_options`): passed on to
+        OpenAI, OpenRouter and Perplexity; Anthropic's web_search tool; Gemini's
+        googleSearch tool.
+        """
+
     def __init__(
         self,
         *,
@@ -331,10 +339,11 @@ class CompleteRequest(_message.Message):
         content_policy_fallbacks: _abc.Iterable[_builtins.str] | None = ...,
         prediction: Global___Prediction | None = ...,
         provider_metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        web_search_options: Global___WebSearchOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_api_base", b"_api_base", "_api_key", b"_api_key", "_api_version", b"_api_version", "_caching", b"_caching", "_deployment_id", b"_deployment_id", "_drop_params", b"_drop_params", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_mock_response", b"_mock_response", "_n", b"_n", "_num_retries", b"_num_retries", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_service_tier", b"_service_tier", "_store", b"_store", "_temperature", b"_temperature", "_timeout", b"_timeout", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_user", b"_user", "api_base", b"api_base", "api_key", b"api_key", "api_version", b"api_version", "audio", b"audio", "cache", b"cache", "caching", b"caching", "deployment_id", b"deployment_id", "drop_params", b"drop_params", "extra_body", b"extra_body", "frequency_penalty", b"frequency_penalty", "function_call", b"function_call", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "metadata", b"metadata", "mock_response", b"mock_response", "n", b"n", "num_retries", b"num_retries", "parallel_tool_calls", b"parallel_tool_calls", "prediction", b"prediction", "presence_penalty", b"presence_penalty", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "service_tier", b"service_tier", "store", b"store", "temperature", b"temperature", "thinking", b"thinking", "timeout", b"timeout", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_api_base", b"_api_base", "_api_key", b"_api_key", "_api_version", b"_api_version", "_caching", b"_caching", "_deployment_id", b"_deployment_id", "_drop_params", b"_drop_params", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_mock_response", b"_mock_response", "_n", b"_n", "_num_retries", b"_num_retries", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_service_tier", b"_service_tier", "_store", b"_store", "_temperature", b"_temperature", "_timeout", b"_timeout", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_user", b"_user", "api_base", b"api_base", "api_key", b"api_key", "api_version", b"api_version", "audio", b"audio", "cache", b"cache", "caching", b"caching", "deployment_id", b"deployment_id", "drop_params", b"drop_params", "extra_body", b"extra_body", "frequency_penalty", b"frequency_penalty", "function_call", b"function_call", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "metadata", b"metadata", "mock_response", b"mock_response", "n", b"n", "num_retries", b"num_retries", "parallel_tool_calls", b"parallel_tool_calls", "prediction", b"prediction", "presence_penalty", b"presence_penalty", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "service_tier", b"service_tier", "store", b"store", "temperature", b"temperature", "thinking", b"thinking", "timeout", b"timeout", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user", "web_search_options", b"web_search_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_api_base", b"_api_base", "_api_key", b"_api_key", "_api_version", b"_api_version", "_caching", b"_caching", "_deployment_id", b"_deployment_id", "_drop_params", b"_drop_params", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_mock_response", b"_mock_response", "_n", b"_n", "_num_retries", b"_num_retries", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_service_tier", b"_service_tier", "_store", b"_store", "_temperature", b"_temperature", "_timeout", b"_timeout", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_user", b"_user", "api_base", b"api_base", "api_key", b"api_key", "api_version", b"api_version", "audio", b"audio", "cache", b"cache", "caching", b"caching", "content_policy_fallbacks", b"content_policy_fallbacks", "context_window_fallbacks", b"context_window_fallbacks", "deployment_id", b"deployment_id", "drop_params", b"drop_params", "extra_body", b"extra_body", "extra_headers", b"extra_headers", "fallbacks", b"fallbacks", "frequency_penalty", b"frequency_penalty", "function_call", b"function_call", "functions", b"functions", "logit_bias", b"logit_bias", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "messages", b"messages", "metadata", b"metadata", "mock_response", b"mock_response", "modalities", b"modalities", "model", b"model", "n", b"n", "num_retries", b"num_retries", "parallel_tool_calls", b"parallel_tool_calls", "prediction", b"prediction", "presence_penalty", b"presence_penalty", "provider_metadata", b"provider_metadata", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "service_tier", b"service_tier", "stop", b"stop", "store", b"store", "temperature", b"temperature", "thinking", b"thinking", "timeout", b"timeout", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_api_base", b"_api_base", "_api_key", b"_api_key", "_api_version", b"_api_version", "_caching", b"_caching", "_deployment_id", b"_deployment_id", "_drop_params", b"_drop_params", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_mock_response", b"_mock_response", "_n", b"_n", "_num_retries", b"_num_retries", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_service_tier", b"_service_tier", "_store", b"_store", "_temperature", b"_temperature", "_timeout", b"_timeout", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_user", b"_user", "api_base", b"api_base", "api_key", b"api_key", "api_version", b"api_version", "audio", b"audio", "cache", b"cache", "caching", b"caching", "content_policy_fallbacks", b"content_policy_fallbacks", "context_window_fallbacks", b"context_window_fallbacks", "deployment_id", b"deployment_id", "drop_params", b"drop_params", "extra_body", b"extra_body", "extra_headers", b"extra_headers", "fallbacks", b"fallbacks", "frequency_penalty", b"frequency_penalty", "function_call", b"function_call", "functions", b"functions", "logit_bias", b"logit_bias", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "messages", b"messages", "metadata", b"metadata", "mock_response", b"mock_response", "modalities", b"modalities", "model", b"model", "n", b"n", "num_retries", b"num_retries", "parallel_tool_calls", b"parallel_tool_calls", "prediction", b"prediction", "presence_penalty", b"presence_penalty", "provider_metadata", b"provider_metadata", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "service_tier", b"service_tier", "stop", b"stop", "store", b"store", "temperature", b"temperature", "thinking", b"thinking", "timeout", b"timeout", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user", "web_search_options", b"web_search_options"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__api_base: _TypeAlias = _typing.Literal["api_base"]  # noqa: Y015
     _WhichOneofArgType__api_base: _TypeAlias = _typing.Literal["_api_base", b"_api_base"]  # noqa: Y015
@@ -434,6 +443,115 @@ class CompleteRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__user) -> _WhichOneofReturnType__user | None: ...
 
 Global___CompleteRequest: _TypeAlias = CompleteRequest  # noqa: Y015
+
+@_typing.final
+class WebSearchOptions(_message.Message):
+    """OpenAI `web_search_options`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEARCH_CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
+    USER_LOCATION_FIELD_NUMBER: _builtins.int
+    search_context_size: _builtins.str
+    """How much context to retrieve: "low", "medium" or "high". Anthropic gets
+    it as the search tool's max_uses (1, 5 or 10).
+    """
+    @_builtins.property
+    def user_location(self) -> Global___UserLocation:
+        """Where the user is, to localise results."""
+
+    def __init__(
+        self,
+        *,
+        search_context_size: _builtins.str | None = ...,
+        user_location: Global___UserLocation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_search_context_size", b"_search_context_size", "search_context_size", b"search_context_size", "user_location", b"user_location"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_search_context_size", b"_search_context_size", "search_context_size", b"search_context_size", "user_location", b"user_location"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__search_context_size: _TypeAlias = _typing.Literal["search_context_size"]  # noqa: Y015
+    _WhichOneofArgType__search_context_size: _TypeAlias = _typing.Literal["_search_context_size", b"_search_context_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__search_context_size) -> _WhichOneofReturnType__search_context_size | None: ...
+
+Global___WebSearchOptions: _TypeAlias = WebSearchOptions  # noqa: Y015
+
+@_typing.final
+class UserLocation(_message.Message):
+    """OpenAI `web_search_options.user_location`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    APPROXIMATE_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """"approximate", the only kind."""
+    @_builtins.property
+    def approximate(self) -> Global___ApproximateLocation:
+        """The location."""
+
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        approximate: Global___ApproximateLocation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approximate", b"approximate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approximate", b"approximate", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserLocation: _TypeAlias = UserLocation  # noqa: Y015
+
+@_typing.final
+class ApproximateLocation(_message.Message):
+    """An approximate user location; every part is optional free text."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CITY_FIELD_NUMBER: _builtins.int
+    COUNTRY_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    TIMEZONE_FIELD_NUMBER: _builtins.int
+    city: _builtins.str
+    """City, e.g. "San Francisco"."""
+    country: _builtins.str
+    """Two-letter ISO country code, e.g. "US"."""
+    region: _builtins.str
+    """Region or state, e.g. "California"."""
+    timezone: _builtins.str
+    """IANA time zone, e.g. "America/Los_Angeles"."""
+    def __init__(
+        self,
+        *,
+        city: _builtins.str | None = ...,
+        country: _builtins.str | None = ...,
+        region: _builtins.str | None = ...,
+        timezone: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_city", b"_city", "_country", b"_country", "_region", b"_region", "_timezone", b"_timezone", "city", b"city", "country", b"country", "region", b"region", "timezone", b"timezone"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_city", b"_city", "_country", b"_country", "_region", b"_region", "_timezone", b"_timezone", "city", b"city", "country", b"country", "region", b"region", "timezone", b"timezone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__city: _TypeAlias = _typing.Literal["city"]  # noqa: Y015
+    _WhichOneofArgType__city: _TypeAlias = _typing.Literal["_city", b"_city"]  # noqa: Y015
+    _WhichOneofReturnType__country: _TypeAlias = _typing.Literal["country"]  # noqa: Y015
+    _WhichOneofArgType__country: _TypeAlias = _typing.Literal["_country", b"_country"]  # noqa: Y015
+    _WhichOneofReturnType__region: _TypeAlias = _typing.Literal["region"]  # noqa: Y015
+    _WhichOneofArgType__region: _TypeAlias = _typing.Literal["_region", b"_region"]  # noqa: Y015
+    _WhichOneofReturnType__timezone: _TypeAlias = _typing.Literal["timezone"]  # noqa: Y015
+    _WhichOneofArgType__timezone: _TypeAlias = _typing.Literal["_timezone", b"_timezone"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__city) -> _WhichOneofReturnType__city | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__country) -> _WhichOneofReturnType__country | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__region) -> _WhichOneofReturnType__region | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__timezone) -> _WhichOneofReturnType__timezone | None: ...
+
+Global___ApproximateLocation: _TypeAlias = ApproximateLocation  # noqa: Y015
 
 @_typing.final
 class Prediction(_message.Message):

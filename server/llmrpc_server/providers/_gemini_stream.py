@@ -146,11 +146,33 @@ def _choice(candidate: Mapping[str, Any], i: int) -> chat_pb2.Choice:
         index=int(candidate.get("index", i)), finish_reason=finish_reason(raw, bool(msg.tool_calls))
     )
     choice.message.CopyFrom(msg)
+    choice.message.annotations.extend(grounding_annotations(candidate))
     if raw:
         choice.provider_finish_reason = raw
     if isinstance(candidate.get("logprobsResult"), dict):
         _fill_logprobs(choice.logprobs, candidate["logprobsResult"])
     return choice
+
+
+def grounding_annotations(candidate: Mapping[str, Any]) -> list[chat_pb2.Annotation]:
+    """Google Search grounding as OpenAI ``url_citation`` annotations: one per (supported span, web
+    source) pair, the span's indices as Gemini gives them."""
+    meta = candidate.get("groundingMetadata")
+    if not isinstance(meta, dict):
+        return []
+    chunks = [c.get("web") if isinstance(c, dict) else None for c in meta.get("groundingChunks") or ()]
+    out: list[chat_pb2.Annotation] = []
+    for support in meta.get("groundingSupports") or ():
+        if not isinstance(support, dict):
+            continue
+        segment: dict[str, Any] = support["segment"] if isinstance(support.get("segment"), dict) else {}
+        for i in support.get("groundingChunkIndices") or ():
+            web = chunks[i] if isinstance(i, int) and 0 <= i < len(chunks) else None
+            if isinstance(web, dict):
+                out.append(chat_pb2.Annotation(type="url_citation", url_citation=chat_pb2.UrlCitation(
+                    start_index=int(segment.get("startIndex") or 0), end_index=int(segment.get("endIndex") or 0),
+                    title=str(web.get("title") or ""), url=str(web.get("uri") or ""))))
+    return out
 
 
 def _parts(candidate: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -308,6 +330,7 @@ def _chunk_choice(candidate: Mapping[str, Any], i: int, state: StreamState) -> c
     track = _tracked(state).setdefault(index, _Candidate())
     choice = chat_pb2.ChunkChoice(index=index)
     _fill_delta(choice.delta, _parts(candidate), track)
+    choice.delta.annotations.extend(grounding_annotations(candidate))
     if isinstance(candidate.get("logprobsResult"), dict):
         _fill_logprobs(choice.logprobs, candidate["logprobsResult"])
     raw = str(candidate.get("finishReason") or "")

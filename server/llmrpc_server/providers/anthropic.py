@@ -31,6 +31,7 @@ from ..convert import struct_to_dict
 from . import _anthropic_stream as wire
 from .base import ErrorKind, HttpCall, ProviderError, StreamEvent, StreamState, Target
 from .common import new_completion_id, now
+from .openai_wire import approximate_location
 
 __all__ = [
     "ANTHROPIC_PARAMS",
@@ -50,9 +51,11 @@ FILES_BETA = "files-api-2025-04-14"
 ANTHROPIC_PARAMS = frozenset(
     {
         "temperature", "top_p", "stop", "max_tokens", "max_completion_tokens", "tools", "tool_choice",
-        "parallel_tool_calls", "response_format", "user", "reasoning_effort", "thinking",
+        "parallel_tool_calls", "response_format", "user", "reasoning_effort", "thinking", "web_search_options",
     }
 )  # fmt: skip
+# web_search_options.search_context_size -> the web_search tool's max_uses, as LiteLLM maps it.
+_SEARCH_MAX_USES = {"low": 1, "medium": 5, "high": 10}
 
 _EFFORT_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 2048, "high": 4096, "xhigh": 8192, "max": 16384}
 _EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
@@ -233,6 +236,8 @@ def _add_tools(req: pb.CompleteRequest, body: dict[str, Any], thinking_on: bool)
         tools.append(tool)
         if not thinking_on:  # Anthropic refuses forced tool use while thinking
             choice = {"type": "tool", "name": wire.JSON_TOOL_NAME}
+    if req.HasField("web_search_options"):
+        tools.append(web_search_tool(req.web_search_options))
     if not tools and _history_has_tools(body["messages"]):
         tools.append(dict(_DUMMY_TOOL))
     if not tools:
@@ -243,6 +248,17 @@ def _add_tools(req: pb.CompleteRequest, body: dict[str, Any], thinking_on: bool)
         choice["disable_parallel_tool_use"] = not req.parallel_tool_calls
     if choice is not None:
         body["tool_choice"] = choice
+
+
+def web_search_tool(opts: pb.WebSearchOptions) -> dict[str, Any]:
+    """OpenAI ``web_search_options`` as Anthropic's server-side search tool; Anthropic runs the searches
+    and answers with cited text (server tool blocks are not tool calls for the caller to run)."""
+    tool: dict[str, Any] = {"type": "web_search_20250305", "name": "web_search"}
+    if opts.HasField("search_context_size"):
+        tool["max_uses"] = _SEARCH_MAX_USES[opts.search_context_size]
+    if opts.HasField("user_location"):
+        tool["user_location"] = {"type": "approximate", **approximate_location(opts.user_location.approximate)}
+    return tool
 
 
 def tool_to_anthropic(tool: chat_pb2.Tool) -> dict[str, Any]:

@@ -49,7 +49,7 @@ _FIREWORKS_PARAMS = frozenset(
 _PERPLEXITY_PARAMS = frozenset(
     {
         "frequency_penalty", "max_tokens", "max_completion_tokens", "presence_penalty", "response_format",
-        "temperature", "top_p", "reasoning_effort",
+        "temperature", "top_p", "reasoning_effort", "web_search_options",
     }
 )
 
@@ -67,7 +67,7 @@ def family_specs(env: Mapping[str, str] | None = None) -> list[OpenAISpec]:
     }
     return [
         OpenAISpec("openrouter", "https://openrouter.ai/api/v1", ("OPENROUTER_API_KEY", "OR_API_KEY"),
-                   ("OPENROUTER_API_BASE",), COMPAT_PARAMS | {"reasoning_effort"},
+                   ("OPENROUTER_API_BASE",), COMPAT_PARAMS | {"reasoning_effort", "web_search_options"},
                    extra_headers=openrouter_headers, keep_cache_control=True),
         OpenAISpec("groq", "https://api.groq.com/openai/v1", ("GROQ_API_KEY",), ("GROQ_API_BASE",),
                    COMPAT_PARAMS | {"reasoning_effort", "service_tier"}),

@@ -29,7 +29,7 @@ GEMINI_PARAMS = frozenset(
     {
         "temperature", "top_p", "max_tokens", "max_completion_tokens", "n", "stop", "tools", "tool_choice",
         "response_format", "seed", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs",
-        "reasoning_effort", "thinking", "parallel_tool_calls", "modalities",
+        "reasoning_effort", "thinking", "parallel_tool_calls", "modalities", "web_search_options",
     }
 )  # fmt: skip
 
@@ -157,6 +157,8 @@ def body_from_request(req: pb.CompleteRequest, model: str) -> dict[str, Any]:
         body["systemInstruction"] = {"parts": system}
     if req.tools:
         body["tools"] = [{"functionDeclarations": [_declaration(t.function) for t in req.tools]}]
+    if req.HasField("web_search_options"):  # grounding with Google Search; no options to map
+        body.setdefault("tools", []).append({"googleSearch": {}})
     if req.HasField("tool_choice"):
         body["toolConfig"] = {"functionCallingConfig": _tool_choice(req.tool_choice)}
     config = _generation_config(req, model)

@@ -21,7 +21,7 @@ OPENAI_PARAMS = frozenset(
         "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens", "presence_penalty",
         "frequency_penalty", "logit_bias", "user", "response_format", "seed", "tools", "tool_choice",
         "parallel_tool_calls", "logprobs", "top_logprobs", "functions", "function_call", "reasoning_effort",
-        "modalities", "audio", "service_tier", "store", "prediction", "provider_metadata",
+        "modalities", "audio", "service_tier", "store", "prediction", "provider_metadata", "web_search_options",
     }
 )
 

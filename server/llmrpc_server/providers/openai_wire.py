@@ -89,6 +89,24 @@ def _add_structured(req: pb.CompleteRequest, body: dict[str, Any]) -> None:
         body["audio"] = {"voice": req.audio.voice, "format": req.audio.format}
     if req.HasField("prediction"):
         body["prediction"] = {"type": req.prediction.type or "content", "content": req.prediction.content}
+    if req.HasField("web_search_options"):
+        body["web_search_options"] = web_search_to_openai(req.web_search_options)
+
+
+def web_search_to_openai(opts: pb.WebSearchOptions) -> dict[str, Any]:
+    """OpenAI ``web_search_options``, with only what the caller set."""
+    out: dict[str, Any] = {}
+    if opts.HasField("search_context_size"):
+        out["search_context_size"] = opts.search_context_size
+    if opts.HasField("user_location"):
+        out["user_location"] = {"type": opts.user_location.type or "approximate",
+                                "approximate": approximate_location(opts.user_location.approximate)}
+    return out
+
+
+def approximate_location(loc: pb.ApproximateLocation) -> dict[str, str]:
+    """The parts of the location that are set."""
+    return {fd.name: value for fd, value in loc.ListFields()}
 
 
 def response_format_to_openai(fmt: chat_pb2.ResponseFormat) -> dict[str, Any]:
