@@ -48,6 +48,16 @@ def test_matches_genai_prices(provider: str | None, model: str) -> None:
         assert cost_usd(provider, model, usage(prompt, completion, reads, writes)) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(("provider", "model"), [("google", "gemini-2.5-flash"), ("anthropic", "claude-sonnet-4-5")])
+def test_web_searches_are_priced(provider: str, model: str) -> None:
+    # gemini-2.5-flash takes the per-unit fast path, claude-sonnet-4-5 (tiered) calc_price itself.
+    searched = usage(2000, 300)
+    searched.server_tool_use.web_search_requests = 3
+    expected = calc_price(Usage(input_tokens=2000, output_tokens=300, web_searches=3), model, provider_id=provider)
+    assert cost_usd(provider, model, searched) == pytest.approx(float(expected.total_price))
+    assert cost_usd(provider, model, searched) > (cost_usd(provider, model, usage(2000, 300)) or 0)
+
+
 def test_cached_tokens_are_priced_as_cached() -> None:
     full = cost_usd("openai", "gpt-4o-mini", usage(1_000_000, 0))
     cached = cost_usd("openai", "gpt-4o-mini", usage(1_000_000, 0, reads=1_000_000))

@@ -17,7 +17,7 @@ PUBLIC = {
     # response types
     "ModelResponse", "ModelResponseStream", "Choices", "StreamingChoices", "Message", "Delta", "Usage",
     "PromptTokensDetailsWrapper", "CompletionTokensDetailsWrapper", "ChatCompletionMessageToolCall",
-    "ChatCompletionDeltaToolCall", "Function",
+    "ChatCompletionDeltaToolCall", "Function", "ServerToolUse",
     # exceptions
     "BadRequestError", "UnsupportedParamsError", "ContextWindowExceededError", "ContentPolicyViolationError",
     "AuthenticationError", "PermissionDeniedError", "NotFoundError", "ConflictError",

@@ -97,6 +97,9 @@ def test_anthropic_gets_its_search_tool(client: llmrpc.Client, upstream: FakeUps
     assert msg.content == "I'll search. He was born on April 30, 1916."
     assert msg.tool_calls is None and resp.choices[0].finish_reason == "stop"  # Anthropic ran the search
     assert msg.provider_specific_fields["citations"] == [[CITATION]]
+    assert resp.usage.server_tool_use is not None and resp.usage.server_tool_use.web_search_requests == 1
+    # Tokens (6039 in at $3/M, 93 out at $15/M) plus the search at $10 per 1,000.
+    assert resp._hidden_params["response_cost"] == pytest.approx(0.018117 + 0.001395 + 0.01)
 
 
 @pytest.mark.parametrize(("size", "max_uses"), [("low", 1), ("high", 10), (None, None)])
@@ -123,12 +126,16 @@ def test_anthropic_stream_skips_the_server_tool_blocks(client: llmrpc.Client, up
         *_block(2, {"type": "text", "text": ""}, [{"type": "citations_delta", "citation": CITATION},
                                                   {"type": "text_delta", "text": "April 30, 1916."}]),
         fa.event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
-                                   "usage": {"output_tokens": 20}}),
+                                   "usage": {"output_tokens": 20, "server_tool_use": {"web_search_requests": 2}}}),
         fa.event("message_stop", {"type": "message_stop"}),
     ]
     upstream.enqueue(SSEReply(events, 200, fa.response_headers()))
-    chunks = list(client.completion("anthropic/claude-sonnet-4-5", USER, stream=True, web_search_options={}))
+    chunks = list(client.completion("anthropic/claude-sonnet-4-5", USER, stream=True, web_search_options={},
+                                    stream_options={"include_usage": True}))
     deltas = [c.choices[0].delta for c in chunks if c.choices]
+    usage = chunks[-1].usage
+    assert usage is not None and usage.server_tool_use is not None
+    assert usage.server_tool_use.web_search_requests == 2
     assert all(not d.tool_calls for d in deltas)
     assert "".join(d.content or "" for d in deltas) == "April 30, 1916."
     assert [d.provider_specific_fields["citation"] for d in deltas if d.provider_specific_fields] == [CITATION]
@@ -158,6 +165,12 @@ def _note(start: int, end: int, title: str, url: str) -> dict[str, Any]:
 
 EXPECTED_NOTES = [_note(0, 15, "wikipedia.org", WIKI), _note(16, 31, "wikipedia.org", WIKI),
                   _note(16, 31, "britannica.com", BRITANNICA)]
+
+
+def test_answers_without_server_tools_have_no_server_tool_use(client: llmrpc.Client, upstream: FakeUpstream) -> None:
+    upstream.enqueue(fa.message("ok"))
+    usage = client.completion("anthropic/claude-sonnet-4-5", USER).usage
+    assert usage.server_tool_use is None and "server_tool_use" not in usage.model_dump()
 
 
 def test_gemini_gets_google_search_and_grounding_becomes_annotations(

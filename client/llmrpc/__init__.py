@@ -25,6 +25,7 @@ from ._types import (
     ModelResponse,
     ModelResponseStream,
     PromptTokensDetailsWrapper,
+    ServerToolUse,
     StreamingChoices,
     Usage,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "PermissionDeniedError",
     "PromptTokensDetailsWrapper",
     "RateLimitError",
+    "ServerToolUse",
     "ServiceUnavailableError",
     "StreamingChoices",
     "Timeout",

@@ -23,6 +23,7 @@ from ._types import (
     ModelResponse,
     ModelResponseStream,
     PromptTokensDetailsWrapper,
+    ServerToolUse,
     StreamingChoices,
     Usage,
 )
@@ -143,6 +144,9 @@ def usage_from_proto(pb: usage_pb2.Usage) -> Usage:
         ),
         cache_creation_input_tokens=pb.cache_creation_input_tokens,
         cache_read_input_tokens=pb.cache_read_input_tokens,
+        server_tool_use=ServerToolUse(web_search_requests=_opt(pb.server_tool_use, "web_search_requests"))
+        if pb.HasField("server_tool_use")
+        else None,
     )
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "ModelResponse",
     "ModelResponseStream",
     "PromptTokensDetailsWrapper",
+    "ServerToolUse",
     "StreamingChoices",
     "Usage",
 ]
@@ -189,9 +190,16 @@ class CompletionTokensDetailsWrapper(_Object):
     text_tokens: int | None = None
 
 
+class ServerToolUse(_Object):
+    """Tools the provider ran on its side (Anthropic's web search), as LiteLLM reports them."""
+
+    web_search_requests: int | None = None
+
+
 class Usage(_Object):
     """Token accounting; the two cache counters sit at the top level, as in LiteLLM."""
 
+    _omit_if_none = frozenset({"server_tool_use"})
     completion_tokens: int = 0
     prompt_tokens: int = 0
     total_tokens: int = 0
@@ -199,6 +207,7 @@ class Usage(_Object):
     prompt_tokens_details: PromptTokensDetailsWrapper | None = None
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    server_tool_use: ServerToolUse | None = None
 
 
 def _new_id() -> str:

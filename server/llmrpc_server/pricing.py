@@ -30,20 +30,22 @@ PRICE_PROVIDERS: dict[str, str] = {
     "novita": "novita",
 }
 _TOKEN_KEYS = frozenset({"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok"})
-# Priced units the gateway never reports (count 0): harmless for the per-token fast path.
-_UNREPORTED_KEYS = frozenset({"web_searches_kcount", "storage_searches_kcount", "cache_write_1h_mtok"})
+_FAST_KEYS = _TOKEN_KEYS | {"web_searches_kcount"}
+# Priced units the gateway never reports (count 0): harmless for the fast path.
+_UNREPORTED_KEYS = frozenset({"storage_searches_kcount", "cache_write_1h_mtok"})
 _TTL = 3600.0  # prices can change on a date: re-resolve hourly
 _MAX_ENTRIES = 4096
 
 
 @dataclass(frozen=True, slots=True)
 class _TokenPrice:
-    """USD per token (not per million) of a model priced per token only."""
+    """USD per token (not per million), and per web search, of a model priced by these units only."""
 
     input: float
     output: float
     cache_read: float
     cache_write: float
+    web_search: float
 
 
 _Entry = tuple[float, "_TokenPrice | bool | None"]  # (resolved at, price | None=unknown | True=slow path)
@@ -100,7 +102,11 @@ def _apply(price: _TokenPrice | bool, provider: str | None, model: str, usage: u
         return _slow(provider, model, usage, reads, writes)
     uncached = max(usage.prompt_tokens - reads - writes, 0)
     return (uncached * price.input + reads * price.cache_read + writes * price.cache_write
-            + usage.completion_tokens * price.output)
+            + usage.completion_tokens * price.output + _searches(usage) * price.web_search)
+
+
+def _searches(usage: usage_pb2.Usage) -> int:
+    return usage.server_tool_use.web_search_requests if usage.HasField("server_tool_use") else 0
 
 
 def _cache_tokens(usage: usage_pb2.Usage) -> tuple[int, int]:
@@ -119,7 +125,7 @@ def _resolve(provider: str | None, model: str) -> _TokenPrice | bool | None:
     prices = {k: v for k, v in info.get_prices(datetime.now(tz=UTC)).__dict__.items()
               if v is not None and not k.startswith("_")}
     keys = set(prices) - _UNREPORTED_KEYS
-    if not keys <= _TOKEN_KEYS or "input_mtok" not in keys or not all(
+    if not keys <= _FAST_KEYS or "input_mtok" not in keys or not all(
             isinstance(prices[k], Decimal) for k in keys):
         return True
     per_token = {k: float(v) / 1e6 for k, v in prices.items() if k in _TOKEN_KEYS}
@@ -127,6 +133,7 @@ def _resolve(provider: str | None, model: str) -> _TokenPrice | bool | None:
         input=per_token["input_mtok"], output=per_token.get("output_mtok", 0.0),
         cache_read=per_token.get("cache_read_mtok", per_token["input_mtok"]),
         cache_write=per_token.get("cache_write_mtok", per_token["input_mtok"]),
+        web_search=float(prices.get("web_searches_kcount", 0)) / 1e3,
     )
 
 
@@ -136,6 +143,8 @@ def _slow(provider: str | None, model: str, usage: usage_pb2.Usage, reads: int, 
         counts["cache_read_tokens"] = reads
     if writes:
         counts["cache_write_tokens"] = writes
+    if _searches(usage):
+        counts["web_searches"] = _searches(usage)
     try:
         return float(calc_price(Usage(**counts), model, provider_id=provider).total_price)
     except (LookupError, ValueError):

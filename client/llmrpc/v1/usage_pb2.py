@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15llmrpc/v1/usage.proto\x12\tllmrpc.v1\"\xfd\x02\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12=\n\x15prompt_tokens_details\x18\x04 \x01(\x0b\x32\x1e.llmrpc.v1.PromptTokensDetails\x12\x45\n\x19\x63ompletion_tokens_details\x18\x05 \x01(\x0b\x32\".llmrpc.v1.CompletionTokensDetails\x12(\n\x1b\x63\x61\x63he_creation_input_tokens\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12$\n\x17\x63\x61\x63he_read_input_tokens\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\x11\n\x04\x63ost\x18\x08 \x01(\x01H\x02\x88\x01\x01\x42\x1e\n\x1c_cache_creation_input_tokensB\x1a\n\x18_cache_read_input_tokensB\x07\n\x05_cost\"\xfd\x01\n\x13PromptTokensDetails\x12\x1a\n\rcached_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1f\n\x12\x63\x61\x63he_write_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x19\n\x0c\x61udio_tokens\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x18\n\x0btext_tokens\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x19\n\x0cimage_tokens\x18\x05 \x01(\x05H\x04\x88\x01\x01\x42\x10\n\x0e_cached_tokensB\x15\n\x13_cache_write_tokensB\x0f\n\r_audio_tokensB\x0e\n\x0c_text_tokensB\x0f\n\r_image_tokens\"\xb3\x02\n\x17\x43ompletionTokensDetails\x12\x1d\n\x10reasoning_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0c\x61udio_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\'\n\x1a\x61\x63\x63\x65pted_prediction_tokens\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\'\n\x1arejected_prediction_tokens\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x18\n\x0btext_tokens\x18\x05 \x01(\x05H\x04\x88\x01\x01\x42\x13\n\x11_reasoning_tokensB\x0f\n\r_audio_tokensB\x1d\n\x1b_accepted_prediction_tokensB\x1d\n\x1b_rejected_prediction_tokensB\x0e\n\x0c_text_tokensBE\n\rdev.llmrpc.v1P\x01Z2github.com/llmrpc/llmrpc/gen/go/llmrpc/v1;llmrpcv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15llmrpc/v1/usage.proto\x12\tllmrpc.v1\"\xb0\x03\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12=\n\x15prompt_tokens_details\x18\x04 \x01(\x0b\x32\x1e.llmrpc.v1.PromptTokensDetails\x12\x45\n\x19\x63ompletion_tokens_details\x18\x05 \x01(\x0b\x32\".llmrpc.v1.CompletionTokensDetails\x12(\n\x1b\x63\x61\x63he_creation_input_tokens\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12$\n\x17\x63\x61\x63he_read_input_tokens\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\x11\n\x04\x63ost\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12\x31\n\x0fserver_tool_use\x18\t \x01(\x0b\x32\x18.llmrpc.v1.ServerToolUseB\x1e\n\x1c_cache_creation_input_tokensB\x1a\n\x18_cache_read_input_tokensB\x07\n\x05_cost\"I\n\rServerToolUse\x12 \n\x13web_search_requests\x18\x01 \x01(\x05H\x00\x88\x01\x01\x42\x16\n\x14_web_search_requests\"\xfd\x01\n\x13PromptTokensDetails\x12\x1a\n\rcached_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1f\n\x12\x63\x61\x63he_write_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x19\n\x0c\x61udio_tokens\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x18\n\x0btext_tokens\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x19\n\x0cimage_tokens\x18\x05 \x01(\x05H\x04\x88\x01\x01\x42\x10\n\x0e_cached_tokensB\x15\n\x13_cache_write_tokensB\x0f\n\r_audio_tokensB\x0e\n\x0c_text_tokensB\x0f\n\r_image_tokens\"\xb3\x02\n\x17\x43ompletionTokensDetails\x12\x1d\n\x10reasoning_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0c\x61udio_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\'\n\x1a\x61\x63\x63\x65pted_prediction_tokens\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\'\n\x1arejected_prediction_tokens\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x18\n\x0btext_tokens\x18\x05 \x01(\x05H\x04\x88\x01\x01\x42\x13\n\x11_reasoning_tokensB\x0f\n\r_audio_tokensB\x1d\n\x1b_accepted_prediction_tokensB\x1d\n\x1b_rejected_prediction_tokensB\x0e\n\x0c_text_tokensBE\n\rdev.llmrpc.v1P\x01Z2github.com/llmrpc/llmrpc/gen/go/llmrpc/v1;llmrpcv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.llmrpc.v1P\001Z2github.com/llmrpc/llmrpc/gen/go/llmrpc/v1;llmrpcv1'
   _globals['_USAGE']._serialized_start=37
-  _globals['_USAGE']._serialized_end=418
-  _globals['_PROMPTTOKENSDETAILS']._serialized_start=421
-  _globals['_PROMPTTOKENSDETAILS']._serialized_end=674
-  _globals['_COMPLETIONTOKENSDETAILS']._serialized_start=677
-  _globals['_COMPLETIONTOKENSDETAILS']._serialized_end=984
+  _globals['_USAGE']._serialized_end=469
+  _globals['_SERVERTOOLUSE']._serialized_start=471
+  _globals['_SERVERTOOLUSE']._serialized_end=544
+  _globals['_PROMPTTOKENSDETAILS']._serialized_start=547
+  _globals['_PROMPTTOKENSDETAILS']._serialized_end=800
+  _globals['_COMPLETIONTOKENSDETAILS']._serialized_start=803
+  _globals['_COMPLETIONTOKENSDETAILS']._serialized_end=1110
 # @@protoc_insertion_point(module_scope)

@@ -38,6 +38,7 @@ class Usage(_message.Message):
     CACHE_CREATION_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     CACHE_READ_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
+    SERVER_TOOL_USE_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     """Tokens in the prompt, cache reads and cache writes included."""
     completion_tokens: _builtins.int
@@ -66,6 +67,12 @@ class Usage(_message.Message):
     def completion_tokens_details(self) -> Global___CompletionTokensDetails:
         """Breakdown of completion_tokens; absent when the provider reports none."""
 
+    @_builtins.property
+    def server_tool_use(self) -> Global___ServerToolUse:
+        """Tools the provider ran on its side (Anthropic `usage.server_tool_use`);
+        the gateway prices them into ResponseMetadata.cost_usd.
+        """
+
     def __init__(
         self,
         *,
@@ -77,10 +84,11 @@ class Usage(_message.Message):
         cache_creation_input_tokens: _builtins.int | None = ...,
         cache_read_input_tokens: _builtins.int | None = ...,
         cost: _builtins.float | None = ...,
+        server_tool_use: Global___ServerToolUse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cache_creation_input_tokens", b"_cache_creation_input_tokens", "_cache_read_input_tokens", b"_cache_read_input_tokens", "_cost", b"_cost", "cache_creation_input_tokens", b"cache_creation_input_tokens", "cache_read_input_tokens", b"cache_read_input_tokens", "completion_tokens_details", b"completion_tokens_details", "cost", b"cost", "prompt_tokens_details", b"prompt_tokens_details"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cache_creation_input_tokens", b"_cache_creation_input_tokens", "_cache_read_input_tokens", b"_cache_read_input_tokens", "_cost", b"_cost", "cache_creation_input_tokens", b"cache_creation_input_tokens", "cache_read_input_tokens", b"cache_read_input_tokens", "completion_tokens_details", b"completion_tokens_details", "cost", b"cost", "prompt_tokens_details", b"prompt_tokens_details", "server_tool_use", b"server_tool_use"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cache_creation_input_tokens", b"_cache_creation_input_tokens", "_cache_read_input_tokens", b"_cache_read_input_tokens", "_cost", b"_cost", "cache_creation_input_tokens", b"cache_creation_input_tokens", "cache_read_input_tokens", b"cache_read_input_tokens", "completion_tokens", b"completion_tokens", "completion_tokens_details", b"completion_tokens_details", "cost", b"cost", "prompt_tokens", b"prompt_tokens", "prompt_tokens_details", b"prompt_tokens_details", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cache_creation_input_tokens", b"_cache_creation_input_tokens", "_cache_read_input_tokens", b"_cache_read_input_tokens", "_cost", b"_cost", "cache_creation_input_tokens", b"cache_creation_input_tokens", "cache_read_input_tokens", b"cache_read_input_tokens", "completion_tokens", b"completion_tokens", "completion_tokens_details", b"completion_tokens_details", "cost", b"cost", "prompt_tokens", b"prompt_tokens", "prompt_tokens_details", b"prompt_tokens_details", "server_tool_use", b"server_tool_use", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cache_creation_input_tokens: _TypeAlias = _typing.Literal["cache_creation_input_tokens"]  # noqa: Y015
     _WhichOneofArgType__cache_creation_input_tokens: _TypeAlias = _typing.Literal["_cache_creation_input_tokens", b"_cache_creation_input_tokens"]  # noqa: Y015
@@ -96,6 +104,30 @@ class Usage(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cost) -> _WhichOneofReturnType__cost | None: ...
 
 Global___Usage: _TypeAlias = Usage  # noqa: Y015
+
+@_typing.final
+class ServerToolUse(_message.Message):
+    """Server-side tool runs, e.g. web searches (LiteLLM `usage.server_tool_use`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEB_SEARCH_REQUESTS_FIELD_NUMBER: _builtins.int
+    web_search_requests: _builtins.int
+    """Web searches the provider ran for this answer."""
+    def __init__(
+        self,
+        *,
+        web_search_requests: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_web_search_requests", b"_web_search_requests", "web_search_requests", b"web_search_requests"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_web_search_requests", b"_web_search_requests", "web_search_requests", b"web_search_requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__web_search_requests: _TypeAlias = _typing.Literal["web_search_requests"]  # noqa: Y015
+    _WhichOneofArgType__web_search_requests: _TypeAlias = _typing.Literal["_web_search_requests", b"_web_search_requests"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__web_search_requests) -> _WhichOneofReturnType__web_search_requests | None: ...
+
+Global___ServerToolUse: _TypeAlias = ServerToolUse  # noqa: Y015
 
 @_typing.final
 class PromptTokensDetails(_message.Message):

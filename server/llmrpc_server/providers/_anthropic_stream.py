@@ -98,6 +98,9 @@ def usage_numbers(data: Any) -> dict[str, int]:
     thinking = (data.get("output_tokens_details") or {}).get("thinking_tokens")
     if isinstance(thinking, int | float):
         out["thinking_tokens"] = int(thinking)
+    searches = (data.get("server_tool_use") or {}).get("web_search_requests")
+    if isinstance(searches, int | float):
+        out["web_search_requests"] = int(searches)
     return out
 
 
@@ -118,6 +121,8 @@ def usage_from_anthropic(numbers: Mapping[str, int]) -> usage_pb2.Usage:
         usage.cache_creation_input_tokens = write
     if "thinking_tokens" in numbers:
         usage.completion_tokens_details.reasoning_tokens = numbers["thinking_tokens"]
+    if "web_search_requests" in numbers:
+        usage.server_tool_use.web_search_requests = numbers["web_search_requests"]
     return usage
 
 
