@@ -42,6 +42,9 @@ class Settings:
     max_message_mb: int = _opt(64, 'largest gRPC message accepted or sent, MiB')
     max_concurrent_rpcs: int = _opt(0, 'reject RPCs beyond this many in flight (0 = unlimited)')
     max_connections: int = _opt(1000, 'pooled upstream connections')
+    fetch_media: str = _opt("public", 'download image URLs for providers that take only inline data (ollama): '
+                                      'public (public addresses only), all, off')
+    fetch_media_max_mb: float = _opt(20.0, 'largest image download, MiB')
     cache_path: str = field(default_factory=default_cache_path, metadata={"help": 'SQLite response cache file'})
     cache_default: bool = _opt(False, 'cache requests that do not set `caching`')
     cache_ttl: float = _opt(86400.0, 'seconds a cache entry lives unless the request sets `ttl`')
@@ -75,8 +78,10 @@ class Settings:
         values.update(_from_env(environ))
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         proxies_from_env(environ)  # an unusable HTTPS_PROXY is a bad setting, reported at startup
-        settings = cls(env=environ)
-        return replace(settings, **_coerce(values))
+        settings = replace(cls(env=environ), **_coerce(values))
+        if settings.fetch_media not in ("public", "all", "off"):
+            raise ValueError(f"fetch_media must be public, all or off, not {settings.fetch_media!r}")
+        return settings
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -94,6 +94,22 @@ class Executor:
         except (_http.HttpError, OSError, TimeoutError) as exc:
             raise map_transport_error(exc, timeout=timeout) from exc
 
+    async def fetch(self, url: str, *, timeout: float, max_bytes: int) -> UpstreamReply:
+        """``GET url`` (a caller's media URL, see ``media``), the body bounded by ``max_bytes``;
+        redirects are the caller's to follow."""
+        started = time.perf_counter()
+        headers = {"accept": "image/*, application/pdf;q=0.9, */*;q=0.5"}
+        try:
+            async with asyncio.timeout(timeout):
+                resp = await self.client.request("GET", url, headers, b"")
+                try:
+                    body = await _read_bounded(resp, max_bytes)
+                finally:
+                    resp.close()
+                return UpstreamReply(resp.status, resp.headers, body, _ms_since(started))
+        except (_http.HttpError, OSError, TimeoutError) as exc:
+            raise map_transport_error(exc, timeout=timeout) from exc
+
     @asynccontextmanager
     async def stream(self, call: HttpCall, *, timeout: float) -> AsyncIterator[UpstreamStream]:
         """Open a streamed request; ``timeout`` bounds the wait for response headers."""

@@ -15,6 +15,7 @@ from .config import Settings
 from .counters import DEADLINE_EXCEEDED, FALLBACKS, RETRIES, STREAM_IDLE_TIMEOUTS, STREAMS_BROKEN, Counters
 from .errors import ServiceError, from_provider_error, invalid_argument
 from .executor import Executor, UpstreamStream
+from .media import MediaInliner
 from .params import openai_name, set_params, without_params
 from .providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent, Target
 from .retry import Deadline, backoff_delay
@@ -100,6 +101,7 @@ class Pipeline:
         self._router = router
         self._executor = executor
         self._settings = settings
+        self._media = MediaInliner(executor, settings.fetch_media, int(settings.fetch_media_max_mb * 1024 * 1024))
         self.counters = Counters()
 
     def prepare(self, req: pb.CompleteRequest, model: str) -> tuple[Route, pb.CompleteRequest]:
@@ -129,6 +131,7 @@ class Pipeline:
                 route, creq = self.prepare(req, model)
                 target = route.target
                 _require_key(route)
+                creq = await self._media.inline(route.adapter, creq, deadline)
                 return await self._unary_with_retries(route, creq, deadline, log)
             except ProviderError as err:
                 plan = plan or FallbackPlan(req, self._settings)
@@ -149,6 +152,7 @@ class Pipeline:
                 route, creq = self.prepare(req, model)
                 target = route.target
                 _require_key(route)
+                creq = await self._media.inline(route.adapter, creq, deadline)
                 async for chunk in self._stream_with_retries(route, creq, deadline, log, include_usage):
                     yield chunk
                 return

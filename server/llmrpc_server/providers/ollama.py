@@ -42,6 +42,7 @@ class OllamaAdapter:
     env_bases: tuple[str, ...] = ("OLLAMA_API_BASE",)
     default_base: str = "http://localhost:11434"
     key_required: bool = False
+    inline_media: bool = True  # http(s) image URLs are downloaded for it (see ``media``)
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -270,11 +271,13 @@ def _text(msg: chat_pb2.Message) -> str:
 
 
 def _image(url: str) -> str:
-    """Ollama takes raw base64; a data URL is stripped to its payload, anything else is refused."""
+    """Ollama takes raw base64; a data URL is stripped to its payload. http(s) URLs arrive here
+    already downloaded unless ``--fetch-media off``; anything else is refused."""
     if url.startswith("data:") and "," in url:
         return url.split(",", 1)[1]
     raise ProviderError(
-        ErrorKind.BAD_REQUEST, "ollama accepts images only as base64 data URLs", param="messages"
+        ErrorKind.BAD_REQUEST, "ollama accepts images only as base64 data URLs (the gateway downloads http(s) "
+        "URLs unless --fetch-media is off)", param="messages"
     )
 
 
