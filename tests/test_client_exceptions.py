@@ -17,7 +17,7 @@ from grpc_status import rpc_status
 from llmrpc import exceptions
 from llmrpc.v1 import completion_service_pb2, completion_service_pb2_grpc
 
-from tests.support import serve_servicer
+from tests.support import GatewayThread, serve_servicer
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -459,3 +459,17 @@ def test_caller_supplied_response_is_kept() -> None:
     err = llmrpc.RateLimitError("x", model="m", llm_provider="p", response=response)
     assert err.response is response and err.status_code == 429
     assert str(err.request.url) == "https://api.example/v1/chat"
+
+
+@pytest.mark.parametrize(("status", "retry"), [(400, False), (401, False), (404, False), (408, True), (409, True),
+                                               (422, False), (429, True), (500, True), (503, True), (529, True)])
+def test_should_retry_is_litellms(status: int, retry: bool) -> None:
+    assert llmrpc._should_retry(status) is retry
+
+
+@pytest.mark.parametrize(("mock", "retry"), [("litellm.RateLimitError", True), ("litellm.InternalServerError", True),
+                                             ("litellm.BadRequestError", False)])
+def test_should_retry_on_a_raised_error(mock_gateway: GatewayThread, mock: str, retry: bool) -> None:
+    with llmrpc.Client(mock_gateway.address) as client, pytest.raises(openai.OpenAIError) as info:
+        client.completion("mock/echo", [{"role": "user", "content": "hi"}], mock_response=mock, num_retries=0)
+    assert llmrpc._should_retry(info.value.status_code) is retry

@@ -55,8 +55,9 @@ def test_private_modules_reexported() -> None:
             assert getattr(llmrpc, name) is getattr(module, name), name
     exceptions = importlib.import_module("llmrpc.exceptions")
     for name in exceptions.__all__:
-        if name != "map_rpc_error":
+        if name not in ("map_rpc_error", "should_retry"):
             assert getattr(llmrpc, name) is getattr(exceptions, name), name
+    assert llmrpc._should_retry is exceptions.should_retry  # LiteLLM's name
 
 
 def test_exceptions_module_docstring_draws_every_class() -> None:

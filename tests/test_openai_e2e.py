@@ -54,6 +54,8 @@ def test_litellm_example_runs_against_an_openai_compatible_server(
             temperature=0.7, messages=MESSAGES, user="user-123", num_retries=5)
         print(response)
     except openai.OpenAIError as e:
+        should_retry = llmrpc._should_retry(e.status_code)
+        print(f"should_retry: {should_retry}")
         print(e)
         raise
     out = capsys.readouterr().out

@@ -10,6 +10,7 @@ exceptions subclass ``openai``'s. The gateway address comes from
 ``client=llmrpc.Client("host:port")`` or ``$LLMRPC_SERVER`` (default ``localhost:50051``).
 """
 
+from . import exceptions
 from ._callbacks import failure_callback, success_callback
 from ._chunk_builder import stream_chunk_builder
 from ._client import Client, acompletion, completion, get_supported_openai_params
@@ -51,6 +52,9 @@ from .exceptions import (
 )
 
 __version__ = "0.1.0"
+
+# LiteLLM's private helper that its docs use (`litellm._should_retry(e.status_code)`), same name here.
+_should_retry = exceptions.should_retry
 
 __all__ = [
     "APIConnectionError",

@@ -32,7 +32,8 @@ rich status said: ``grpc_code``, ``reason`` (the ``ErrorInfo`` reason),
 ``metadata`` (``ErrorInfo.metadata``), ``retry_after`` (``RetryInfo``, seconds)
 and ``field_violations`` (``BadRequest``, as ``(field, description)`` pairs).
 
-:func:`map_rpc_error` is the one place a ``grpc.RpcError`` becomes one of these.
+:func:`map_rpc_error` is the one place a ``grpc.RpcError`` becomes one of these; :func:`should_retry`
+(``llmrpc._should_retry``, as in LiteLLM) says whether an error's ``status_code`` is worth retrying.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ __all__ = [
     "UnprocessableEntityError",
     "UnsupportedParamsError",
     "map_rpc_error",
+    "should_retry",
 ]
 
 # openai >= 3 builds its errors from `httpx2` objects, older releases from `httpx`:
@@ -266,6 +268,13 @@ _BY_CODE: dict[grpc.StatusCode, tuple[type[_LLMRPCError], int]] = {
     grpc.StatusCode.INVALID_ARGUMENT: (BadRequestError, 400),
     grpc.StatusCode.NOT_FOUND: (NotFoundError, 404),
 }
+
+
+def should_retry(status_code: int) -> bool:
+    """LiteLLM's ``_should_retry``: is an error with this HTTP status worth retrying? 408 (timeout), 409
+    (lock), 429 (rate limit) and every 5xx are; other 4xx are the caller's to fix. (The gateway
+    already retried per ``num_retries``; this is for callers that retry on their own.)"""
+    return status_code in (408, 409, 429) or status_code >= 500
 
 
 def map_rpc_error(
