@@ -73,11 +73,9 @@ class OllamaAdapter:
         raw = data.get("message") if isinstance(data.get("message"), dict) else {}
         assert isinstance(raw, dict)
         message = chat_pb2.Message(role="assistant")
-        reasoning, content = None, str(raw.get("content") or "")
-        if raw.get("thinking"):
-            reasoning = str(raw["thinking"])
-        else:  # a model that inlines its reasoning in <think> tags
-            reasoning, content = split_think_tags(content)
+        # Reasoning arrives as "thinking" (think=true), or inline in <think> tags: as in the stream.
+        inline, content = split_think_tags(str(raw.get("content") or ""))
+        reasoning = str(raw.get("thinking") or "") + (inline or "")
         if content:
             message.content = content
         if reasoning:
