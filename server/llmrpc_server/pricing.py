@@ -143,8 +143,8 @@ def _slow(provider: str | None, model: str, usage: usage_pb2.Usage, reads: int, 
         counts["cache_read_tokens"] = reads
     if writes:
         counts["cache_write_tokens"] = writes
-    if _searches(usage):
-        counts["web_searches"] = _searches(usage)
+    if searches := _searches(usage):
+        counts["web_searches"] = searches
     try:
         return float(calc_price(Usage(**counts), model, provider_id=provider).total_price)
     except (LookupError, ValueError):

@@ -110,7 +110,9 @@ class OllamaAdapter:
         raw = data.get("message") if isinstance(data.get("message"), dict) else {}
         assert isinstance(raw, dict)
         chunks: list[pb.StreamCompleteResponse] = []
-        splitter: ThinkTagSplitter = state.extra.setdefault("think_tags", ThinkTagSplitter())
+        splitter: ThinkTagSplitter | None = state.extra.get("think_tags")
+        if splitter is None:  # once per stream, not per line
+            splitter = state.extra["think_tags"] = ThinkTagSplitter()
         reasoning, content = splitter.feed(str(raw.get("content") or ""))
         delta = self._delta(raw, state, str(raw.get("thinking") or "") + reasoning, content)
         if delta is not None:
