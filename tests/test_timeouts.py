@@ -102,6 +102,8 @@ def test_server_default_timeout_applies_without_timeout(start_gateway: Any, upst
     assert isinstance(err, llmrpc.Timeout) and err.reason == "PROVIDER_TIMEOUT"
     assert err.grpc_code == grpc.StatusCode.UNAVAILABLE
     assert 0.5 <= elapsed < 1.5
+    # Abandoned, and noticed by the fake before the next test counts disconnects on the shared upstream.
+    assert upstream.wait_for(lambda: upstream.disconnects == 1)
 
 
 def test_smaller_timeout_argument_wins_over_the_server_default(start_gateway: Any, upstream: FakeUpstream) -> None:
@@ -113,6 +115,7 @@ def test_smaller_timeout_argument_wins_over_the_server_default(start_gateway: An
         capped, err = timed(lambda: c.completion(model="openai/gpt-4o", messages=MESSAGES, timeout=30))
     assert 0.3 <= short < 0.8
     assert 1.0 <= capped < 1.8 and isinstance(err, llmrpc.Timeout)
+    assert upstream.wait_for(lambda: upstream.disconnects == 2)  # both abandoned, before the next test
 
 
 def test_caller_deadline_is_deadline_exceeded_and_counted(stub: pb_grpc.CompletionServiceStub,
