@@ -10,8 +10,10 @@ import llmrpc
 PUBLIC = {
     # functions
     "completion", "acompletion", "get_supported_openai_params", "stream_chunk_builder",
-    # local callbacks (LiteLLM's module-level lists)
-    "success_callback", "failure_callback",
+    # local callbacks (LiteLLM's module-level lists) and LiteLLM's other honoured module settings
+    "success_callback", "failure_callback", "input_callback", "callbacks", "CustomLogger", "Cache", "cache",
+    "drop_params", "num_retries", "api_base", "api_key", "api_version", "request_timeout", "set_verbose",
+    "send_local_provider_keys",
     # client and streams
     "Client", "CustomStreamWrapper", "AsyncCustomStreamWrapper",
     # response types
