@@ -195,11 +195,11 @@ class _Sender:
     """A bounded queue and one daemon thread posting batches; flushed at interpreter exit."""
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(_QUEUE_SIZE)
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(_QUEUE_SIZE)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
         self._client: httpx.Client | None = None
+        self._exit_hook = False
         self.dropped = 0
         self.failed = 0
 
@@ -213,58 +213,59 @@ class _Sender:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="llmrpc-lunary", daemon=True)
                 self._thread.start()
-                atexit.register(self.flush, _EXIT_FLUSH_S)
+                if not self._exit_hook:
+                    atexit.register(self.flush, _EXIT_FLUSH_S)
+                    self._exit_hook = True
 
     def _run(self) -> None:
+        # None in the queue means "send what you have and stop" (flush).
         while True:
-            batch = [self._queue.get()]
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
             linger = time.monotonic() + _LINGER_S
             while len(batch) < _BATCH and (left := linger - time.monotonic()) > 0:
                 try:
-                    batch.append(self._queue.get(timeout=left))
+                    item = self._queue.get(timeout=left)
                 except queue.Empty:
                     break
+                if item is None:
+                    self._send(batch)
+                    return
+                batch.append(item)
             self._send(batch)
 
     def flush(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            batch = self._drain()
-            if not batch:
-                break
-            self._send(batch, min(_SEND_TIMEOUT_S, max(deadline - time.monotonic(), 0.1)))
-        # A batch the thread took before the flush may still be on its way: wait for it.
-        if self._send_lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
-            self._send_lock.release()
+        """Send everything queued (the thread drains the queue, then stops), waiting up to ``timeout``."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        thread.join(timeout)
 
-    def _drain(self) -> list[dict[str, Any]]:
-        batch: list[dict[str, Any]] = []
-        while len(batch) < _BATCH:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return batch
-
-    def _send(self, batch: list[dict[str, Any]], timeout: float = _SEND_TIMEOUT_S) -> None:
+    def _send(self, batch: list[dict[str, Any]]) -> None:
         key = _key()
         if not key:
             self.failed += len(batch)
             log.warning("lunary: no LUNARY_PUBLIC_KEY (or LUNARY_PRIVATE_KEY) set; %d event(s) dropped", len(batch))
             return
         url = (os.environ.get("LUNARY_API_URL") or _DEFAULT_URL).rstrip("/") + "/v1/runs/ingest"
-        with self._send_lock:
-            try:
-                if self._client is None:
-                    self._client = httpx.Client()
-                # default=str: metadata may hold values JSON cannot (the SDK's jsonpickle stringifies too)
-                body = json.dumps({"events": batch}, default=str)
-                response = self._client.post(url, content=body, timeout=timeout, headers={
-                    "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-                response.raise_for_status()
-            except Exception as exc:  # Lunary being down must never reach the caller
-                self.failed += len(batch)
-                log.warning("lunary: sending %d event(s) failed: %s", len(batch), exc)
+        try:
+            if self._client is None:
+                self._client = httpx.Client(timeout=_SEND_TIMEOUT_S)
+            # default=str: metadata may hold values JSON cannot (the SDK's jsonpickle stringifies them too)
+            body = json.dumps({"events": batch}, default=str)
+            response = self._client.post(url, content=body, headers={
+                "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+            response.raise_for_status()
+        except Exception as exc:  # Lunary being down must never reach the caller
+            self.failed += len(batch)
+            log.warning("lunary: sending %d event(s) failed: %s", len(batch), exc)
 
 
 _LOGGER: LunaryLogger | None = None
