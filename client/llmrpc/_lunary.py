@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from ._provider_keys import provider_of
 from .integrations.custom_logger import CustomLogger
 
 __all__ = ["LunaryLogger", "lunary_logger"]
@@ -54,6 +55,15 @@ def _key() -> str | None:
 def _run_uuid(value: Any, key: str | None) -> str:
     # The SDK's create_uuid_from_string(str(run_id) + str(app_id)): the first 128 bits of a SHA-256.
     return str(uuid.UUID(hashlib.sha256(f"{value}{key}".encode()).hexdigest()[:32]))
+
+
+def _model_name(kwargs: dict[str, Any]) -> Any:
+    """The model without its provider prefix (``openai/mistral`` -> ``mistral``), as LiteLLM names runs."""
+    model = kwargs.get("model")
+    if not isinstance(model, str):
+        return model
+    provider = provider_of(model, kwargs.get("custom_llm_provider"))
+    return model.removeprefix(f"{provider}/") if provider else model
 
 
 def _iso(moment: datetime) -> str:
@@ -127,7 +137,7 @@ class LunaryLogger(CustomLogger):
         headers = kwargs.get("extra_headers") or {}
         return _event(
             "start", _run_uuid(kwargs.get("litellm_call_id"), key), start_time,
-            name=kwargs.get("model"), userId=kwargs.get("user"), tags=metadata.get("tags"),
+            name=_model_name(kwargs), userId=kwargs.get("user"), tags=metadata.get("tags"),
             parentRunId=_run_uuid(parent, key) if parent not in (None, "None") else None,
             input=_messages(kwargs.get("messages")), metadata=metadata, params=_params(kwargs),
             templateId=headers.get("Template-Id") if isinstance(headers, dict) else None,
