@@ -236,3 +236,16 @@ def test_input_callback_functions_get_the_call_kwargs(lists: None, client: llmrp
     (kwargs,) = wait_for(seen, 1)
     assert kwargs["model"] == "mock/echo" and kwargs["messages"] == MESSAGES and kwargs["user"] == "u9"
     assert kwargs["log_event_type"] == "pre_api_call"
+
+
+def test_per_call_callback_lists_run_and_are_not_sent(lists: None, client: llmrpc.Client) -> None:
+    seen: list[tuple[str, Any]] = []
+    recorder = Recorder()
+    response = llmrpc.completion(model="mock/echo", messages=MESSAGES, client=client,
+                                 success_callback=[lambda kwargs, resp, *_: seen.append(("success", resp))],
+                                 input_callback=[lambda kwargs: seen.append(("input", kwargs["model"]))],
+                                 callbacks=[recorder])
+    assert sorted(wait_for(seen, 2)) == sorted([("input", "mock/echo"), ("success", response)])
+    assert [name for name, _ in wait_for(recorder.calls, 3)][-1] == "log_success_event"
+    # Used by the client, never forwarded (a function in extra_body could not even be encoded).
+    assert "success_callback" not in recorder.calls[-1][1][0]

@@ -55,6 +55,8 @@ _tasks: set[asyncio.Task[Any]] = set()
 R = TypeVar("R")
 # Callback names that run in this process (LiteLLM's string callbacks).
 _NAMED: dict[str, Callable[[], Any]] = {"lunary": lunary_logger}
+# LiteLLM's per-call callback lists (completion(..., success_callback=[f])): used here, never sent.
+_DYNAMIC = ("input_callback", "success_callback", "failure_callback", "callbacks")
 # The call's OpenAI parameters, LiteLLM's kwargs["optional_params"].
 _OPTIONAL = (
     "temperature", "top_p", "n", "stream", "stream_options", "stop", "max_tokens", "max_completion_tokens",
@@ -106,10 +108,13 @@ def _is_logger(entry: Any) -> bool:
     )
 
 
-def _entries(kind: str) -> list[Any]:
-    """``<kind>_callback`` plus ``callbacks``, resolved, each object once."""
+def _entries(kind: str, dynamic: Mapping[str, Any]) -> list[Any]:
+    """``<kind>_callback`` plus ``callbacks``, the module's then the call's own, resolved, each object once."""
     out: list[Any] = []
-    for entry in _registered(f"{kind}_callback") + _registered("callbacks"):
+    names = (f"{kind}_callback", "callbacks")
+    listed = [*_registered(names[0]), *_registered(names[1]), *(dynamic.get(names[0]) or ()),
+              *(dynamic.get(names[1]) or ())]
+    for entry in listed:
         resolved = _resolve(entry)
         if resolved is not None and not any(resolved is seen for seen in out):
             out.append(resolved)
@@ -124,10 +129,11 @@ def _any_registered() -> bool:
 class _Watch:
     """One call's callback state: arguments, start time, and whether it already reported."""
 
-    def __init__(self, params: Mapping[str, Any], call_type: str) -> None:
+    def __init__(self, params: Mapping[str, Any], call_type: str, dynamic: Mapping[str, Any]) -> None:
         self.is_async = call_type == "acompletion"
         # Resolved first: an unknown name fails the call before anything is sent.
-        self.input, self.on_success, self.on_failure = _entries("input"), _entries("success"), _entries("failure")
+        self.input = _entries("input", dynamic)
+        self.on_success, self.on_failure = _entries("success", dynamic), _entries("failure", dynamic)
         self.start = datetime.now()
         self.kwargs = {k: v for k, v in params.items() if k not in _SECRET_PARAMS}
         self.kwargs.update(call_type=call_type, litellm_call_id=str(uuid.uuid4()), start_time=self.start,
@@ -304,8 +310,9 @@ def observed(method: Callable[[Any, Mapping[str, Any]], R]) -> Callable[[Any, Ma
     @functools.wraps(method)
     def wrapper(self: Any, params: Mapping[str, Any]) -> R:
         params = call_params(params, "completion")
+        dynamic = {name: params.pop(name) for name in _DYNAMIC if name in params}
         _debug("request", params)
-        watch = _Watch(params, "completion") if _any_registered() else None
+        watch = _Watch(params, "completion", dynamic) if _any_registered() or any(dynamic.values()) else None
         if watch is not None:
             watch.begin()
         try:
@@ -326,8 +333,9 @@ def aobserved(method: Callable[[Any, Mapping[str, Any]], Awaitable[R]],
     @functools.wraps(method)
     async def wrapper(self: Any, params: Mapping[str, Any]) -> R:
         params = call_params(params, "acompletion")
+        dynamic = {name: params.pop(name) for name in _DYNAMIC if name in params}
         _debug("request", params)
-        watch = _Watch(params, "acompletion") if _any_registered() else None
+        watch = _Watch(params, "acompletion", dynamic) if _any_registered() or any(dynamic.values()) else None
         if watch is not None:
             watch.begin()
         try:
