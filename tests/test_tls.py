@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from llmrpc_server.config import Settings
 from llmrpc_server.tls import load_listener_tls
 
+from tests.process_support import ServerProcess
 from tests.support import GatewayThread, free_port, gateway_settings
 from tests.test_grpcurl import GRPCURL
 from tests.tls_support import Pki, make_pki, secure_health
@@ -230,40 +231,36 @@ def test_bad_tls_files_are_startup_errors_naming_the_flag(pki: Pki, tmp_path: Pa
     assert load_listener_tls(_settings()) is None
 
 
-def _server_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("LLMRPC_")}
-    env["LLMRPC_CACHE_PATH"] = str(tmp_path / "cache.sqlite")
-    return env
-
-
 def test_cli_refuses_to_start_with_a_mismatched_key(pki: Pki, tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "llmrpc_server", "--host", "127.0.0.1", "--port", str(free_port()),
          "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.client_key)],
-        env=_server_env(tmp_path), capture_output=True, text=True, timeout=60, check=False)
+        env={k: v for k, v in os.environ.items() if not k.startswith("LLMRPC_")}, capture_output=True, text=True,
+        timeout=60, check=False)
     assert out.returncode != 0
     assert "bad setting: --tls-key" in out.stderr and "is not the private key of --tls-cert" in out.stderr
 
 
 def test_workers_share_a_tls_port(pki: Pki, tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmrpc_server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-         "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), "--tls-client-ca", str(pki.client_ca)],
-        env=_server_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = ServerProcess(tmp_path, "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
+                           "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+                           "--tls-client-ca", str(pki.client_ca))
     address = f"127.0.0.1:{port}"
     try:
+        server.wait_for(f"listening on 127.0.0.1:{port} with mTLS", count=2)  # both workers are up, with mTLS
         creds = grpc.ssl_channel_credentials(pki.ca.read_bytes(), pki.client_key.read_bytes(),
                                              pki.client_cert.read_bytes())
-        assert secure_health(address, creds, timeout=60) == 1
-        for _ in range(4):  # fresh connections, spread over both workers by the kernel
+        assert secure_health(address, creds) == 1
+        for _ in range(4):  # fresh connections, spread over the workers by the kernel
             with llmrpc.Client(address, root_certificates=pki.ca, client_cert=pki.client_cert,
                                client_key=pki.client_key) as client:
                 assert _answer(client).endswith(ECHO)
+            with llmrpc.Client(address, root_certificates=pki.ca) as client, \
+                    pytest.raises(llmrpc.APIConnectionError):
+                _answer(client)
     finally:
-        proc.terminate()
-        _, stderr = proc.communicate(timeout=30)
-    assert stderr.count("with mTLS") == 2, stderr  # each worker logs its TLS listener
+        server.stop()
 
 
 # --- grpcurl --------------------------------------------------------------------------------------------
