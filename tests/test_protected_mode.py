@@ -111,6 +111,24 @@ def test_when_protected_mode_checks_peers(overrides: dict[str, Any], checked: bo
     assert (ProtectedModeInterceptor in kinds) is checked
 
 
+@pytest.mark.parametrize("raw", ["", ",", " , "])
+def test_empty_auth_tokens_are_no_tokens(raw: str) -> None:
+    """`LLMRPC_AUTH_TOKENS=` must not install an empty token (an empty Bearer would pass) nor lift protection."""
+    settings = Settings.load(environ={"LLMRPC_AUTH_TOKENS": raw})
+    assert needs_peer_check(settings)
+    kinds = [type(i) for i in build_interceptors(settings)]
+    assert kinds == [ProtectedModeInterceptor]
+
+
+def test_auth_tokens_are_trimmed(start_gateway: Any) -> None:
+    gateway = start_gateway(auth_tokens=("s3cret ", " ", ""))
+    with llmrpc.Client(gateway.address, metadata=[("authorization", "Bearer s3cret")]) as client:
+        assert client.completion(model="mock/echo", messages=MESSAGES).choices[0].message.content
+    for empty in (("authorization", "Bearer "), ("x-api-key", "")):
+        with llmrpc.Client(gateway.address, metadata=[empty]) as client, pytest.raises(llmrpc.AuthenticationError):
+            client.completion(model="mock/echo", messages=MESSAGES)
+
+
 def test_startup_warnings() -> None:
     (protected,) = startup_warnings(Settings())
     assert "protected mode" in protected and "--auth-tokens" in protected and "--tls-client-ca" in protected
@@ -197,6 +215,37 @@ async def test_interceptor_refuses_remote_peers(peer: str) -> None:
                               grpc.unary_stream_rpc_method_handler(_stream))
     with pytest.raises(_Refused):
         [item async for item in stream.unary_stream("s", FakeContext(peer))]
+
+
+async def test_interceptor_wraps_each_method_once() -> None:
+    interceptor = ProtectedModeInterceptor()
+    handler = grpc.unary_unary_rpc_method_handler(_unary)
+
+    async def continuation(details: Any) -> grpc.RpcMethodHandler:
+        return handler
+
+    details = SimpleNamespace(method="/llmrpc.v1.CompletionService/Complete", invocation_metadata=())
+    first = await interceptor.intercept_service(continuation, details)
+    assert await interceptor.intercept_service(continuation, details) is first and first is not handler
+    unknown = SimpleNamespace(method="/nope/Nope", invocation_metadata=())
+
+    async def none(details: Any) -> None:
+        return None
+
+    assert await interceptor.intercept_service(none, unknown) is None  # UNIMPLEMENTED stays grpc's answer
+
+
+def test_settings_from_flags_and_env() -> None:
+    from llmrpc_server.cli import _parser
+
+    args = _parser().parse_args(["--allow-unauthenticated", "--tls-cert", "c.pem", "--tls-key", "k.pem",
+                                 "--tls-client-ca", "ca.pem"])
+    assert (args.allow_unauthenticated, args.tls_cert, args.tls_key, args.tls_client_ca) == (
+        True, "c.pem", "k.pem", "ca.pem")
+    env = {"LLMRPC_ALLOW_UNAUTHENTICATED": "1", "LLMRPC_TLS_CLIENT_CA": "ca.pem"}
+    settings = Settings.load(environ=env)
+    assert settings.allow_unauthenticated is True and settings.tls_client_ca == "ca.pem"
+    assert Settings.load(environ={}).allow_unauthenticated is False
 
 
 async def test_interceptor_leaves_health_and_reflection_alone() -> None:

@@ -12,7 +12,7 @@ from opentelemetry.trace import TracerProvider
 
 from .config import Settings
 from .errors import ServiceError, to_status
-from .protected import REFUSAL, is_local_peer, needs_peer_check, parse_peer
+from .protected import REFUSAL, bearer_tokens, is_local_peer, needs_peer_check, parse_peer
 
 __all__ = ["AuthInterceptor", "ProtectedModeInterceptor", "build_interceptors"]
 
@@ -76,15 +76,23 @@ class ProtectedModeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
     The caller's address is known only inside the call (``context.peer()``), so the real handler is
     wrapped in one that checks it first, keeping its kind (unary or stream, coroutine or generator)."""
 
+    def __init__(self) -> None:
+        # method -> (the service's handler, its wrapper): wrap once per method, not once per call
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or (details.method or "").startswith(_OPEN_METHODS):
+        method = details.method or ""
+        if handler is None or method.startswith(_OPEN_METHODS):
             return handler
-        return _peer_checked(handler)
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[method] = (handler, _peer_checked(handler))
+        return cached[1]
 
 
 async def _require_local_peer(context: grpc.aio.ServicerContext) -> None:
@@ -139,8 +147,8 @@ def build_interceptors(settings: Settings, tracer_provider: TracerProvider | Non
         interceptors.append(aio_server_interceptor(  # type: ignore[no-untyped-call]
             tracer_provider=tracer_provider, filter_=filters.negate(filters.health_check())))
         interceptors.append(SpanStatusInterceptor())
-    if settings.auth_tokens:
-        interceptors.append(AuthInterceptor(settings.auth_tokens))
+    if tokens := bearer_tokens(settings):
+        interceptors.append(AuthInterceptor(tokens))
     if needs_peer_check(settings):
         interceptors.append(ProtectedModeInterceptor())
     return interceptors

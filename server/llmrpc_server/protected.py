@@ -19,6 +19,7 @@ from .config import Settings
 __all__ = [
     "REFUSAL",
     "Peer",
+    "bearer_tokens",
     "binds_loopback_only",
     "caller_auth_configured",
     "is_local_peer",
@@ -81,9 +82,15 @@ def is_local_peer(peer: str) -> bool:
     return parse_peer(peer).is_local
 
 
+def bearer_tokens(settings: Settings) -> tuple[str, ...]:
+    """The usable ``--auth-tokens``: an empty entry (``LLMRPC_AUTH_TOKENS=`` or a trailing comma)
+    would let an empty ``authorization: Bearer`` in, so it counts as no token at all."""
+    return tuple(token.strip() for token in settings.auth_tokens if token.strip())
+
+
 def caller_auth_configured(settings: Settings) -> bool:
     """Callers must prove who they are: bearer tokens, or client certificates (mTLS)."""
-    return bool(settings.auth_tokens) or bool(settings.tls_client_ca)
+    return bool(bearer_tokens(settings)) or bool(settings.tls_client_ca)
 
 
 def binds_loopback_only(host: str) -> bool:
@@ -115,6 +122,6 @@ def startup_warnings(settings: Settings) -> list[str]:
     if settings.allow_unauthenticated and not caller_auth_configured(settings):
         out.append(f"--allow-unauthenticated: anyone who can reach {where} can call this gateway and spend its "
                    "provider keys")
-    if settings.auth_tokens and not settings.tls_cert and not binds_loopback_only(settings.host):
+    if bearer_tokens(settings) and not settings.tls_cert and not binds_loopback_only(settings.host):
         out.append(f"--auth-tokens without --tls-cert: bearer tokens cross the network to {where} in cleartext")
     return out

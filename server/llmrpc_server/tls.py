@@ -66,7 +66,7 @@ def _read(flag: str, path: str) -> bytes:
 
 def _check_certificates(flag: str, pem: bytes) -> None:
     try:
-        ssl.create_default_context(cadata=pem.decode("ascii"))
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem.decode("ascii"))
     except (UnicodeDecodeError, ssl.SSLError, ValueError) as exc:
         raise ValueError(f"{flag}: no usable PEM certificate in the file ({exc})") from None
 
