@@ -183,6 +183,18 @@ def test_explicit_arguments_win_over_the_env(monkeypatch: pytest.MonkeyPatch, tl
         assert _answer(client).endswith(ECHO)
 
 
+def test_tls_true_takes_pem_files_from_the_env(monkeypatch: pytest.MonkeyPatch, mtls_gateway: GatewayThread,
+                                               pki: Pki) -> None:
+    monkeypatch.delenv("LLMRPC_TLS", raising=False)
+    monkeypatch.setenv("LLMRPC_TLS_CA", str(pki.ca))
+    monkeypatch.setenv("LLMRPC_TLS_CERT", str(pki.client_cert))
+    monkeypatch.setenv("LLMRPC_TLS_KEY", str(pki.client_key))
+    with llmrpc.Client(mtls_gateway.address, tls=True) as client:
+        assert _answer(client).endswith(ECHO)
+    with llmrpc.Client(mtls_gateway.address, tls=False) as client, pytest.raises(llmrpc.APIConnectionError):
+        client.completion(model="mock/echo", messages=MESSAGES, timeout=20)  # plaintext, env ignored
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -96,9 +96,10 @@ class Client:
     :param credentials: ready-made ``grpc.ChannelCredentials``; replaces every TLS argument below.
     :param metadata: gRPC metadata sent with every call, e.g. ``[("authorization", "Bearer ...")]``.
     :param options: gRPC channel options.
-    :param tls: connect with TLS (server verified against ``root_certificates``, else the default
-        roots). ``None`` (default): on when any PEM argument is given; with none given, the
-        environment decides (``LLMRPC_TLS=1``, ``LLMRPC_TLS_CA``, ``LLMRPC_TLS_CERT``, ``LLMRPC_TLS_KEY``).
+    :param tls: ``True``: connect with TLS (server verified against ``root_certificates``, else the
+        default roots); ``False``: plaintext, whatever the environment says; ``None`` (default): TLS
+        when any PEM argument is given, else as ``LLMRPC_TLS=1`` says. With no PEM argument given,
+        ``LLMRPC_TLS_CA``, ``LLMRPC_TLS_CERT`` and ``LLMRPC_TLS_KEY`` supply them (and turn TLS on).
     :param root_certificates: PEM CA bundle that signed the gateway's certificate.
     :param client_cert: PEM client certificate chain, for a gateway that requires one (mTLS).
     :param client_key: PEM private key of ``client_cert``.

@@ -35,13 +35,16 @@ def channel_credentials(
 ) -> grpc.ChannelCredentials | None:
     """Credentials for ``tls`` and the PEM sources (keys as in ``_ENV_FOR``), or None for plaintext.
 
-    ``tls=None`` with no PEM source takes everything from the environment. Any PEM source turns TLS
-    on; ``root_certificates`` unset means gRPC's default roots (or ``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH``)."""
+    With no PEM source given, the environment supplies them, and ``LLMRPC_TLS`` stands in for
+    ``tls=None``; ``tls=False`` ignores the environment. Any PEM source turns TLS on;
+    ``root_certificates`` unset means gRPC's default roots (or ``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH``)."""
     names = {param: param for param in _ENV_FOR}
     tls_name = "tls"
-    if tls is None and all(value is None for value in pems.values()):
-        tls, tls_name, names = _env_flag(environ), "LLMRPC_TLS", dict(_ENV_FOR)
+    if tls is not False and all(value is None for value in pems.values()):
+        names = dict(_ENV_FOR)
         pems = {param: environ.get(var) or None for param, var in _ENV_FOR.items()}
+        if tls is None:
+            tls, tls_name = _env_flag(environ), "LLMRPC_TLS"
     given = [names[param] for param, value in pems.items() if value is not None]
     if tls is False and given:
         raise ValueError(f"{tls_name} is off but {', '.join(given)} asks for TLS")
