@@ -71,9 +71,14 @@ def _rejecting(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
 
 def build_interceptors(settings: Settings, tracer_provider: TracerProvider | None = None,
                        ) -> list[grpc.aio.ServerInterceptor]:
-    """OTel first (so rejected calls are traced too; only with a tracer provider, so that tracing
-    off costs nothing; it continues the caller's W3C trace context from the metadata), then auth."""
+    """The access log (opt-in) outermost, so that it sees every status; OTel next (so rejected calls
+    are traced too; only with a tracer provider, so that tracing off costs nothing; it continues the
+    caller's W3C trace context from the metadata), then auth."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
+    if settings.access_log:
+        from .access_log import AccessLogInterceptor
+
+        interceptors.append(AccessLogInterceptor(settings.auth_tokens))
     if tracer_provider is not None:
         from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
