@@ -8,7 +8,7 @@ PORT ?= 50051
 PROTOGEN := tools/protogen/node_modules/.installed-stamp
 BUF := tools/protogen/node_modules/.bin/buf
 
-.PHONY: install run test lint proto proto-check protoset bench faults clean gen gen-ts
+.PHONY: install run test lint proto proto-check protoset bench faults clean gen-ts
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,8 +35,9 @@ lint: install $(PROTOGEN) ## ruff, mypy --strict, buf lint + breaking (FILE) vs 
 	@if git rev-parse --verify -q main >/dev/null; then \
 		$(BUF) breaking protos --against '.git#branch=main,subdir=protos'; fi
 
-proto: install ## regenerate client/llmrpc/v1 from protos/
+proto: install ## regenerate client/llmrpc/v1 and gen/ts from protos/
 	$(BIN)/python scripts/gen_proto.py
+	$(MAKE) gen-ts
 
 protoset: $(PROTOGEN) ## descriptor set for `grpcurl -protoset llmrpc.protoset` (decodes google.rpc details)
 	$(BUF) build protos -o llmrpc.protoset
@@ -47,9 +48,6 @@ $(PROTOGEN): tools/protogen/package-lock.json
 
 gen-ts: install $(PROTOGEN) ## regenerate the committed TypeScript package gen/ts (protobuf-es) from protos/
 	$(BIN)/python scripts/gen_ts.py
-
-gen: gen-ts ## every language of buf.gen.yaml: also Go (gen/go) and Java (gen/java); needs protoc-gen-go, protoc-gen-go-grpc and protoc on PATH
-	$(BUF) generate --template buf.gen.yaml
 
 bench: install ## gateway vs direct upstream call, same run; then 1,000 concurrent slow streams
 	$(BIN)/python -m bench
