@@ -78,7 +78,8 @@ def test_node_example_end_to_end(installed: None, gateway: GatewayThread, upstre
     assert missing["metadata"]["envVars"] == "ANTHROPIC_API_KEY,ANTHROPIC_AUTH_TOKEN"
 
     assert result["deadline"] == "DEADLINE_EXCEEDED"
-    assert result["cancel"] == {"code": "CANCELLED", "seen": 3}
+    # Chunks already in flight may still arrive after cancel(); far fewer than the 200 the upstream would send.
+    assert result["cancel"]["code"] == "CANCELLED" and 3 <= result["cancel"]["seen"] < 100
     assert upstream.wait_for(lambda: upstream.disconnects >= 1, timeout=10)  # the upstream saw the drop
 
 
