@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev,parity]"
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install llmrpc[server,dev] (editable)
+install: $(STAMP) ## create .venv and install llmrpc[server,dev,parity] (editable; parity = LiteLLM for the parity tests)
 
 run: install ## run the gateway on its embedded defaults (mock provider, SQLite cache, keys from env)
 	$(BIN)/llmrpc-server --port $(PORT)

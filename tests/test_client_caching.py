@@ -131,3 +131,20 @@ async def test_acompletion_uses_the_cache_too(client: llmrpc.Client, upstream: F
     await client.acompletion(model="openai/gpt-4o-mini", messages=messages)
     again = await client.acompletion(model="openai/gpt-4o-mini", messages=messages)
     assert again._hidden_params["cache_hit"] and len(upstream.requests) == 1
+
+
+def test_enable_update_disable_cache(client: llmrpc.Client, upstream: FakeUpstream) -> None:
+    llmrpc.cache = None
+    llmrpc.enable_cache(type="redis", host="localhost", namespace="via-enable")
+    first = llmrpc.cache
+    assert isinstance(first, Cache) and first.namespace == "via-enable"
+    llmrpc.enable_cache(type="disk")  # already enabled: kept, as in LiteLLM
+    assert llmrpc.cache is first
+    messages = fresh()
+    ask(client, messages)
+    assert ask(client, messages)._hidden_params["cache_hit"]
+    llmrpc.update_cache(type="local", namespace="other")
+    assert llmrpc.cache is not first and not ask(client, messages)._hidden_params["cache_hit"]
+    llmrpc.disable_cache()
+    assert llmrpc.cache is None and not ask(client, messages)._hidden_params["cache_hit"]
+    assert len(upstream.requests) == 3

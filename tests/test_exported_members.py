@@ -13,7 +13,7 @@ PUBLIC = {
     # local callbacks (LiteLLM's module-level lists) and LiteLLM's other honoured module settings
     "success_callback", "failure_callback", "input_callback", "callbacks", "CustomLogger", "Cache", "cache",
     "drop_params", "num_retries", "api_base", "api_key", "api_version", "request_timeout", "set_verbose",
-    "send_local_provider_keys",
+    "send_local_provider_keys", "enable_cache", "update_cache", "disable_cache",
     # client and streams
     "Client", "CustomStreamWrapper", "AsyncCustomStreamWrapper",
     # response types

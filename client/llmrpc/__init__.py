@@ -33,7 +33,7 @@ from ._types import (
     StreamingChoices,
     Usage,
 )
-from .caching.caching import Cache
+from .caching.caching import Cache, disable_cache, enable_cache, update_cache
 from .exceptions import (
     APIConnectionError,
     APIError,
@@ -120,7 +120,9 @@ __all__ = [
     "cache",
     "callbacks",
     "completion",
+    "disable_cache",
     "drop_params",
+    "enable_cache",
     "failure_callback",
     "get_supported_openai_params",
     "input_callback",
@@ -130,6 +132,7 @@ __all__ = [
     "set_verbose",
     "stream_chunk_builder",
     "success_callback",
+    "update_cache",
 ]
 
 _settings.install(__name__)

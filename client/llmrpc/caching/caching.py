@@ -13,10 +13,11 @@ its cache lives.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["CACHE_TYPES", "Cache"]
+__all__ = ["CACHE_TYPES", "Cache", "apply_cache", "disable_cache", "enable_cache", "update_cache"]
 
 # LiteLLMCacheType's values.
 CACHE_TYPES = frozenset(
@@ -121,3 +122,28 @@ def apply_cache(params: dict[str, Any], cache: Any, call_type: str) -> None:
     params["caching"] = True
     own = params.get("cache")
     params["cache"] = {**cache.controls(), **(dict(own) if isinstance(own, Mapping) else {})}
+
+
+def _set_cache(cache: Cache | None) -> None:
+    sys.modules["llmrpc"].cache = cache
+
+
+def enable_cache(type: Any = "local", host: str | None = None, port: str | int | None = None,
+                 password: str | None = None, supported_call_types: Iterable[str] | None = _DEFAULT_CALL_TYPES,
+                 **kwargs: Any) -> None:
+    """LiteLLM's ``enable_cache()``: set ``llmrpc.cache`` to a new :class:`Cache` unless one is set."""
+    if getattr(sys.modules["llmrpc"], "cache", None) is None:
+        update_cache(type, host, port, password, supported_call_types, **kwargs)
+
+
+def update_cache(type: Any = "local", host: str | None = None, port: str | int | None = None,
+                 password: str | None = None, supported_call_types: Iterable[str] | None = _DEFAULT_CALL_TYPES,
+                 **kwargs: Any) -> None:
+    """LiteLLM's ``update_cache()``: replace ``llmrpc.cache`` with a new :class:`Cache`."""
+    _set_cache(Cache(type=type, host=host, port=port, password=password,
+                     supported_call_types=supported_call_types, **kwargs))
+
+
+def disable_cache() -> None:
+    """LiteLLM's ``disable_cache()``: ``llmrpc.cache = None`` (the gateway's own default applies again)."""
+    _set_cache(None)
