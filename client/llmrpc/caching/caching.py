@@ -125,7 +125,8 @@ def apply_cache(params: dict[str, Any], cache: Any, call_type: str) -> None:
 
 
 def _set_cache(cache: Cache | None) -> None:
-    sys.modules["llmrpc"].cache = cache
+    # setattr: the package module is a SettingsModule, which sees the assignment like a user's.
+    setattr(sys.modules["llmrpc"], "cache", cache)  # noqa: B010
 
 
 def enable_cache(type: Any = "local", host: str | None = None, port: str | int | None = None,
