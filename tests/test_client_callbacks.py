@@ -244,8 +244,10 @@ def test_per_call_callback_lists_run_and_are_not_sent(lists: None, client: llmrp
     response = llmrpc.completion(model="mock/echo", messages=MESSAGES, client=client,
                                  success_callback=[lambda kwargs, resp, *_: seen.append(("success", resp))],
                                  input_callback=[lambda kwargs: seen.append(("input", kwargs["model"]))],
+                                 logger_fn=lambda details: seen.append(("logger_fn", details["model"])),
                                  callbacks=[recorder])
-    assert sorted(wait_for(seen, 2)) == sorted([("input", "mock/echo"), ("success", response)])
+    assert sorted(wait_for(seen, 3), key=str) == sorted(
+        [("input", "mock/echo"), ("logger_fn", "mock/echo"), ("success", response)], key=str)
     assert [name for name, _ in wait_for(recorder.calls, 3)][-1] == "log_success_event"
     # Used by the client, never forwarded (a function in extra_body could not even be encoded).
     assert "success_callback" not in recorder.calls[-1][1][0]

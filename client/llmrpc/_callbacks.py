@@ -56,7 +56,7 @@ R = TypeVar("R")
 # Callback names that run in this process (LiteLLM's string callbacks).
 _NAMED: dict[str, Callable[[], Any]] = {"lunary": lunary_logger}
 # LiteLLM's per-call callback lists (completion(..., success_callback=[f])): used here, never sent.
-_DYNAMIC = ("input_callback", "success_callback", "failure_callback", "callbacks")
+_DYNAMIC = ("input_callback", "success_callback", "failure_callback", "callbacks", "logger_fn")
 # The call's OpenAI parameters, LiteLLM's kwargs["optional_params"].
 _OPTIONAL = (
     "temperature", "top_p", "n", "stream", "stream_options", "stop", "max_tokens", "max_completion_tokens",
@@ -114,6 +114,8 @@ def _entries(kind: str, dynamic: Mapping[str, Any]) -> list[Any]:
     names = (f"{kind}_callback", "callbacks")
     listed = [*_registered(names[0]), *_registered(names[1]), *(dynamic.get(names[0]) or ()),
               *(dynamic.get(names[1]) or ())]
+    if kind == "input" and dynamic.get("logger_fn") is not None:  # LiteLLM's logger_fn(model_call_details)
+        listed.append(dynamic["logger_fn"])
     for entry in listed:
         resolved = _resolve(entry)
         if resolved is not None and not any(resolved is seen for seen in out):
