@@ -39,6 +39,7 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
             _require_decoded(request)
             validate_request(request)
             self._router.check_fallbacks(request)
+            self._router.check_api_base(request)
             return await self._backend.complete(request, self._deadline(request, context))
         except Exception as exc:
             await _abort(context, exc)
@@ -52,6 +53,7 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
             req = request.request
             validate_request(req, prefix="request.")
             self._router.check_fallbacks(req, prefix="request.")
+            self._router.check_api_base(req, prefix="request.")
             include_usage = request.stream_options.include_usage
             async for chunk in self._backend.stream(req, self._deadline(req, context), include_usage=include_usage):
                 yield chunk
