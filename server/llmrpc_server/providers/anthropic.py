@@ -4,7 +4,8 @@ This module builds requests (messages, system, tools, thinking, JSON mode); answ
 errors are decoded in :mod:`._anthropic_stream`. Decisions where LiteLLM versions differ:
 
 - Auth: the key goes in ``x-api-key`` whether it came from ``ANTHROPIC_API_KEY`` or
-  ``ANTHROPIC_AUTH_TOKEN`` (the router does not say which); Bearer users pass ``extra_headers``.
+  ``ANTHROPIC_AUTH_TOKEN`` (the router does not say which); Bearer users pass ``extra_headers`` with
+  their own ``api_key`` (a credential header is refused without one: see ``upstream_checks``).
 - ``max_tokens``: the caller's ``max_completion_tokens``, else ``max_tokens``, else 4096, or
   ``budget_tokens + 4096`` when thinking is enabled with a budget (LiteLLM 2025 rule).
 - ``reasoning_effort``: minimal/low 1024, medium 2048, high 4096, xhigh 8192, max 16384 thinking
