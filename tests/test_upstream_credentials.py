@@ -147,11 +147,20 @@ def test_a_fallback_that_would_use_the_server_key_elsewhere_is_refused_first(sta
 
 
 def test_an_empty_api_key_is_no_key(setup: Setup) -> None:
-    if not setup.family.key_required:
-        pytest.skip("key-optional host")
-    with pytest.raises(llmrpc.BadRequestError, match="api_key"):
-        setup.ask(api_base=setup.elsewhere.url, api_key="")
-    assert setup.elsewhere.requests == []
+    setup.ask(api_key="")  # the server's key, on the server's base
+    assert SECRET in setup.home.requests[-1].headers[setup.family.header]
+    if setup.family.key_required:
+        with pytest.raises(llmrpc.BadRequestError, match="api_key"):
+            setup.ask(api_base=setup.elsewhere.url, api_key="")
+        assert setup.elsewhere.requests == []
+
+
+@pytest.mark.parametrize("key", ["has space", "line\nbreak", "é", "k" * 4097])
+def test_a_key_that_cannot_be_a_header_value_is_refused(start_gateway: StartGateway, key: str) -> None:
+    with llmrpc.Client(start_gateway().address) as client, pytest.raises(llmrpc.BadRequestError) as info:
+        client.completion("openai/gpt-4o", USER, api_key=key, api_base="http://127.0.0.1:9/v1")
+    assert [f for f, _ in info.value.field_violations] == ["api_key"]
+    assert key not in str(info.value)
 
 
 # ---- the rule itself, on every adapter, with the default bases (no network needed) -------------

@@ -50,7 +50,8 @@ def upstream_violations(req: pb.CompleteRequest, present: Mapping[str, Any]) -> 
     """Violations of the upstream-shaping fields ``present`` (``{field name: value}`` of ``req``)."""
     if "api_base" in present and (problem := api_base_problem(req.api_base)):
         yield "api_base", problem
-    if "api_key" in present and not (len(req.api_key) <= MAX_API_KEY and _KEY.match(req.api_key)):
+    # "" stays allowed and means no key (LiteLLM treats a falsy key as unset)
+    if "api_key" in present and req.api_key and not (len(req.api_key) <= MAX_API_KEY and _KEY.match(req.api_key)):
         yield "api_key", f"must be at most {MAX_API_KEY} visible ASCII characters (no spaces or line breaks)"
     if "api_version" in present and not _VERSION.match(req.api_version):
         yield "api_version", "must be 1-64 letters, digits, '.', '_' or '-'"
