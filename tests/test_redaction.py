@@ -172,6 +172,21 @@ def test_a_transport_error_naming_the_url_keeps_only_its_origin(start_gateway: C
         assert secret not in (info.value.details() or "")
 
 
+def test_a_signed_media_url_in_an_error_is_redacted_for_spans_and_the_caller(
+    otel: Otel, start_observed: Callable[..., TelemetryGateway]
+) -> None:
+    """The gateway refuses to download a private-address image for ollama; the error names the URL,
+    whose signature must not reach the trace (the server span records the exception chain)."""
+    gw = start_observed(env={"OLLAMA_API_BASE": "http://127.0.0.1:9"})
+    url = f"http://127.0.0.1:9/cat.png?X-Amz-Credential=cred-1234&X-Amz-Signature={SIGNATURE}"
+    content = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": url}}]
+    with llmrpc.Client(gw.address) as client, pytest.raises(llmrpc.BadRequestError) as info:
+        client.completion("ollama_chat/llava", [{"role": "user", "content": content}])
+    assert SIGNATURE not in str(info.value) and "X-Amz-Signature=[redacted]" in str(info.value)
+    text = span_text(otel.wait_spans())
+    assert "exception" in text and SIGNATURE not in text and "cred-1234" not in text
+
+
 # ---- the helpers ------------------------------------------------------------------------------------
 
 

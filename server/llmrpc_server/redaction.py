@@ -19,9 +19,10 @@ from collections.abc import Iterable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .credentials import CREDENTIAL_HEADERS
+from .errors import ServiceError
 from .providers.base import HttpCall, ProviderError
 
-__all__ = ["REDACTED", "call_secrets", "origin", "redact", "scrub_error"]
+__all__ = ["REDACTED", "call_secrets", "origin", "redact", "redact_chain", "scrub_error"]
 
 REDACTED = "[redacted]"
 _MIN_SECRET = 4  # shorter values would blank ordinary words out of messages
@@ -32,7 +33,9 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bsk-[A-Za-z0-9_*.-]{6,}"), REDACTED),  # OpenAI, Anthropic, OpenRouter... (masked too)
     (re.compile(r"\bAIza[0-9A-Za-z_-]{20,}"), REDACTED),  # Google API keys
     (re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{6,}"), rf"\1\2{REDACTED}"),
-    (re.compile(r"(?i)([?&](?:key|api[-_]?key|token|access_token|sig|signature)=)[^&\s\"'<>]+"), rf"\1{REDACTED}"),
+    # query parameters that carry credentials: key=, api_key=, X-Amz-Signature=, sig=, access_token=...
+    (re.compile(r"(?i)([?&][A-Za-z0-9_.-]*(?:key|token|sig|signature|secret|password|credential)=)[^&\s\"'<>]+"),
+     rf"\1{REDACTED}"),
     (re.compile(r"(?i)\b(https?://)[^/\s@\"'<>]*@"), rf"\1{REDACTED}@"),  # userinfo in any URL
 )
 
@@ -98,3 +101,20 @@ def scrub_error(err: ProviderError, call: HttpCall) -> None:
     err.error_type = clean(err.error_type) if err.error_type else err.error_type
     err.error_code = clean(err.error_code) if err.error_code else err.error_code
     err.param = clean(err.param) if err.param else err.param
+
+
+def redact_chain(exc: BaseException) -> None:
+    """Generic redaction of a failing call's error and every error it was raised from or during, in
+    place, as the last step before the status is sent: the OpenTelemetry server interceptor records
+    the final exception with its stack trace, which prints the whole chain. Catches what
+    :func:`scrub_error` cannot know, e.g. a signed media URL a caller sent that an error names."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 16:
+        seen.add(id(current))
+        if isinstance(current, ServiceError):
+            current.message = redact(current.message)
+        elif isinstance(current, ProviderError):
+            current.message = redact(current.message)
+            current.args = (current.message, *current.args[1:])
+        current = current.__cause__ or current.__context__

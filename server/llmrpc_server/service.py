@@ -17,6 +17,7 @@ from .errors import ServiceError, from_provider_error, internal_error, invalid_a
 from .params import openai_name
 from .pipeline import Backend
 from .providers.base import ProviderError
+from .redaction import redact_chain
 from .retry import Deadline
 from .router import Router
 from .validation import validate_request
@@ -84,6 +85,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
     A plain try/except in each handler rather than a context manager: it is on every call's path."""
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
+    redact_chain(exc)  # the caller, the server span's exception event and the logs see the same text
     if isinstance(exc, ServiceError):
         status = to_status(exc)
     elif isinstance(exc, ProviderError):  # raised before any attempt, e.g. a missing API key
