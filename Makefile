@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 50051
 
-.PHONY: install run test lint proto proto-check protoset bench faults clean
+.PHONY: install run test lint proto proto-check proto-go protoset bench faults clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,13 +26,21 @@ lint: install ## ruff, mypy --strict, buf lint + breaking (FILE) vs main, genera
 	$(BIN)/ruff check client server tests bench scripts
 	$(BIN)/mypy client/llmrpc server/llmrpc_server
 	$(BIN)/python scripts/gen_proto.py --check
+	@# gen/go needs Debian's protoc-gen-go/-grpc: installed here when root, else the command is printed.
+	sh scripts/install_polyglot_toolchains.sh go
+	$(BIN)/python scripts/gen_go.py --check
 	npx --yes @bufbuild/buf lint protos
 	@# Contract changes must be additive: compare with main (when the clone has it).
 	@if git rev-parse --verify -q main >/dev/null; then \
 		npx --yes @bufbuild/buf breaking protos --against '.git#branch=main,subdir=protos'; fi
 
-proto: install ## regenerate client/llmrpc/v1 from protos/
+proto: install ## regenerate client/llmrpc/v1 and gen/go/llmrpc/v1 from protos/
 	$(BIN)/python scripts/gen_proto.py
+	$(MAKE) proto-go
+
+proto-go: install ## regenerate the Go package gen/go/llmrpc/v1 from protos/ (Debian's pinned plugins)
+	sh scripts/install_polyglot_toolchains.sh go
+	$(BIN)/python scripts/gen_go.py
 
 protoset: ## descriptor set for `grpcurl -protoset llmrpc.protoset` (decodes google.rpc details)
 	npx --yes @bufbuild/buf build protos -o llmrpc.protoset
@@ -44,4 +52,4 @@ faults: install ## the fault-injection suite: upstream faults, fallbacks, timeou
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_faults.py tests/test_fallbacks.py tests/test_timeouts.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache llmrpc.protoset
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache llmrpc.protoset .polyglot-build
