@@ -1,0 +1,27 @@
+"""A Go program built on the committed gen/go package calls the gateway: unary with a deadline, a stream,
+a structpb tool schema, decoded error details, bearer auth and a cancelled stream (examples/go)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.polyglot import Scenario, build_example, check_output, ensure_toolchain, run_example, scenario
+
+
+@pytest.fixture(scope="module")
+def example() -> Path:
+    ensure_toolchain("go")
+    return build_example("go") / "llmrpc-example-go"
+
+
+@pytest.fixture
+def sc() -> Iterator[Scenario]:
+    with scenario() as running:
+        yield running
+
+
+def test_go_example_against_the_gateway(example: Path, sc: Scenario) -> None:
+    check_output(run_example([str(example)], sc.gateway.address), sc, "Go")
