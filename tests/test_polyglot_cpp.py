@@ -10,7 +10,7 @@ import pytest
 
 from tests.polyglot import Scenario, build_example, check_output, ensure_toolchain, run_example, scenario
 
-# The first run installs the toolchain and compiles (gRPC itself, for Go); later runs reuse .polyglot-build.
+# The first run installs the toolchain and compiles the stubs; later runs reuse .polyglot-build.
 pytestmark = pytest.mark.timeout(900)
 
 
