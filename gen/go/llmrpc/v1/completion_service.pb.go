@@ -77,12 +77,16 @@ type CompleteRequest struct {
 	Functions []*FunctionDefinition `protobuf:"bytes,22,rep,name=functions,proto3" json:"functions,omitempty"`
 	// Deprecated OpenAI function-call choice.
 	FunctionCall *ToolChoice `protobuf:"bytes,23,opt,name=function_call,json=functionCall,proto3" json:"function_call,omitempty"`
-	// Base URL of the upstream API (LiteLLM `api_base` / `base_url`).
+	// Base URL of the upstream API (LiteLLM `api_base` / `base_url`): http or
+	// https, a host, optional port and path; no query, fragment or userinfo.
+	// A base the server did not configure for the provider needs `api_key`:
+	// the server's own keys go only to its configured bases.
 	ApiBase *string `protobuf:"bytes,24,opt,name=api_base,json=apiBase,proto3,oneof" json:"api_base,omitempty"`
 	// API version (Azure `api-version`).
 	ApiVersion *string `protobuf:"bytes,25,opt,name=api_version,json=apiVersion,proto3,oneof" json:"api_version,omitempty"`
 	// Upstream API key for this call; the server's environment is used when
-	// unset. Never logged, cached or traced.
+	// unset. Never logged, stored or traced; a SHA-256 of it scopes the
+	// cached answers this call may read and write.
 	ApiKey *string `protobuf:"bytes,26,opt,name=api_key,json=apiKey,proto3,oneof" json:"api_key,omitempty"`
 	// "none", "minimal", "low", "medium", "high", "xhigh" or "max".
 	ReasoningEffort *string `protobuf:"bytes,27,opt,name=reasoning_effort,json=reasoningEffort,proto3,oneof" json:"reasoning_effort,omitempty"`
@@ -113,7 +117,9 @@ type CompleteRequest struct {
 	DropParams *bool `protobuf:"varint,37,opt,name=drop_params,json=dropParams,proto3,oneof" json:"drop_params,omitempty"`
 	// Caller metadata for logs and callbacks; never sent upstream.
 	Metadata *structpb.Struct `protobuf:"bytes,38,opt,name=metadata,proto3" json:"metadata,omitempty"`
-	// Extra HTTP headers for the upstream request.
+	// Extra HTTP headers for the upstream request. Hop-by-hop, framing and
+	// proxy headers are refused, and so are credential headers (authorization,
+	// x-api-key, api-key, x-goog-api-key) unless `api_key` is set.
 	ExtraHeaders map[string]string `protobuf:"bytes,39,rep,name=extra_headers,json=extraHeaders,proto3" json:"extra_headers,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"bytes,2,opt,name=value,proto3"`
 	// Extra top-level keys merged last into the upstream JSON body (OpenAI
 	// SDK `extra_body`; LiteLLM's provider-specific kwargs such as top_k).
@@ -1203,7 +1209,8 @@ type ResponseMetadata struct {
 	// Cost of this call in USD: what the provider reported (Usage.cost), else
 	// the gateway's price table; unset when the price of the model is unknown.
 	CostUsd *float64 `protobuf:"fixed64,8,opt,name=cost_usd,json=costUsd,proto3,oneof" json:"cost_usd,omitempty"`
-	// The api_base the answer came from (no credentials).
+	// The origin of the upstream that answered, `scheme://host[:port]` (never
+	// the base URL's credentials, path or query).
 	ApiBase *string `protobuf:"bytes,9,opt,name=api_base,json=apiBase,proto3,oneof" json:"api_base,omitempty"`
 }
 
