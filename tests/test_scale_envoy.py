@@ -1,0 +1,193 @@
+"""Scale-out behind a real gRPC load balancer: Envoy (deploy/envoy/envoy.yaml) in front of two gateway
+processes, each with its own fake OpenAI upstream, so which replica served a call is seen upstream.
+
+Through Envoy: calls spread over both replicas; SIGTERM on one replica under steady load drains it (its
+health turns NOT_SERVING, Envoy takes it out), no unary call fails and the streams in flight on it finish.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+from aiohttp import web
+from llmrpc.v1 import chat_pb2
+from llmrpc.v1 import completion_service_pb2 as pb
+from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
+
+from tests.envoy_front import Envoy, local_config, replica, run_envoy, wait_until
+from tests.support import free_port, wait_serving
+from tests.upstreams import Exchange, FakeUpstream, RecordedRequest, Reply, openai
+
+SLOW = "a slow stream"
+PIECES = [f"piece{i} " for i in range(20)]
+PIECE_DELAY = 0.15  # 20 pieces: a stream lasts ~3 s upstream, long enough to be in flight at SIGTERM
+
+
+@dataclass
+class CountedReply(Reply):
+    """Counts the replies whose body ended cleanly (the upstream finished a stream for the gateway)."""
+
+    inner: Reply
+    done: list[int]
+
+    async def respond(self, ex: Exchange) -> web.StreamResponse:
+        resp = await self.inner.respond(ex)
+        if ex.finished:
+            self.done.append(1)
+        return resp
+
+
+@dataclass
+class Upstream:
+    """A replica's own fake OpenAI provider: it sees exactly the calls that replica served."""
+
+    fake: FakeUpstream = field(default_factory=FakeUpstream)
+    slow_done: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.fake.default = self.handle
+
+    def handle(self, req: RecordedRequest) -> Reply:
+        if openai.last_user_text(req.json()) == SLOW:
+            return CountedReply(openai.chat_stream(PIECES, delay=PIECE_DELAY), self.slow_done)
+        return openai.default_handler(req)
+
+    def calls(self, text: str | None = None) -> int:
+        return sum(1 for r in list(self.fake.requests) if text is None or openai.last_user_text(r.json()) == text)
+
+
+@dataclass
+class Front:
+    envoy: Envoy
+    ports: list[int]
+    procs: list[subprocess.Popen[bytes]]
+    upstreams: list[Upstream]
+    stub: pb_grpc.CompletionServiceStub
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
+    """Started once for the module (process start-up dominates on a busy machine); the drain test,
+    which stops a replica, runs last."""
+    tmp_path = tmp_path_factory.mktemp("scale")
+    with ExitStack() as stack:
+        upstreams = [Upstream() for _ in range(2)]
+        for up in upstreams:
+            stack.enter_context(up.fake)
+        ports = [free_port(), free_port()]
+        procs = [
+            stack.enter_context(replica(port, {"OPENAI_API_KEY": "sk-test", "OPENAI_API_BASE": up.fake.url + "/v1",
+                                               "LLMRPC_CACHE_PATH": str(tmp_path / f"cache-{port}.sqlite")},
+                                        "--grace", "20", "--num-retries", "0", log=tmp_path / f"replica-{port}.log"))
+            for port, up in zip(ports, upstreams, strict=True)
+        ]
+        for port in ports:
+            wait_serving(f"127.0.0.1:{port}")
+        listen, admin = free_port(), free_port()
+        envoy = stack.enter_context(run_envoy(local_config(listen, admin, [("127.0.0.1", p) for p in ports]),
+                                              tmp_path, listen, admin))
+        wait_until(lambda: envoy.healthy_replicas() == set(ports), 30, "Envoy to health-check both replicas")
+        channel = stack.enter_context(grpc.insecure_channel(envoy.address))
+        yield Front(envoy, ports, procs, upstreams, pb_grpc.CompletionServiceStub(channel))
+
+
+def request(text: str) -> pb.CompleteRequest:
+    return pb.CompleteRequest(model="openai/gpt-4o-mini", messages=[chat_pb2.Message(role="user", content=text)])
+
+
+def test_calls_spread_over_both_replicas(front: Front) -> None:
+    for i in range(40):
+        resp = front.stub.Complete(request(f"hello {i}"), timeout=20)
+        assert resp.choices[0].message.content == f"echo: hello {i}"
+    for i in range(6):
+        chunks = list(front.stub.StreamComplete(pb.StreamCompleteRequest(request=request(f"stream {i}")), timeout=20))
+        assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == f"echo: stream {i}"
+    counts = [up.calls() for up in front.upstreams]
+    assert sum(counts) == 46
+    assert min(counts) > 0, f"every call went to one replica: {counts}"
+
+
+class SteadyLoad:
+    """Threads calling Complete through Envoy back to back until stopped; every failure is kept."""
+
+    def __init__(self, stub: pb_grpc.CompletionServiceStub, threads: int = 3) -> None:
+        self.stub = stub
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(n,)) for n in range(threads)]
+
+    def _run(self, n: int) -> None:
+        i = 0
+        while not self._stop.is_set():
+            i += 1
+            try:
+                resp = self.stub.Complete(request(f"load {n}.{i}"), timeout=20)
+                assert resp.choices[0].message.content == f"echo: load {n}.{i}"
+            except (grpc.RpcError, AssertionError) as exc:
+                with self._lock:
+                    self.failures.append(repr(exc))
+            else:
+                with self._lock:
+                    self.ok += 1
+
+    def __enter__(self) -> SteadyLoad:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+
+def test_sigterm_drains_a_replica_under_load_without_failing_a_call(front: Front) -> None:
+    results: list[list[pb.StreamCompleteResponse] | Exception] = []
+
+    def slow_stream() -> None:
+        try:
+            results.append(list(front.stub.StreamComplete(pb.StreamCompleteRequest(request=request(SLOW)),
+                                                          timeout=30)))
+        except grpc.RpcError as exc:
+            results.append(exc)
+
+    streams = [threading.Thread(target=slow_stream) for _ in range(8)]
+    with SteadyLoad(front.stub) as load:
+        wait_until(lambda: load.ok >= 20, 30, "steady load through Envoy")
+        for t in streams:
+            t.start()
+        wait_until(lambda: sum(up.calls(SLOW) for up in front.upstreams) == len(streams), 20,
+                   "every slow stream to reach an upstream")
+        # Drain the replica carrying more of the streams, while they are still running on it.
+        victim = max((0, 1), key=lambda i: front.upstreams[i].calls(SLOW))
+        survivor = 1 - victim
+        in_flight = front.upstreams[victim].calls(SLOW) - len(front.upstreams[victim].slow_done)
+        front.procs[victim].send_signal(signal.SIGTERM)
+        assert in_flight > 0, "the streams finished before the SIGTERM: nothing was drained"
+
+        wait_until(lambda: front.envoy.healthy_replicas() == {front.ports[survivor]}, 20,
+                   "Envoy to take the draining replica out of rotation")
+        assert front.procs[victim].wait(25) == 0  # it exits by itself once its streams are done
+        ok_at_exit = load.ok
+        victim_calls = front.upstreams[victim].calls()
+        wait_until(lambda: load.ok >= ok_at_exit + 30, 30, "load to go on after the replica left")
+    for t in streams:
+        t.join(30)
+
+    assert load.failures == []
+    assert front.upstreams[victim].calls() == victim_calls  # nothing reached the drained replica
+    assert len(results) == len(streams)
+    for chunks in results:
+        assert isinstance(chunks, list), f"a stream failed: {chunks!r}"
+        assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == "".join(PIECES)
+        assert chunks[-1].choices[0].finish_reason == "stop"
+    assert len(front.upstreams[victim].slow_done) == front.upstreams[victim].calls(SLOW)
