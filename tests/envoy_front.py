@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ENVOY_YAML", "Envoy", "envoy_binary", "local_config", "replica", "run_envoy", "wait_until"]
+__all__ = ["ENVOY_YAML", "ROOT", "Envoy", "commented_transcoder", "envoy_binary", "local_config", "replica",
+           "run_envoy", "wait_until"]
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY_YAML = ROOT / "deploy" / "envoy" / "envoy.yaml"
@@ -44,6 +45,21 @@ def envoy_binary() -> str:
 
 def _socket(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
+
+
+def commented_transcoder(source: Path = ENVOY_YAML) -> dict[str, Any]:
+    """The optional gRPC-JSON transcoder filter, shipped commented out in ``source``, as it reads uncommented."""
+    lines = source.read_text().splitlines()
+    marker = "# - name: envoy.filters.http.grpc_json_transcoder"
+    start = next(i for i, line in enumerate(lines) if line.strip() == marker)
+    indent = lines[start].index("#")
+    block = []
+    for line in lines[start:]:
+        if not line.strip().startswith("#") or line.index("#") != indent:
+            break
+        block.append(line[indent + 2:])
+    (transcoder,) = yaml.safe_load("\n".join(block))
+    return dict(transcoder)
 
 
 def local_config(listen_port: int, admin_port: int, replicas: Sequence[tuple[str, int]],

@@ -13,15 +13,18 @@ import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from aiohttp import web
+from grpc_tools import protoc
 from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 
-from tests.envoy_front import Envoy, local_config, replica, run_envoy, wait_until
+from tests.envoy_front import ROOT, Envoy, commented_transcoder, local_config, replica, run_envoy, wait_until
 from tests.support import free_port, wait_serving
 from tests.upstreams import Exchange, FakeUpstream, RecordedRequest, Reply, openai
 
@@ -112,6 +115,41 @@ def test_calls_spread_over_both_replicas(front: Front) -> None:
     counts = [up.calls() for up in front.upstreams]
     assert sum(counts) == 46
     assert min(counts) > 0, f"every call went to one replica: {counts}"
+
+
+def descriptor_set(path: Path) -> Path:
+    """What `make protoset` builds (with buf), built here with grpc_tools' protoc: every proto and its imports."""
+    protos = ROOT / "protos"
+    include = Path(protoc.__file__).parent / "_proto"
+    files = sorted(str(p.relative_to(protos)) for p in (protos / "llmrpc" / "v1").glob("*.proto"))
+    assert protoc.main(["protoc", f"-I{protos}", f"-I{include}", "--include_imports",
+                        f"--descriptor_set_out={path}", *files]) == 0
+    return path
+
+
+def test_the_optional_json_transcoder_block_serves_plain_http_json(
+    front: Front, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    workdir = tmp_path_factory.mktemp("transcoder")
+    listen, admin = free_port(), free_port()
+    config = local_config(listen, admin, [("127.0.0.1", p) for p in front.ports])
+    transcoder = commented_transcoder()
+    transcoder["typed_config"]["proto_descriptor"] = str(descriptor_set(workdir / "llmrpc.protoset"))
+    (listener,) = config["static_resources"]["listeners"]
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].insert(0, transcoder)
+    with run_envoy(config, workdir, listen, admin) as envoy:
+        wait_until(lambda: envoy.healthy_replicas() == set(front.ports), 30, "Envoy to health-check both replicas")
+        url = f"http://{envoy.address}/llmrpc.v1.CompletionService/Complete"
+        body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "over JSON"}]}
+        resp = httpx.post(url, json=body, timeout=20)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["choices"][0]["message"]["content"] == "echo: over JSON"
+        bad = httpx.post(url, json={"model": "openai/gpt-4o-mini", "messages": []}, timeout=20)
+        assert bad.status_code == 400
+        # INVALID_ARGUMENT as HTTP 400; the status rides in headers (the descriptor set has no google.rpc
+        # types, so the transcoder cannot turn the details into a JSON body).
+        assert bad.headers["grpc-status"] == str(grpc.StatusCode.INVALID_ARGUMENT.value[0])
+        assert bad.headers["grpc-message"].startswith("messages:")
 
 
 class SteadyLoad:
