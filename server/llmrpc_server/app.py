@@ -26,6 +26,7 @@ from .caching import CachingBackend
 from .config import Settings
 from .counters import Counters
 from .executor import Executor
+from .health import DrainingHealthServicer
 from .interceptors import build_interceptors
 from .observability import ObservedBackend
 from .otel_setup import Telemetry, configure
@@ -104,7 +105,7 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
     add_to_server(CompletionService(backend, router, settings), server)
-    health = HealthServicer()
+    health = DrainingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
