@@ -20,8 +20,9 @@ RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin llmr
 COPY --from=build /opt/llmrpc /opt/llmrpc
 # Every setting is also an LLMRPC_* variable: `docker run -e LLMRPC_AUTH_TOKENS=...` etc. Listen on every
 # address; callers authenticate with a token from LLMRPC_AUTH_TOKENS (or mTLS): set one, or, for a trusted
-# network only, LLMRPC_ALLOW_UNAUTHENTICATED=true. 25 s of draining on SIGTERM (deploy/kubernetes gives the
-# pod 40 s: its preStop sleep counts against the same period). The response cache is a per-container SQLite
+# network only, LLMRPC_ALLOW_UNAUTHENTICATED=true. On SIGTERM: 5 s more of serving while health says
+# NOT_SERVING (Envoy health-checks every 2 s), then 25 s for in-flight calls (deploy/kubernetes gives the pod
+# 40 s: its preStop sleep counts against the same period). The response cache is a per-container SQLite
 # file under /var/cache/llmrpc (mount a volume there; with a read-only root it must be one).
 ENV PATH=/opt/llmrpc/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -29,6 +30,7 @@ ENV PATH=/opt/llmrpc/bin:$PATH \
     LLMRPC_HOST=[::] \
     LLMRPC_PORT=50051 \
     LLMRPC_GRACE=25 \
+    LLMRPC_DRAIN_DELAY=5 \
     LLMRPC_CACHE_PATH=/var/cache/llmrpc/cache.sqlite
 USER 10001:10001
 WORKDIR /var/cache/llmrpc

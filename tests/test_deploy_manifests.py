@@ -78,12 +78,16 @@ def test_kustomization_applies_everything_but_the_optional_envoy_front() -> None
 def test_gateway_pods_drain_within_their_termination_period() -> None:
     deployment, container = gateway()
     pod = deployment["spec"]["template"]["spec"]
-    grace = float(flag(container["args"], "--grace") or env_of(container).get("LLMRPC_GRACE")
-                  or IMAGE_ENV["LLMRPC_GRACE"])
+    grace, delay = (float(flag(container["args"], f"--{name.replace('_', '-')}")
+                          or env_of(container).get(f"LLMRPC_{name.upper()}") or IMAGE_ENV[f"LLMRPC_{name.upper()}"])
+                    for name in ("grace", "drain_delay"))
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
     # Kubernetes counts the preStop hook against the same period: SIGTERM comes only after it.
-    assert pod["terminationGracePeriodSeconds"] > float(pre_stop[1]) + grace
+    assert pod["terminationGracePeriodSeconds"] > float(pre_stop[1]) + delay + grace
+    # Serving on while NOT_SERVING must outlast Envoy's health-check interval, or it keeps sending calls.
+    (check,) = envoy_config("envoy.yaml")["static_resources"]["clusters"][0]["health_checks"]
+    assert delay > 2 * float(check["interval"].rstrip("s"))
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 

@@ -19,6 +19,7 @@ import grpc
 import httpx
 import pytest
 from aiohttp import web
+from dockerfile_parse import DockerfileParser
 from grpc_tools import protoc
 from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
@@ -28,6 +29,7 @@ from tests.envoy_front import ROOT, Envoy, commented_transcoder, local_config, r
 from tests.support import free_port, wait_serving
 from tests.upstreams import Exchange, FakeUpstream, RecordedRequest, Reply, openai
 
+IMAGE_DRAIN_DELAY = DockerfileParser(str(ROOT)).envs["LLMRPC_DRAIN_DELAY"]  # replicas drain as the image's do
 SLOW = "a slow stream"
 PIECES = [f"piece{i} " for i in range(20)]
 PIECE_DELAY = 0.15  # 20 pieces: a stream lasts ~3 s upstream, long enough to be in flight at SIGTERM
@@ -88,7 +90,8 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
         procs = [
             stack.enter_context(replica(port, {"OPENAI_API_KEY": "sk-test", "OPENAI_API_BASE": up.fake.url + "/v1",
                                                "LLMRPC_CACHE_PATH": str(tmp_path / f"cache-{port}.sqlite")},
-                                        "--grace", "20", "--num-retries", "0", log=tmp_path / f"replica-{port}.log"))
+                                        "--grace", "20", "--drain-delay", IMAGE_DRAIN_DELAY, "--num-retries", "0",
+                                        log=tmp_path / f"replica-{port}.log"))
             for port, up in zip(ports, upstreams, strict=True)
         ]
         for port in ports:
@@ -205,12 +208,12 @@ def test_sigterm_drains_a_replica_under_load_without_failing_a_call(front: Front
             t.start()
         wait_until(lambda: sum(up.calls(SLOW) for up in front.upstreams) == len(streams), 20,
                    "every slow stream to reach an upstream")
-        # Drain the replica carrying more of the streams, while they are still running on it.
-        victim = max((0, 1), key=lambda i: front.upstreams[i].calls(SLOW))
+        # Drain the replica carrying more of the streams still running.
+        in_flight = [up.calls(SLOW) - len(up.slow_done) for up in front.upstreams]
+        victim = max((0, 1), key=lambda i: in_flight[i])
         survivor = 1 - victim
-        in_flight = front.upstreams[victim].calls(SLOW) - len(front.upstreams[victim].slow_done)
         front.procs[victim].send_signal(signal.SIGTERM)
-        assert in_flight > 0, "the streams finished before the SIGTERM: nothing was drained"
+        assert in_flight[victim] > 0, "the streams finished before the SIGTERM: nothing was drained"
 
         wait_until(lambda: front.envoy.healthy_replicas() == {front.ports[survivor]}, 20,
                    "Envoy to take the draining replica out of rotation")

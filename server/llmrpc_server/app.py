@@ -2,7 +2,8 @@
 
 The server, the HTTP client pool and every channel are created inside the running loop (grpc.aio
 objects are loop-bound, grpc/grpc#32480). SIGTERM/SIGINT flip health to NOT_SERVING so load
-balancers drain, then ``server.stop(grace)`` lets in-flight calls finish and refuses new ones.
+balancers drain, keep serving for ``drain_delay`` seconds while they notice, then ``server.stop(grace)``
+lets in-flight calls finish and refuses new ones.
 """
 
 from __future__ import annotations
@@ -131,6 +132,12 @@ async def _serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if settings.drain_delay > 0:
+        # A balancer only stops sending calls once a health check sees NOT_SERVING; until then keep
+        # serving them, since grpc cancels the calls that arrive after server.stop() has begun.
+        await gateway.health.enter_graceful_shutdown()
+        log.info("shutting down: NOT_SERVING, still serving for %.1fs", settings.drain_delay)
+        await asyncio.sleep(settings.drain_delay)
     log.info("shutting down: draining for up to %.0fs", settings.grace)
     await gateway.stop()
 
