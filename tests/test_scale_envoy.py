@@ -217,6 +217,8 @@ def test_sigterm_drains_a_replica_under_load_without_failing_a_call(front: Front
 
         wait_until(lambda: front.envoy.healthy_replicas() == {front.ports[survivor]}, 20,
                    "Envoy to take the draining replica out of rotation")
+        # Taken out by its NOT_SERVING answer, while it still served (its --drain-delay), not by its exit.
+        assert front.procs[victim].poll() is None
         assert front.procs[victim].wait(25) == 0  # it exits by itself once its streams are done
         ok_at_exit = load.ok
         victim_calls = front.upstreams[victim].calls()
