@@ -82,6 +82,7 @@ class Router:
         target = Target(
             provider=adapter.name, model=name, api_base=base or adapter.default_base, api_key=key,
             api_version=version, key_from_caller=caller_key is not None, requested_model=model,
+            base_from_caller=req.HasField("api_base") and bool(req.api_base),
         )
         return Route(adapter, target)
 
