@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 __all__ = [
     "API_BASE_MODES",
@@ -62,11 +62,13 @@ class AddressCheck:
     def refusal(self, host: str, address: IPAddress) -> EgressRefused | None:
         """Why ``host`` may not be reached at ``address``, or None."""
         if self.public_only and not _is_public(address):
-            why = f"{host} resolves to the non-public address {address}"
+            kind = "non-public address"
         elif is_link_local_or_metadata(address):
-            why = f"{host} resolves to the link-local or cloud metadata address {address}"
+            kind = "link-local or cloud metadata address"
         else:
             return None
+        literal = host.strip("[]") == str(address)
+        why = f"{address} is a {kind}" if literal else f"{host} resolves to the {kind} {address}"
         hint = f" ({self.lift_hint})" if self.lift_hint else ""
         return EgressRefused(self.field, f"{why}; this gateway does not connect there{hint}")
 
@@ -109,27 +111,33 @@ class EgressPolicy:
 
 
 def matches_prefix(url: str, prefixes: tuple[str, ...]) -> bool:
-    """Whether ``url`` starts with one of ``prefixes``, compared by scheme and host case-insensitively
-    and only at a boundary: ``http://h:80/v1`` allows ``http://h:80/v1/chat`` but not
-    ``http://h:80/v10`` nor ``http://h:800``, and ``http://h`` never allows ``http://h.evil``."""
+    """Whether ``url`` starts with one of ``prefixes``: the same scheme, host (case-insensitive) and port
+    (a prefix without one means the scheme's default), then a path prefix ending at a segment
+    boundary. ``http://h/v1`` allows ``http://h:80/v1/chat`` but not ``http://h/v10``,
+    ``http://h:8000/v1`` nor ``http://h.evil/v1``."""
     if not prefixes:
         return False
     try:
         parts = urlsplit(url)
-        host, port = (parts.hostname or "").lower(), parts.port
+        origin = _origin(parts)
     except ValueError:
         return False
     if parts.username is not None or parts.password is not None:
         return False  # "http://allowed@evil/" must not pass as the allowed host
     for prefix in prefixes:
         allowed = urlsplit(prefix)
-        if (allowed.scheme.lower(), (allowed.hostname or "").lower(), allowed.port) != (parts.scheme.lower(), host,
-                                                                                          port):
+        if _origin(allowed) != origin:
             continue
         base = allowed.path.rstrip("/")
         if not base or parts.path == base or parts.path.startswith(base + "/"):
             return True
     return False
+
+
+def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
+    """Scheme, host and port, the port defaulted by the scheme (``http://h`` is ``http://h:80``)."""
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
 
 
 def _is_public(address: IPAddress) -> bool:

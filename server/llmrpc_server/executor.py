@@ -230,7 +230,7 @@ class Executor:
     async def _pin(self, origin: tuple[str, str, int], check: AddressCheck, streaming: bool) -> _Pinned | None:
         """Resolve ``origin``'s host, refuse it unless every address passes ``check``, and return a
         client that connects only to those addresses (None for an IP literal: nothing to resolve)."""
-        scheme, host, port = origin
+        _, host, port = origin
         try:
             literal = ipaddress.ip_address(host.strip("[]"))
         except ValueError:

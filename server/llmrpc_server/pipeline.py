@@ -13,8 +13,8 @@ from llmrpc.v1 import completion_service_pb2 as pb
 
 from .config import Settings
 from .counters import DEADLINE_EXCEEDED, FALLBACKS, RETRIES, STREAM_IDLE_TIMEOUTS, STREAMS_BROKEN, Counters
-from .errors import ServiceError, from_provider_error, invalid_argument
 from .egress import AddressCheck, EgressRefused
+from .errors import ServiceError, from_provider_error, invalid_argument
 from .executor import Executor, UpstreamStream, egress_refused
 from .media import MediaInliner
 from .params import openai_name, set_params, without_params
