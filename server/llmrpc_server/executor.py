@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import partial
+from functools import lru_cache, partial
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -176,13 +176,7 @@ class Executor:
                     check: AddressCheck | None, *, total: float | None, streaming: bool = False,
                     ) -> AsyncIterator[Response]:
         """The response, once its head has arrived, holding one of the origin's connection slots."""
-        try:
-            parts = urlsplit(url)
-            origin = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
-        except ValueError as exc:
-            raise ProviderError(ErrorKind.BAD_REQUEST, f"invalid upstream URL {url!r}: {exc}") from None
-        if origin[0] not in ("http", "https") or not origin[1]:
-            raise ProviderError(ErrorKind.BAD_REQUEST, f"{url!r} is not an absolute http(s) URL")
+        origin = _origin(url)
         pinned = await self._pin(origin, check, streaming) if check is not None else None
         client = pinned.client if pinned is not None else self._default_client(streaming)
         slot = self._hosts.get(origin) or self._hosts.setdefault(origin, _HostSlot(self._per_host))
@@ -201,7 +195,7 @@ class Executor:
         if streaming:  # hand over the head at once, then each chunk as it arrives
             request = request.streamed_read_buffer_limit(0)
         exchange = request.build_streamed()
-        opening = asyncio.ensure_future(_enter(exchange))
+        opening = asyncio.get_running_loop().create_task(exchange.__aenter__())
         try:
             # Shielded: pyreqwest keeps a cancelled request running until its head arrives or its
             # timeout passes, so the slot is given back only then (see _abandon).
@@ -284,8 +278,17 @@ class Executor:
         return builder.build()
 
 
-async def _enter(exchange: StreamRequest) -> Response:
-    return await exchange.__aenter__()
+@lru_cache(maxsize=1024)
+def _origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an absolute http(s) URL: the unit of the per-host connection limit."""
+    try:
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    except ValueError as exc:
+        raise ProviderError(ErrorKind.BAD_REQUEST, f"invalid upstream URL {url!r}: {exc}") from None
+    if origin[0] not in ("http", "https") or not origin[1]:
+        raise ProviderError(ErrorKind.BAD_REQUEST, f"{url!r} is not an absolute http(s) URL")
+    return origin
 
 
 def _abandon(exchange: StreamRequest, release: Callable[[], None], opening: asyncio.Future[Response]) -> None:
