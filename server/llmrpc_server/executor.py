@@ -235,7 +235,7 @@ class Executor:
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
-            raise ProviderError(ErrorKind.UNREACHABLE, f"cannot resolve {host}: {exc}") from exc
+            raise ProviderError(ErrorKind.UNREACHABLE, f"could not resolve {host}: {exc}") from exc
         addresses = tuple(sorted({str(info[4][0]).split("%", 1)[0] for info in infos}))
         if not addresses:
             raise ProviderError(ErrorKind.UNREACHABLE, f"{host} has no address")
