@@ -340,7 +340,7 @@ def conc1_table(conc1: dict[str, tuple[float, float | None]]) -> str:
     """Added p50 against both direct clients: aiohttp (the issue's reference client) and the gateway's
     own HTTP path (the executor on pyreqwest)."""
     aiohttp_p50, lean_p50 = conc1[DIRECT_AIOHTTP][0], conc1[DIRECT_LEAN][0]
-    rows = ["| path | p50 ms | added vs direct aiohttp, ms | added vs direct executor client, ms | server CPU ms/call |",
+    rows = ["| path | p50 ms | added vs direct aiohttp, ms | added vs direct executor, ms | server CPU ms/call |",
             "|---|---|---|---|---|"]
     for name, (p50, cpu) in conc1.items():
         rows.append(f"| {name} | {p50:.2f} | {p50 - aiohttp_p50:.2f} | {p50 - lean_p50:.2f} | "
