@@ -41,7 +41,7 @@ class Settings:
     drop_params: bool = _opt(False, 'drop unsupported parameters instead of rejecting them')
     max_message_mb: int = _opt(64, 'largest gRPC message accepted or sent, MiB')
     max_concurrent_rpcs: int = _opt(0, 'reject RPCs beyond this many in flight (0 = unlimited)')
-    max_connections: int = _opt(1000, 'pooled upstream connections')
+    max_connections: int = _opt(1000, 'upstream requests in flight at once, all origins together')
     fetch_media: str = _opt("public", 'download image URLs for providers that take only inline data (ollama): '
                                       'public (public addresses only), all, off')
     fetch_media_max_mb: float = _opt(20.0, 'largest image download, MiB')
