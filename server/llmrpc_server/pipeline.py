@@ -283,8 +283,7 @@ class Pipeline:
         idle, remaining = self._settings.stream_idle_timeout, _time_left(deadline)
         opened = False
         try:
-            async with self._executor.stream(call, timeout=min(idle, remaining), address_check=check,
-                                             total_timeout=remaining) as upstream:
+            async with self._executor.stream(call, timeout=min(idle, remaining), address_check=check) as upstream:
                 opened = True
                 yield upstream
         except ProviderError as err:
