@@ -27,7 +27,7 @@ from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 from llmrpc_server.executor import Executor
 from llmrpc_server.providers.base import HttpCall
 
-from bench.pyreqwest_executor import Executor as PyreqwestExecutor
+from bench.aiohttp_executor import Executor as AiohttpExecutor
 
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -218,10 +218,10 @@ async def run_suite(address: str, pids: list[int], base: Baselines, calls: int) 
     return Suite(results, conc1, conc1_sync)
 
 
-DIRECT_AIOHTTP, DIRECT_LEAN = "direct HTTP (aiohttp)", "direct HTTP (gateway executor)"
+DIRECT_AIOHTTP, DIRECT_LEAN = "direct HTTP (aiohttp)", "direct HTTP (gateway executor, pyreqwest)"
 
 
-async def _lean_post(executor: Executor | PyreqwestExecutor, url: str, body: Mapping[str, object]) -> None:
+async def _lean_post(executor: Executor | AiohttpExecutor, url: str, body: Mapping[str, object]) -> None:
     reply = await executor.send(HttpCall(url, {"content-type": "application/json"}, body), timeout=30)
     orjson.loads(reply.body)
 
@@ -238,8 +238,9 @@ def blocking(channel: grpc.Channel, req: pb.CompleteRequest) -> Callable[[], Awa
 
 async def http_client_comparison(upstream: str, calls: int, concurrency: int = 16, rounds: int = 1) -> list[str]:
     """The executor's HTTP client against the alternatives: the same unary calls through httpx's
-    default transport, aiohttp, pyreqwest alone, the gateway's executor (aiohttp plus its limits,
-    bounded reads and egress pools) and the executor as it was on pyreqwest, measuring this process's
+    default transport, aiohttp, pyreqwest alone, the gateway's executor (pyreqwest plus its limits,
+    bounded reads and per-host slots) and the same executor on aiohttp (``bench/aiohttp_executor.py``),
+    measuring this process's
     CPU per call (the cost the gateway would pay; pyreqwest's Tokio thread is in this process too).
     ``rounds`` > 1 repeats every client, in reversed order each other round, because this shared VM
     drifts between back-to-back runs."""
@@ -250,16 +251,16 @@ async def http_client_comparison(upstream: str, calls: int, concurrency: int = 1
     raw = orjson.dumps(body)
     url = f"{upstream}/v1/chat/completions"
     rows = []
-    executor, former = Executor(), PyreqwestExecutor()
+    executor, candidate = Executor(), AiohttpExecutor()
     await executor.start()
-    await former.start()
+    await candidate.start()
     rq = ClientBuilder().no_proxy().build()
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=100)) as hx, aiohttp.ClientSession() as ah:
         async def with_executor() -> None:
             await _lean_post(executor, url, body)
 
-        async def with_former() -> None:
-            await _lean_post(former, url, body)
+        async def with_candidate() -> None:
+            await _lean_post(candidate, url, body)
 
         async def with_pyreqwest() -> None:
             resp = await rq.post(url).header("content-type", "application/json").body_bytes(raw).build().send()
@@ -273,14 +274,14 @@ async def http_client_comparison(upstream: str, calls: int, concurrency: int = 1
                 await resp.json()
 
         clients = [("httpx (default transport)", with_httpx), ("aiohttp", with_aiohttp),
-                   ("pyreqwest", with_pyreqwest), ("executor on aiohttp (used)", with_executor),
-                   ("executor on pyreqwest (former)", with_former)]
+                   ("pyreqwest", with_pyreqwest), ("executor on pyreqwest (used)", with_executor),
+                   ("executor on aiohttp (candidate)", with_candidate)]
         for turn in range(rounds):
             rows += [f"| {name:<30} | {turn + 1} | {row}" for name, row in await _compare(
                 clients if turn % 2 == 0 else clients[::-1], concurrency, calls)]
     await rq.close()
     await executor.close()
-    await former.close()
+    await candidate.close()
     return rows
 
 
@@ -299,16 +300,16 @@ async def _compare(clients: list[tuple[str, Callable[[], Awaitable[None]]]], con
 
 
 async def stream_throughput(upstream: str, streams: int = 200, concurrency: int = 16, rounds: int = 1) -> list[str]:
-    """50-chunk SSE streams read through the executor (on aiohttp, and as it was on pyreqwest) and
+    """50-chunk SSE streams read through the executor (on pyreqwest, and the candidate on aiohttp) and
     through aiohttp alone: streams/s and client CPU per chunk, the same upstream, ``rounds`` times."""
     body = {"model": "bench-model", "messages": [{"role": "user", "content": "Say something."}], "stream": True}
     url = f"{upstream}/v1/chat/completions"
-    executor, former = Executor(stream_idle_timeout=60), PyreqwestExecutor(stream_idle_timeout=60)
+    executor, candidate = Executor(stream_idle_timeout=60), AiohttpExecutor(stream_idle_timeout=60)
     await executor.start()
-    await former.start()
+    await candidate.start()
     rows = []
     async with aiohttp.ClientSession() as ah:
-        def through(ex: Executor | PyreqwestExecutor) -> Callable[[], Awaitable[None]]:
+        def through(ex: Executor | AiohttpExecutor) -> Callable[[], Awaitable[None]]:
             async def read() -> None:
                 async with ex.stream(HttpCall(url, {"content-type": "application/json"}, body), timeout=30) as up:
                     while await up.next_events(30) is not None:
@@ -320,8 +321,8 @@ async def stream_throughput(upstream: str, streams: int = 200, concurrency: int 
                 async for _ in resp.content:
                     pass
 
-        clients = [("aiohttp", with_aiohttp), ("executor on aiohttp (used)", through(executor)),
-                   ("executor on pyreqwest (former)", through(former))]
+        clients = [("aiohttp", with_aiohttp), ("executor on pyreqwest (used)", through(executor)),
+                   ("executor on aiohttp (candidate)", through(candidate))]
         for turn in range(rounds):
             for name, call in clients if turn % 2 == 0 else clients[::-1]:
                 cpu0 = time.process_time()
@@ -330,7 +331,7 @@ async def stream_throughput(upstream: str, streams: int = 200, concurrency: int 
                 rows.append(f"| {name:<30} | {turn + 1} | {concurrency} | {result.calls / result.seconds:8.0f} | "
                             f"{statistics.median(result.latencies) * 1000:6.2f} | {cpu:6.4f} |")
     await executor.close()
-    await former.close()
+    await candidate.close()
     return sorted(rows)
 
 
@@ -366,7 +367,7 @@ def print_table(title: str, suite: Suite) -> None:
 
 def conc1_table(conc1: dict[str, tuple[float, float | None]]) -> str:
     """Added p50 against both direct clients: aiohttp (the issue's reference client) and the gateway's
-    own HTTP path (the executor)."""
+    own HTTP path (the executor on pyreqwest)."""
     aiohttp_p50, lean_p50 = conc1[DIRECT_AIOHTTP][0], conc1[DIRECT_LEAN][0]
     rows = ["| path | p50 ms | added vs direct aiohttp, ms | added vs direct executor, ms | server CPU ms/call |",
             "|---|---|---|---|---|"]

@@ -1,25 +1,19 @@
 """The only module that sends upstream requests.
 
-Adapters build :class:`HttpCall` objects; the executor sends them with aiohttp (HTTP/1.1 framing and
-parsing by llhttp, 1xx interim responses, gzip/deflate/br/zstd, proxies, a connection pool) and turns
-every transport failure into a :class:`ProviderError` in :func:`map_transport_error`. ``mock://`` URLs
-are answered in-process by the mock upstream.
+Adapters build :class:`HttpCall` objects; the executor sends them with pyreqwest (Rust reqwest and
+hyper: HTTP/1.1 framing, 1xx interim responses, HTTP/2 where TLS offers it, gzip/br/zstd/deflate,
+proxies) and turns every transport failure into a :class:`ProviderError` in
+:func:`map_transport_error`. ``mock://`` URLs are answered in-process by the mock upstream.
 
-Why aiohttp: a cancelled call must end its upstream request at once (a caller who leaves must stop
-the provider generating and billing); aiohttp closes the connection when the awaiting task is
-cancelled, whatever stage the exchange is in.
+Limits, all enforced here: a response head over hyper's bound (~400 KiB or 100 headers) fails the
+call; a body may not exceed ``max_response_bytes`` *decoded*, counted chunk by chunk while it is
+decompressed, so a gzip bomb stops at the cap; at most ``max_connections`` requests are in flight and
+at most ``max_connections_per_host`` to one origin, so one slow base URL cannot starve the rest.
 
-Limits, all enforced here: a response head may have at most ``_MAX_HEADERS`` fields of at most
-``_MAX_FIELD`` bytes each; a body may not exceed ``max_response_bytes`` *decoded*, counted chunk by
-chunk as it is read, and aiohttp inflates a compressed body in bounded steps (at most 256 KiB of
-output per decoder call, the parser paused while the reader is behind), so a gzip bomb stops at the
-cap; at most ``max_connections`` connections per pool and ``max_connections_per_host`` to one
-origin, so one slow base URL cannot starve the rest.
-
-A call may carry an :class:`~.egress.AddressCheck` (a caller-chosen URL): it goes through a pool whose
-resolver checks every address of the host each time it opens a connection (:class:`~.egress.EgressRefused`
-if one fails, nothing sent) and hands aiohttp only the checked addresses to connect to, so DNS cannot
-answer differently between the check and the connect. An IP literal is checked before the request.
+A call may carry an :class:`~.egress.AddressCheck` (a caller-chosen URL): the host is resolved here,
+every address checked (:class:`~.egress.EgressRefused` if one fails, nothing sent), and the request goes
+through a client pinned to exactly those addresses (``ClientBuilder.resolve``), so DNS cannot answer
+differently between the check and the connect.
 """
 
 from __future__ import annotations
@@ -27,23 +21,23 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-import ssl
 import time
-import urllib.request
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
+from datetime import timedelta
+from functools import lru_cache, partial
 from typing import Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
 import grpc
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
-from aiohttp.resolver import ThreadedResolver
 from google.rpc import error_details_pb2
-from yarl import URL
+from pyreqwest import exceptions as rx
+from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.proxy import ProxyBuilder
+from pyreqwest.request import StreamRequest
+from pyreqwest.response import Response
 
 from .convert import dumps
 from .egress import AddressCheck, EgressRefused
@@ -55,12 +49,8 @@ from .sse import make_decoder
 __all__ = ["Executor", "UpstreamReply", "UpstreamStream", "egress_refused", "map_transport_error"]
 
 _USER_AGENT = "llmrpc/0.1"
-_KEEPALIVE = 15.0  # seconds an idle pooled connection is kept
-_MAX_LINE = 8190  # bytes in the status line
-_MAX_FIELD = 16384  # bytes in one header field (name and value)
-_MAX_HEADERS = 100  # header fields in one response head (also bounds the head to about 1.6 MiB)
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_KEEPALIVE = timedelta(seconds=15)  # idle pooled connections are closed after this
+_PINNED_CLIENTS = 32  # clients pinned to checked addresses kept for reuse (least recently used evicted)
 
 
 @dataclass(slots=True)
@@ -85,79 +75,48 @@ class UpstreamStream(Protocol):
     async def next_events(self, timeout: float) -> list[StreamEvent] | None: ...
 
 
-class _Refused(Exception):
-    """Raised by :class:`_CheckingResolver`; the executor names the call's field in the refusal."""
-
-    def __init__(self, host: str, address: IPAddress) -> None:
-        super().__init__(f"{host} resolves to {address}")
-        self.host = host
-        self.address = address
-
-
-class _CheckingResolver(AbstractResolver):
-    """Resolves with ``getaddrinfo`` and refuses the host unless every address passes the policy;
-    aiohttp connects only to the addresses returned here, so what is checked is what is reached."""
-
-    def __init__(self, public_only: bool) -> None:
-        self._inner = ThreadedResolver()
-        self._check = AddressCheck("", public_only=public_only)
-
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET,
-                      ) -> list[ResolveResult]:
-        found = await self._inner.resolve(host, port, family)
-        for info in found:
-            address = ipaddress.ip_address(str(info["host"]).split("%", 1)[0])
-            if self._check.refusal(host, address) is not None:
-                raise _Refused(host, address)
-        return found
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
 class Executor:
-    """Sends :class:`HttpCall` objects. Create and close it inside the serving event loop."""
+    """Sends :class:`HttpCall` objects. Create and close it inside the serving event loop: the HTTP
+    client's Tokio runtime belongs to this process and must never cross a fork."""
 
     def __init__(self, *, max_connections: int = 1000, connect_timeout: float = 10.0,
                  max_response_bytes: int = 64 * 1024 * 1024, proxies: Mapping[str, str] | None = None,
                  max_connections_per_host: int = 0, stream_idle_timeout: float | None = None) -> None:
         self._proxies = dict(proxies or {})
-        self._no_proxy = _NoProxy(self._proxies.get("no", ""))
         self._idle = stream_idle_timeout
         self._max_connections = max_connections
-        self._per_host = max_connections_per_host if 0 < max_connections_per_host < max_connections else 0
+        self._per_host = max_connections_per_host or max_connections
         self._connect_timeout = connect_timeout
         self.max_response_bytes = max_response_bytes
-        self._tls: ssl.SSLContext | None = None
-        # One pool per egress policy: None (the server's own URLs, unchecked), False (link-local and
-        # metadata addresses refused), True (public addresses only).
-        self._sessions: dict[bool | None, aiohttp.ClientSession] = {}
+        self._client: Client | None = None
+        self._stream_client: Client | None = None
+        self._pinned: OrderedDict[tuple[str, tuple[str, ...], bool], _Pinned] = OrderedDict()
+        self._hosts: dict[tuple[str, str, int], _HostSlot] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        # Built here rather than aiohttp's import-time default so that SSL_CERT_FILE/SSL_CERT_DIR as
-        # set when the server starts are honoured.
-        self._tls = ssl.create_default_context()
-        self._session(None)
+        self._client = self._build(streaming=False)
+        self._stream_client = self._build(streaming=True)
 
     async def close(self) -> None:
-        sessions, self._sessions = list(self._sessions.values()), {}
-        for session in sessions:
-            await session.close()
+        clients = [c for c in (self._client, self._stream_client) if c is not None]
+        clients += [p.client for p in self._pinned.values()]
+        self._client = self._stream_client = None
+        self._pinned.clear()
+        for client in clients:
+            await client.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        # pyreqwest completes an awaitable from its Tokio thread, which still holds a Python thread
+        # state for a moment after waking us; an interpreter that exits within that moment aborts
+        # (PyO3 before CPython 3.14). One short pause lets that thread leave Python first.
+        await asyncio.sleep(0.02)
 
-    def _session(self, public_only: bool | None) -> aiohttp.ClientSession:
-        session = self._sessions.get(public_only)
-        if session is not None:
-            return session
-        if self._tls is None:
+    def _default_client(self, streaming: bool) -> Client:
+        client = self._stream_client if streaming else self._client
+        if client is None:
             raise RuntimeError("Executor.start() was not awaited")
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections, limit_per_host=self._per_host, keepalive_timeout=_KEEPALIVE,
-            ssl=self._tls, resolver=ThreadedResolver() if public_only is None else _CheckingResolver(public_only))
-        session = self._sessions[public_only] = aiohttp.ClientSession(
-            connector=connector, headers={"user-agent": _USER_AGENT},
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
-            max_line_size=_MAX_LINE, max_field_size=_MAX_FIELD, max_headers=_MAX_HEADERS)
-        return session
+        return client
 
     async def send(self, call: HttpCall, *, timeout: float, address_check: AddressCheck | None = None,
                    ) -> UpstreamReply:
@@ -169,10 +128,10 @@ class Executor:
             return UpstreamReply(reply.status, reply.headers, reply.body, _ms_since(started))
         try:
             async with asyncio.timeout(timeout), self._open(call.method, call.url, call.headers, dumps(call.body),
-                                                            address_check) as resp:
+                                                            address_check, total=timeout) as resp:
                 body = await _read_bounded(resp, self.max_response_bytes)
                 return UpstreamReply(resp.status, resp.headers, body, _ms_since(started))
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (rx.PyreqwestError, OSError, TimeoutError) as exc:
             raise map_transport_error(exc, timeout=timeout) from exc
 
     async def fetch(self, url: str, *, timeout: float, max_bytes: int, address_check: AddressCheck | None = None,
@@ -182,97 +141,146 @@ class Executor:
         started = time.perf_counter()
         headers = {"accept": "image/*, application/pdf;q=0.9, */*;q=0.5"}
         try:
-            async with asyncio.timeout(timeout), self._open("GET", url, headers, b"", address_check) as resp:
+            async with asyncio.timeout(timeout), self._open("GET", url, headers, b"", address_check,
+                                                            total=timeout) as resp:
                 body = await _read_bounded(resp, max_bytes)
                 return UpstreamReply(resp.status, resp.headers, body, _ms_since(started))
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (rx.PyreqwestError, OSError, TimeoutError) as exc:
             raise map_transport_error(exc, timeout=timeout) from exc
 
     @asynccontextmanager
     async def stream(self, call: HttpCall, *, timeout: float, address_check: AddressCheck | None = None,
-                     ) -> AsyncIterator[UpstreamStream]:
-        """Open a streamed request; ``timeout`` bounds the wait for response headers, and the caller's
-        ``next_events`` timeouts every read (leaving the context, by cancellation too, ends the request)."""
+                     total_timeout: float | None = None) -> AsyncIterator[UpstreamStream]:
+        """Open a streamed request; ``timeout`` bounds the wait for response headers, ``total_timeout``
+        (the call's deadline) the whole exchange, and the stream idle timeout every read."""
         started = time.perf_counter()
         if call.url.startswith(MOCK_SCHEME):
             reply = answer(call)
             await _mock_delay(reply, timeout)
             yield _MockStream(reply, _ms_since(started))
             return
-        opened = self._open(call.method, call.url, call.headers, dumps(call.body), address_check)
-        try:
-            async with asyncio.timeout(timeout):
-                resp = await opened.__aenter__()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise map_transport_error(exc, timeout=timeout) from exc
-        stream = _HttpStream(resp, call.stream_format, _ms_since(started), self.max_response_bytes)
-        try:
-            yield stream
-        finally:
-            await opened.__aexit__(None, None, None)
+        async with AsyncExitStack() as stack:
+            try:
+                async with asyncio.timeout(timeout):
+                    resp = await stack.enter_async_context(self._open(
+                        call.method, call.url, call.headers, dumps(call.body), address_check, total=total_timeout,
+                        streaming=True))
+            except (rx.PyreqwestError, OSError, TimeoutError) as exc:
+                raise map_transport_error(exc, timeout=timeout) from exc
+            # Leaving (also by cancellation) closes the response: its connection is reused only if the
+            # body was read to its end.
+            yield _HttpStream(resp, call.stream_format, _ms_since(started), self.max_response_bytes)
 
     @asynccontextmanager
     async def _open(self, method: str, url: str, headers: Mapping[str, str], body: bytes,
-                    check: AddressCheck | None) -> AsyncIterator[aiohttp.ClientResponse]:
-        """The response, once its head has arrived. Leaving closes it: its connection goes back to the
-        pool only if the body was read to its end."""
-        scheme, host, port = _origin(url)
-        proxy = self._proxy_for(scheme, host, port)
-        pool: bool | None = None
-        if check is not None:
-            literal = _ip_literal(host)
-            if literal is not None:  # aiohttp connects to a literal without asking the resolver
-                _refuse_if(check, host, literal)
-            elif proxy is not None:  # the connection is to the proxy: check what this machine resolves
-                await _check_resolved(check, host, port)
-            else:
-                pool = check.public_only
+                    check: AddressCheck | None, *, total: float | None, streaming: bool = False,
+                    ) -> AsyncIterator[Response]:
+        """The response, once its head has arrived, holding one of the origin's connection slots."""
+        origin = _origin(url)
+        pinned = await self._pin(origin, check, streaming) if check is not None else None
+        client = pinned.client if pinned is not None else self._default_client(streaming)
+        slot = self._hosts.get(origin) or self._hosts.setdefault(origin, _HostSlot(self._per_host))
+        slot.users += 1
+        release = partial(self._release, origin, slot, pinned)
         try:
-            resp = await self._session(pool).request(  # encoded: the adapters' escaping is sent verbatim
-                method, URL(url, encoded=True), headers=headers, data=body if body or method not in ("GET", "HEAD") else None,
-                allow_redirects=False, proxy=proxy)
-        except _Refused as refused:
-            raise _refusal(check, refused.host, refused.address) from None
+            await slot.semaphore.acquire()
+        except BaseException:
+            release(acquired=False)
+            raise
+        request = client.request(method, url).headers(headers)
+        if body or method not in ("GET", "HEAD"):
+            request = request.body_bytes(body)
+        if total is not None:  # also ends the request on pyreqwest's side, which a cancellation does not
+            request = request.timeout(timedelta(seconds=max(total, 0.001)))
+        if streaming:  # hand over the head at once, then each chunk as it arrives
+            request = request.streamed_read_buffer_limit(0)
+        exchange = request.build_streamed()
+        opening = asyncio.get_running_loop().create_task(exchange.__aenter__())
+        try:
+            # Shielded: pyreqwest keeps a cancelled request running until its head arrives or its
+            # timeout passes, so the slot is given back only then (see _abandon).
+            resp = await asyncio.shield(opening)
+        except BaseException:
+            opening.add_done_callback(partial(_abandon, exchange, release))
+            raise
         try:
             yield resp
         finally:
-            if resp.content.is_eof():
-                resp.release()
-            else:
-                resp.close()  # an unread body: the connection cannot be reused
-
-    def _proxy_for(self, scheme: str, host: str, port: int) -> str | None:
-        proxy = self._proxies.get(scheme)
-        if proxy is None or self._no_proxy.bypass(host, port):
-            return None
-        return proxy
-
-
-class _NoProxy:
-    """``NO_PROXY``: names (and their subdomains, ``host:port``, ``*``) as the standard library reads
-    them, plus IP addresses and CIDR ranges."""
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-        self._networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        for entry in value.split(","):
             try:
-                self._networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-            except ValueError:
-                continue
+                await exchange.__aexit__(None, None, None)  # the connection is reused only after a whole body
+            finally:
+                release()
 
-    def bypass(self, host: str, port: int) -> bool:
-        if not self._value:
-            return False
-        literal = _ip_literal(host)
-        if literal is not None and any(literal in net for net in self._networks if net.version == literal.version):
-            return True
-        return bool(urllib.request.proxy_bypass_environment(f"{host}:{port}", {"no": self._value}))
+    def _release(self, origin: tuple[str, str, int], slot: _HostSlot, pinned: _Pinned | None, *,
+                 acquired: bool = True) -> None:
+        if acquired:
+            slot.semaphore.release()
+        slot.users -= 1
+        if not slot.users and self._hosts.get(origin) is slot:
+            del self._hosts[origin]
+        if pinned is not None:
+            pinned.users -= 1
+
+    async def _pin(self, origin: tuple[str, str, int], check: AddressCheck, streaming: bool) -> _Pinned | None:
+        """Resolve ``origin``'s host, refuse it unless every address passes ``check``, and return a
+        client that connects only to those addresses (None for an IP literal: nothing to resolve)."""
+        _, host, port = origin
+        try:
+            literal = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            literal = None
+        if literal is not None:
+            _refuse_if(check, literal, host)
+            return None
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ProviderError(ErrorKind.UNREACHABLE, f"could not resolve {host}: {exc}") from exc
+        addresses = tuple(sorted({str(info[4][0]).split("%", 1)[0] for info in infos}))
+        if not addresses:
+            raise ProviderError(ErrorKind.UNREACHABLE, f"{host} has no address")
+        for address in addresses:
+            _refuse_if(check, ipaddress.ip_address(address), host)
+        key = (host.lower(), addresses, streaming)
+        pinned = self._pinned.get(key)
+        if pinned is None:
+            pinned = self._pinned[key] = _Pinned(self._build(streaming=streaming, pin=(host, addresses)))
+            self._evict()
+        self._pinned.move_to_end(key)
+        pinned.users += 1
+        return pinned
+
+    def _evict(self) -> None:
+        idle = [key for key, p in self._pinned.items() if not p.users]
+        for key in idle[:max(0, len(self._pinned) - _PINNED_CLIENTS)]:
+            task = asyncio.get_running_loop().create_task(self._pinned.pop(key).client.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def _build(self, *, streaming: bool, pin: tuple[str, tuple[str, ...]] | None = None) -> Client:
+        """A client; the streaming one gives up on any read (head included) silent for the stream idle
+        timeout, which ends a stalled request on pyreqwest's side too. Redirects are never followed
+        (an LLM API does not redirect; media follows them itself, checking every hop)."""
+        builder = (ClientBuilder().user_agent(_USER_AGENT).no_proxy().follow_redirects(False).referer(False)
+                   .http2(True).connect_timeout(timedelta(seconds=self._connect_timeout))
+                   .pool_idle_timeout(_KEEPALIVE).max_connections(self._max_connections))
+        if streaming and self._idle:
+            builder = builder.read_timeout(timedelta(seconds=self._idle))
+        no_proxy = self._proxies.get("no") or None
+        for scheme in ("http", "https"):
+            if url := self._proxies.get(scheme):
+                proxy = ProxyBuilder.http(url) if scheme == "http" else ProxyBuilder.https(url)
+                builder = builder.proxy(proxy.no_proxy(no_proxy))
+        if pin is not None:
+            host, addresses = pin
+            for address in addresses:  # port 0: the URL's own port
+                builder = builder.resolve(host, address, 0)
+        return builder.build()
 
 
 @lru_cache(maxsize=1024)
 def _origin(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) of an absolute http(s) URL."""
+    """(scheme, host, port) of an absolute http(s) URL: the unit of the per-host connection limit."""
     try:
         parts = urlsplit(url)
         origin = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
@@ -283,31 +291,36 @@ def _origin(url: str) -> tuple[str, str, int]:
     return origin
 
 
-def _ip_literal(host: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None
+def _abandon(exchange: StreamRequest, release: Callable[[], None], opening: asyncio.Future[Response]) -> None:
+    """A request whose caller gave up has finally ended on pyreqwest's side: close what it got and
+    give its slot back."""
+    if opening.cancelled() or opening.exception() is not None:
+        release()
+        return
+    task = asyncio.get_running_loop().create_task(exchange.__aexit__(None, None, None))
+    task.add_done_callback(lambda _: release())
 
 
-async def _check_resolved(check: AddressCheck, host: str, port: int) -> None:
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise ProviderError(ErrorKind.UNREACHABLE, f"could not resolve {host}: {exc}") from exc
-    for info in infos:
-        _refuse_if(check, host, ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]))
+@dataclass(eq=False, slots=True)
+class _Pinned:
+    client: Client
+    users: int = 0
 
 
-def _refuse_if(check: AddressCheck, host: str, address: IPAddress) -> None:
+class _HostSlot:
+    """The connection slots of one origin; dropped when nobody holds or waits for one."""
+
+    __slots__ = ("semaphore", "users")
+
+    def __init__(self, size: int) -> None:
+        self.semaphore = asyncio.Semaphore(size)
+        self.users = 0
+
+
+def _refuse_if(check: AddressCheck, address: ipaddress.IPv4Address | ipaddress.IPv6Address, host: str) -> None:
     refused = check.refusal(host, address)
     if refused is not None:
         raise refused
-
-
-def _refusal(check: AddressCheck | None, host: str, address: IPAddress) -> EgressRefused:
-    refused = check.refusal(host, address) if check is not None else None
-    return refused or EgressRefused(check.field if check else "api_base", f"{host} resolves to {address}")
 
 
 def egress_refused(refused: EgressRefused) -> ServiceError:
@@ -319,7 +332,7 @@ def egress_refused(refused: EgressRefused) -> ServiceError:
 
 
 class _HttpStream:
-    def __init__(self, resp: aiohttp.ClientResponse, stream_format: str, latency_ms: float, limit: int) -> None:
+    def __init__(self, resp: Response, stream_format: str, latency_ms: float, limit: int) -> None:
         self._resp = resp
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
@@ -332,7 +345,7 @@ class _HttpStream:
     async def read_body(self) -> bytes:
         try:
             return await _read_bounded(self._resp, self._limit)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (rx.PyreqwestError, OSError, TimeoutError) as exc:
             raise map_transport_error(exc, timeout=None) from exc
 
     async def next_events(self, timeout: float) -> list[StreamEvent] | None:
@@ -341,14 +354,15 @@ class _HttpStream:
             return None
         try:
             async with asyncio.timeout(timeout):
-                data = await self._resp.content.readany()
+                chunk = await self._resp.body_reader.read_chunk()
         except TimeoutError:
             raise  # the pipeline decides: idle timeout or the call's deadline
-        except (aiohttp.ClientError, OSError) as exc:
+        except (rx.PyreqwestError, OSError) as exc:
             raise map_transport_error(exc, timeout=None) from exc
-        if not data:
+        if chunk is None:
             self._eof = True
             return self._decoder.close()
+        data = bytes(chunk)
         events = self._decoder.feed(data)
         self._pending = 0 if events else self._pending + len(data)
         if self._pending > self._limit:  # one endless line or event must not exhaust memory
@@ -387,79 +401,64 @@ async def _mock_delay(reply: MockReply, timeout: float) -> None:
         await asyncio.sleep(reply.delay)
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, decoded, failing as soon as the decoded bytes pass ``limit``: aiohttp decodes
-    as we read, in bounded steps, so a compressed bomb is stopped at the cap, never inflated whole."""
-    length = resp.content_length
-    if length is not None and length > limit:
+async def _read_bounded(resp: Response, limit: int) -> bytes:
+    """The whole body, decoded, failing as soon as the decoded bytes pass ``limit``: the decoder
+    runs as we read, so a compressed bomb is stopped at the cap, never inflated whole."""
+    length = resp.get_header("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
         raise ProviderError(ErrorKind.BAD_RESPONSE, f"upstream body of {length} bytes exceeds {limit}",
                             status=resp.status)
     chunks: list[bytes] = []
     size = 0
-    while chunk := await resp.content.readany():
+    reader = resp.body_reader
+    while (chunk := await reader.read_chunk()) is not None:
         size += len(chunk)
         if size > limit:
             raise ProviderError(ErrorKind.BAD_RESPONSE, f"upstream body exceeds {limit} bytes decoded",
                                 status=resp.status)
-        chunks.append(chunk)
+        chunks.append(bytes(chunk))
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def map_transport_error(exc: BaseException, *, timeout: float | None) -> ProviderError:
     """Classify a transport failure (the executor's ``map_httpcore_exceptions``)."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, rx.ConnectTimeoutError):
         return ProviderError(ErrorKind.TIMEOUT, f"connecting to the upstream timed out: {_causes(exc)}")
-    if isinstance(exc, TimeoutError):  # asyncio's, and aiohttp's read timeouts
+    if isinstance(exc, TimeoutError):  # asyncio's, and pyreqwest's read/write/pool timeouts
         limit = "" if timeout is None else f" within {timeout:.3g}s"
         return ProviderError(ErrorKind.TIMEOUT, f"upstream did not answer{limit}")
-    if isinstance(exc, aiohttp.ClientHttpProxyError):  # the proxy refused the tunnel
-        return ProviderError(ErrorKind.UNREACHABLE, f"the egress proxy answered HTTP {exc.status}: {exc.message}")
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return ProviderError(ErrorKind.UNREACHABLE, f"could not resolve {exc.host}: {exc.os_error}")
-    if isinstance(exc, aiohttp.ClientConnectorError):  # refused, TLS verification (a ValueError too)
-        return ProviderError(ErrorKind.UNREACHABLE, f"cannot connect to the upstream: {_causes(exc)}")
-    if isinstance(exc, aiohttp.InvalidURL | ValueError):
+    if isinstance(exc, rx.BuilderError | ValueError):
         return ProviderError(ErrorKind.BAD_REQUEST, f"invalid upstream request: {_causes(exc)}")
-    if isinstance(exc, aiohttp.ClientResponseError):  # a head llhttp refuses (too large, malformed)
-        return ProviderError(ErrorKind.BAD_RESPONSE, f"invalid upstream response: {_head_error(exc)}")
-    if isinstance(exc, aiohttp.ClientPayloadError) and _bad_encoding(exc):
+    if isinstance(exc, rx.ConnectError):
+        return ProviderError(ErrorKind.UNREACHABLE, f"cannot connect to the upstream: {_causes(exc)}")
+    if isinstance(exc, rx.DecodeError):  # a head hyper refuses (too large, malformed), a bad compressed body
         return ProviderError(ErrorKind.BAD_RESPONSE, f"invalid upstream response: {_causes(exc)}")
-    if isinstance(exc, aiohttp.ClientError | ConnectionError | OSError):
+    if isinstance(exc, rx.ReadError) and _bad_encoding(exc):
+        return ProviderError(ErrorKind.BAD_RESPONSE, f"invalid upstream response: {_causes(exc)}")
+    if isinstance(exc, rx.PyreqwestError | ConnectionError):
         return ProviderError(ErrorKind.UNREACHABLE, f"the upstream connection failed: {_causes(exc)}")
     return ProviderError(ErrorKind.UNREACHABLE, f"upstream connection failed: {exc!r}")
 
 
-def _head_error(exc: aiohttp.ClientResponseError) -> str:
-    message = str(exc.message).strip()
-    cause = exc.__cause__
-    if isinstance(cause, LineTooLong) or "too many headers" in message.lower() or "too long" in message.lower():
-        return f"the message head is too large (at most {_MAX_HEADERS} fields of {_MAX_FIELD} bytes): {message}"
-    return message
-
-
-def _bad_encoding(exc: aiohttp.ClientPayloadError) -> bool:
+def _bad_encoding(exc: rx.ReadError) -> bool:
     """A body that does not decompress (truncated or corrupt gzip, br, zstd), as opposed to a
-    connection that broke while reading it."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ContentEncodingError):
-            return True
-        cause = cause.__cause__
-    return False
+    connection that broke while reading it: reqwest reports both as a decode-stage read error and
+    only the chain of causes tells them apart."""
+    text = _causes(exc)
+    return "decoding response body" in text and "reading a body from connection" not in text
 
 
 def _causes(exc: BaseException) -> str:
-    """The message plus its chain of causes, deduplicated."""
-    parts: list[str] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(parts) < 4:
-        message = str(seen) or type(seen).__name__
-        if message not in parts:
+    """pyreqwest's message plus its chain of causes (reqwest's ``source()`` errors), deduplicated."""
+    details = getattr(exc, "details", None)
+    causes = details.get("causes") if isinstance(details, dict) else None
+    parts = [str(getattr(exc, "message", exc))]
+    for cause in causes or []:
+        message = str(cause.get("message", ""))
+        if message and message not in parts and not message.startswith("error sending request for url"):
             parts.append(message)
-        seen = seen.__cause__
     return ": ".join(parts)
 
 
 def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
-

@@ -283,7 +283,8 @@ class Pipeline:
         idle, remaining = self._settings.stream_idle_timeout, _time_left(deadline)
         opened = False
         try:
-            async with self._executor.stream(call, timeout=min(idle, remaining), address_check=check) as upstream:
+            async with self._executor.stream(call, timeout=min(idle, remaining), address_check=check,
+                                             total_timeout=remaining) as upstream:
                 opened = True
                 yield upstream
         except ProviderError as err:
