@@ -162,7 +162,7 @@ def run(settings: Settings) -> None:
         load_listener_tls(settings)  # once, before any worker starts, so a bad file is one clear error
     except ValueError as exc:
         raise SystemExit(f"llmrpc-server: bad setting: {exc}") from None
-    for warning in startup_warnings(settings):  # once for all workers
+    for warning in (*settings.config_warnings, *startup_warnings(settings)):  # once for all workers
         log.warning("%s", warning)
     workers = settings.workers or os.cpu_count() or 1
     if workers == 1:

@@ -287,7 +287,7 @@ class CachingBackend:
         read, store = not opts.no_cache, not opts.no_store and ttl > 0
         if not (read or store):
             return None
-        namespace = opts.namespace
+        namespace = opts.namespace or self._settings.cache_namespace
         return CachePlan(
             key=cache_key(req, route.target, namespace), namespace=namespace, read=read, store=store, ttl=ttl,
             max_age=opts.s_maxage if opts.HasField("s_maxage") else None,
