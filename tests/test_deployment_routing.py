@@ -18,6 +18,7 @@ from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 from llmrpc_server import retry
 from llmrpc_server.config import Settings
+from llmrpc_server.proxy_config import ConfigError
 
 from tests.support import GatewayThread
 from tests.upstreams import FakeUpstream
@@ -273,3 +274,27 @@ def test_without_a_config_nothing_is_routed(upstreams: list[FakeUpstream]) -> No
         assert gw.gateway is not None and gw.gateway.reloader is not None and gw.gateway.reloader.table is None
         resp = client.completion(model="openai/gpt-4o", messages=MESSAGES)
     assert resp._hidden_params["model_id"] is None and deployments_of(resp) == [None]
+
+
+def test_request_model_list_follows_the_caller_base_policy(start: Callable[..., GatewayThread],
+                                                           upstreams: list[FakeUpstream]) -> None:
+    a, _, _ = upstreams
+    gw = start({"model_list": [deployment("unrelated", a, "u")]})
+    with llmrpc.Client(gw.address) as client:
+        # A base the server did not configure never gets the server's key: the caller must bring one.
+        with pytest.raises(llmrpc.BadRequestError, match=r"model_list\[0\]\.litellm_params\.api_key"):
+            client.completion(model="gpt", messages=MESSAGES, model_list=[
+                {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_base": a.url}}])
+        with pytest.raises(llmrpc.BadRequestError, match=r"model_list\[0\]\.litellm_params\.api_base"):
+            client.completion(model="gpt", messages=MESSAGES, model_list=[
+                {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_base": a.url + "?x=1",
+                                                         "api_key": "sk-x"}}])
+    assert not a.requests
+
+
+def test_config_deployment_bases_are_checked_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"model_list": [
+        {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_base": "http://user:pw@host/v1"}}]}))
+    with pytest.raises(ConfigError, match=r"model_list\[0\]\.litellm_params\.api_base"):
+        Settings.load(environ={}, config_file=str(path))
