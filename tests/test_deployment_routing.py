@@ -298,3 +298,67 @@ def test_config_deployment_bases_are_checked_at_load(tmp_path: Path) -> None:
         {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_base": "http://user:pw@host/v1"}}]}))
     with pytest.raises(ConfigError, match=r"model_list\[0\]\.litellm_params\.api_base"):
         Settings.load(environ={}, config_file=str(path))
+
+
+def test_strategies_rank_by_their_own_measure() -> None:
+    """least-busy, latency-based and usage-based ranking over a state with known counts (the
+    end-to-end tests above cover the shuffle, cooldowns and limits)."""
+    import random
+
+    from llmrpc_server.deployment_state import LocalDeploymentState
+    from llmrpc_server.deployments import Deployment
+    from llmrpc_server.routing_strategies import choose
+
+    deps = [Deployment(id=name, model_name="g", model="openai/x") for name in ("a", "b", "c")]
+    state = LocalDeploymentState()
+    rng = random.Random(7)
+    for _ in range(3):
+        state.started("a")
+    state.started("b")
+    assert {choose("least-busy", deps, state, rng).id for _ in range(20)} == {"c"}
+    state.started("c")
+    state.started("c")
+    assert {choose("least-busy", deps, state, rng).id for _ in range(20)} == {"b"}
+
+    latency = LocalDeploymentState()
+    for dep_id, seconds in (("a", 0.5), ("b", 0.1), ("c", 0.9)):
+        latency.started(dep_id)
+        latency.finished(dep_id, seconds)
+    assert {choose("latency-based-routing", deps, latency, rng).id for _ in range(20)} == {"b"}
+    unseen = [*deps, Deployment(id="new", model_name="g", model="openai/x")]
+    assert choose("latency-based-routing", unseen, latency, rng).id == "new"  # tried before it is ranked
+
+    usage = LocalDeploymentState()
+    usage.record_tokens("a", 500)
+    usage.record_tokens("b", 100)
+    usage.record_tokens("c", 100)
+    usage.record_request("c")
+    for strategy in ("usage-based-routing", "usage-based-routing-v2"):
+        assert {choose(strategy, deps, usage, rng).id for _ in range(20)} == {"b"}
+
+
+def test_least_busy_avoids_a_deployment_with_a_call_in_flight(start: Callable[..., GatewayThread],
+                                                               upstreams: list[FakeUpstream]) -> None:
+    import threading
+
+    from tests.upstreams.server import StallReply
+
+    a, b, _ = upstreams
+    gw = start({"model_list": [deployment("gpt", a, "a"), deployment("gpt", b, "b")],
+                "router_settings": {"routing_strategy": "least-busy"}})
+    a.enqueue(StallReply(seconds=3))
+    b.enqueue(StallReply(seconds=3))
+    with llmrpc.Client(gw.address) as client:
+        first: list[str] = []
+        worker = threading.Thread(target=lambda: first.append(
+            client.completion(model="gpt", messages=MESSAGES)._hidden_params["model_id"]))
+        worker.start()
+        assert a.wait_for(lambda: len(a.requests) + len(b.requests) == 1, timeout=30)
+        busy = "a" if a.requests else "b"
+        # While one call waits on `busy`, every new call goes to the other deployment.
+        idle_up = b if busy == "a" else a
+        idle_up.reset()
+        idle_up.default = oai.default_handler
+        others = {client.completion(model="gpt", messages=MESSAGES)._hidden_params["model_id"] for _ in range(5)}
+        worker.join(30)
+    assert others == {"b" if busy == "a" else "a"} and first == [busy]
