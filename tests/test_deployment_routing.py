@@ -362,3 +362,23 @@ def test_least_busy_avoids_a_deployment_with_a_call_in_flight(start: Callable[..
         others = {client.completion(model="gpt", messages=MESSAGES)._hidden_params["model_id"] for _ in range(5)}
         worker.join(30)
     assert others == {"b" if busy == "a" else "a"} and first == [busy]
+
+
+def test_cache_params_cache_a_model_group(start: Callable[..., GatewayThread], upstreams: list[FakeUpstream]) -> None:
+    a, b, _ = upstreams
+    gw = start({"model_list": [deployment("gpt", a, "a"), deployment("gpt", b, "b")],
+                "litellm_settings": {"cache": True, "cache_params": {"type": "local", "ttl": 60}}})
+    with llmrpc.Client(gw.address) as client:
+        first = client.completion(model="gpt", messages=MESSAGES)
+        second = client.completion(model="gpt", messages=MESSAGES)
+    assert not first._hidden_params["cache_hit"] and second._hidden_params["cache_hit"]
+    assert len(a.requests) + len(b.requests) == 1
+
+
+def test_request_model_list_without_a_server_config(upstreams: list[FakeUpstream]) -> None:
+    a = upstreams[0]
+    settings = Settings(host="127.0.0.1", port=0, grace=0.5, cache_path=":memory:")
+    with GatewayThread(settings) as gw, llmrpc.Client(gw.address) as client:
+        resp = client.completion(model="mine", messages=MESSAGES, model_list=[
+            {"model_name": "mine", "litellm_params": {"model": "openai/gpt-4o", "api_base": a.url, "api_key": "k"}}])
+    assert resp._hidden_params["model_id"] == "mine#0" and a.requests[0].headers["authorization"] == "Bearer k"
