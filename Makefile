@@ -13,10 +13,10 @@ BUF := tools/protogen/node_modules/.bin/buf
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,parity]"
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install llmrpc[server,dev] (editable)
+install: $(STAMP) ## create .venv and install llmrpc[server,dev,parity] (editable; parity = LiteLLM for the parity tests)
 
 run: install ## run the gateway on its embedded defaults (mock provider, SQLite cache, keys from env)
 	$(BIN)/llmrpc-server --port $(PORT)
