@@ -382,3 +382,28 @@ def test_request_model_list_without_a_server_config(upstreams: list[FakeUpstream
         resp = client.completion(model="mine", messages=MESSAGES, model_list=[
             {"model_name": "mine", "litellm_params": {"model": "openai/gpt-4o", "api_base": a.url, "api_key": "k"}}])
     assert resp._hidden_params["model_id"] == "mine#0" and a.requests[0].headers["authorization"] == "Bearer k"
+
+
+def test_attempt_spans_name_the_deployment_never_its_key(tmp_path: Path, upstreams: list[FakeUpstream]) -> None:
+    from opentelemetry.trace import SpanKind
+
+    from tests.otel_support import Otel, TelemetryGateway, of_kind
+
+    a, b, _ = upstreams
+    a.default = always(lambda: oai.server_error(500))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"model_list": [deployment("gpt", a, "first", order=1),
+                                                   deployment("gpt", b, "second", order=2)],
+                                    "router_settings": {"num_retries": 1}}))
+    settings = replace(Settings.load(environ={}, config_file=str(path)), host="127.0.0.1", port=0, grace=0.5,
+                       cache_path=":memory:")
+    otel = Otel()
+    gw = TelemetryGateway(settings, otel.telemetry()).start()
+    try:
+        with llmrpc.Client(gw.address) as client:
+            client.completion(model="gpt", messages=MESSAGES)
+        attempts = sorted(of_kind(otel.wait_spans(), SpanKind.CLIENT), key=lambda s: s.start_time or 0)
+    finally:
+        gw.stop()
+    assert [dict(s.attributes or {}).get("llmrpc.deployment") for s in attempts] == ["first", "second"]
+    assert not any("sk-first" in str(dict(s.attributes or {})) for s in attempts)
