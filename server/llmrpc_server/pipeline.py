@@ -16,7 +16,7 @@ from .counters import DEADLINE_EXCEEDED, FALLBACKS, RETRIES, STREAM_IDLE_TIMEOUT
 from .errors import ServiceError, from_provider_error, invalid_argument
 from .executor import Executor, UpstreamStream
 from .media import MediaInliner
-from .params import openai_name, set_params, without_params
+from .params import ALWAYS_DROPPED, openai_name, set_params, unforwarded_body_keys, without_body_keys, without_params
 from .providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent, Target
 from .retry import Deadline, backoff_delay
 from .router import Route, Router
@@ -107,12 +107,17 @@ class Pipeline:
     def prepare(self, req: pb.CompleteRequest, model: str) -> tuple[Route, pb.CompleteRequest]:
         """Resolve ``model`` and apply the provider's supported-parameter policy."""
         route = self._router.resolve(req, model)
+        if req.HasField("extra_body") and (own := unforwarded_body_keys(req, route.adapter.name)):
+            req = without_body_keys(req, own)
         unsupported = [f for f in set_params(req) if f not in route.adapter.supported_params]
         if not unsupported:
             return route, req
         drop = req.drop_params if req.HasField("drop_params") else self._settings.drop_params
-        if drop:
+        if drop or ALWAYS_DROPPED.issuperset(unsupported):
             return route, without_params(req, unsupported)
+        if not ALWAYS_DROPPED.isdisjoint(unsupported):
+            req = without_params(req, [f for f in unsupported if f in ALWAYS_DROPPED])
+            unsupported = [f for f in unsupported if f not in ALWAYS_DROPPED]
         names = ", ".join(openai_name(f) for f in unsupported)
         raise invalid_argument(
             [(f, f"{route.adapter.name} does not support parameter {openai_name(f)!r}; "
@@ -315,7 +320,8 @@ def _require_key(route: Route) -> None:
     if route.adapter.key_required and not route.target.api_key:
         names = " or ".join(route.adapter.env_keys)
         raise ProviderError(ErrorKind.API_KEY_MISSING,
-                            f"no API key for {route.adapter.name}: pass api_key or set {names}")
+                            f"no API key for {route.adapter.name}: provider keys live on the llmrpc gateway, "
+                            f"so set {names} in the gateway's environment and restart it (or pass api_key)")
 
 
 def _time_left(deadline: Deadline) -> float:

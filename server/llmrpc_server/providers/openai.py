@@ -86,6 +86,8 @@ class OpenAIAdapter:
         headers = {"content-type": "application/json", **self.spec.extra_headers}
         if target.api_key:
             headers["authorization"] = f"Bearer {target.api_key}"
+        if self.name == "openai" and req.HasField("organization"):  # as the openai SDK sends it
+            headers["openai-organization"] = req.organization
         headers.update(req.extra_headers)
         return headers
 
