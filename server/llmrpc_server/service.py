@@ -14,6 +14,7 @@ from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 
 from .config import Settings
 from .errors import ServiceError, from_provider_error, internal_error, invalid_argument, to_status
+from .hidden_usage import UsageHider
 from .params import openai_name
 from .pipeline import Backend
 from .providers.base import ProviderError
@@ -53,8 +54,17 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
             validate_request(req, prefix="request.")
             self._router.check_fallbacks(req, prefix="request.")
             include_usage = request.stream_options.include_usage
-            async for chunk in self._backend.stream(req, self._deadline(req, context), include_usage=include_usage):
-                yield chunk
+            chunks = self._backend.stream(req, self._deadline(req, context), include_usage=include_usage)
+            if include_usage:
+                async for chunk in chunks:
+                    yield chunk
+            else:  # the provider's usage still travels, as LiteLLM's hidden usage
+                hider = UsageHider()
+                async for chunk in chunks:
+                    for out in hider.add(chunk):
+                        yield out
+                for out in hider.finish():
+                    yield out
         except Exception as exc:
             await _abort(context, exc)
 

@@ -405,11 +405,11 @@ def _on_message_delta(data: dict[str, Any], state: StreamState) -> _Chunks:
 def _on_message_stop(data: dict[str, Any], state: StreamState) -> _Chunks:
     state.finished = True
     chunks = [] if _s(state).finish_sent else [_finish_chunk(state)]
-    if state.include_usage:
-        chunks.append(pb.StreamCompleteResponse(
-            id=state.id, object="chat.completion.chunk", created=state.created, model=state.model,
-            usage=usage_from_anthropic(state.usage),
-        ))
+    # Usage always: the service hides it unless include_usage was asked for.
+    chunks.append(pb.StreamCompleteResponse(
+        id=state.id, object="chat.completion.chunk", created=state.created, model=state.model,
+        usage=usage_from_anthropic(state.usage),
+    ))
     return chunks
 
 

@@ -117,12 +117,8 @@ class OpenAIAdapter:
         )
         if adjusted is None:
             return ()
-        chunk = adjusted
-        if chunk.HasField("usage") and not state.include_usage:
-            chunk.ClearField("usage")
-            if not chunk.choices:
-                return ()
-        return (chunk,)
+        # Usage is passed on even when the caller did not ask for it: the service hides it then.
+        return (adjusted,)
 
     def finish_stream(self, state: StreamState) -> Iterable[pb.StreamCompleteResponse]:
         return ()
