@@ -10,7 +10,7 @@ PORT ?= 50051
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,parity]"
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install llmrpc[server,dev] (editable)

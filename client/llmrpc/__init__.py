@@ -14,6 +14,25 @@ from . import exceptions
 from ._callbacks import failure_callback, success_callback
 from ._chunk_builder import stream_chunk_builder
 from ._client import Client, acompletion, completion, get_supported_openai_params
+from ._model_info import (
+    completion_cost,
+    get_llm_provider,
+    get_model_info,
+    model_cost,
+    supports_audio_input,
+    supports_audio_output,
+    supports_function_calling,
+    supports_parallel_function_calling,
+    supports_pdf_input,
+    supports_prompt_caching,
+    supports_reasoning,
+    supports_response_schema,
+    supports_system_messages,
+    supports_tool_choice,
+    supports_vision,
+    supports_web_search,
+    token_counter,
+)
 from ._streaming import AsyncCustomStreamWrapper, CustomStreamWrapper
 from ._types import (
     ChatCompletionDeltaToolCall,
@@ -94,8 +113,25 @@ __all__ = [
     "__version__",
     "acompletion",
     "completion",
+    "completion_cost",
     "failure_callback",
+    "get_llm_provider",
+    "get_model_info",
     "get_supported_openai_params",
+    "model_cost",
     "stream_chunk_builder",
     "success_callback",
+    "supports_audio_input",
+    "supports_audio_output",
+    "supports_function_calling",
+    "supports_parallel_function_calling",
+    "supports_pdf_input",
+    "supports_prompt_caching",
+    "supports_reasoning",
+    "supports_response_schema",
+    "supports_system_messages",
+    "supports_tool_choice",
+    "supports_vision",
+    "supports_web_search",
+    "token_counter",
 ]

@@ -129,7 +129,8 @@ LITELLM_OWN_PARAMS = frozenset(
     "signoz_ingestion_endpoint", "signoz_ingestion_key", "silent_model", "ssl_verify", "stream_chunk_size",
     "stream_response", "stream_timeout_by_service_tier", "supports_system_message", "tag_regex", "tags",
     "tenant_id", "text_completion", "tiered_pricing", "timeout_by_service_tier", "token_exchange_audience",
-    "token_exchange_endpoint", "token_exchange_profile", "token_exchange_scope", "tpm", "ttl", "turn_off_message_logging",
+    "token_exchange_endpoint", "token_exchange_profile", "token_exchange_scope", "tpm", "ttl",
+    "turn_off_message_logging",
     "use_chat_completions_api", "use_client", "use_in_pass_through", "use_litellm_proxy", "use_xai_oauth",
     "user_continue_message", "verbose", "wandb_api_key", "weave_project_id", "weight",
     }

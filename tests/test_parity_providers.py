@@ -1,0 +1,166 @@
+"""LiteLLM and llmrpc side by side on every provider family the fakes serve (openai, anthropic, gemini,
+ollama): what callers get (content, finish reasons, usage with its details, stream shapes, exception
+classes) and what the upstream receives. Known differences are listed in the README's "Differences
+from LiteLLM" section; the exclusions below name the bullet they stand for."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import llmrpc
+from tests.parity import FAMILIES, Parity, litellm, parity_env, volatile_free
+from tests.upstreams import anthropic, gemini, ollama, openai
+
+M = [{"role": "user", "content": "hello there friend"}]
+NAMES = sorted(FAMILIES)
+
+
+@pytest.fixture(scope="module")
+def fams() -> Iterator[dict[str, Parity]]:
+    with parity_env() as env:
+        yield env
+
+
+def usage_view(usage: Any) -> dict[str, Any]:
+    """The usage numbers callers read, details included (always objects on both sides)."""
+    u = usage if isinstance(usage, dict) else usage.model_dump()
+    return {
+        "prompt_tokens": u["prompt_tokens"], "completion_tokens": u["completion_tokens"],
+        "total_tokens": u["total_tokens"],
+        "reasoning_tokens": u["completion_tokens_details"]["reasoning_tokens"] or 0,  # LiteLLM: None on Gemini
+        "cached_tokens": u["prompt_tokens_details"]["cached_tokens"] or 0,
+        "cache_read_input_tokens": u.get("cache_read_input_tokens", 0) or 0,
+        "cache_creation_input_tokens": u.get("cache_creation_input_tokens", 0) or 0,
+    }
+
+
+def sent_view(family: str, sent: Any) -> dict[str, Any]:
+    view = volatile_free(sent)
+    if family == "anthropic":  # README: default max_tokens for Anthropic
+        view["body"].pop("max_tokens", None)
+    return view
+
+
+@pytest.mark.parametrize("family", NAMES)
+def test_text_answer_and_upstream_body(fams: dict[str, Parity], family: str) -> None:
+    p = fams[family]
+    ours, ours_sent = p.llmrpc(messages=M, temperature=0.5, max_tokens=50)
+    theirs, their_sent = p.litellm(messages=M, temperature=0.5, max_tokens=50)
+    assert ours.choices[0].message.content == theirs.choices[0].message.content
+    assert ours.choices[0].finish_reason == theirs.choices[0].finish_reason
+    assert ours.choices[0].message.role == theirs.choices[0].message.role
+    assert usage_view(ours.usage) == usage_view(theirs.usage)
+    assert sent_view(family, ours_sent) == sent_view(family, their_sent)
+
+
+@pytest.mark.parametrize("family", NAMES)
+def test_litellm_own_kwargs_never_reach_the_upstream(fams: dict[str, Parity], family: str) -> None:
+    p = fams[family]
+    own = {"tags": ["a"], "litellm_call_id": "call-1", "litellm_trace_id": "t-1", "input_cost_per_token": 1e-6,
+           "no-log": True, "max_retries": 0, "request_timeout": 30, "user": "u-1", "mock_timeout": False,
+           "metadata": {"k": "v"}, "additional_drop_params": ["seed"], "seed": 7}
+    ours, ours_sent = p.llmrpc(messages=M, **own)
+    theirs, their_sent = p.litellm(messages=M, **own)
+    assert not isinstance(ours, Exception), ours
+    assert not isinstance(theirs, Exception), theirs
+    assert sent_view(family, ours_sent) == sent_view(family, their_sent)
+
+
+@pytest.mark.parametrize("family", NAMES)
+def test_stream_with_usage(fams: dict[str, Parity], family: str) -> None:
+    p = fams[family]
+    kwargs: dict[str, Any] = {"messages": M, "stream": True, "stream_options": {"include_usage": True}}
+    ours, ours_sent = p.llmrpc(**kwargs)
+    theirs, their_sent = p.litellm(**kwargs)
+    for chunks in (ours, theirs):  # the usage chunk has an empty choice: choices[0].delta never raises
+        assert chunks[-1].usage is not None and chunks[-1].choices[0].delta.content is None
+        assert chunks[-1].choices[0].finish_reason is None
+    text = "".join(c.choices[0].delta.content or "" for c in ours)
+    assert text == "".join(c.choices[0].delta.content or "" for c in theirs)
+    ours_built, theirs_built = llmrpc.stream_chunk_builder(ours), litellm.stream_chunk_builder(theirs)
+    assert ours_built.choices[0].message.content == theirs_built.choices[0].message.content == text
+    assert usage_view(ours_built.usage) == usage_view(theirs_built.usage)
+    assert sent_view(family, ours_sent) == sent_view(family, their_sent)
+
+
+@pytest.mark.parametrize("family", [n for n in NAMES if n != "openai"])  # README: OpenAI stream usage
+def test_stream_without_include_usage_keeps_provider_usage(fams: dict[str, Parity], family: str) -> None:
+    p = fams[family]
+    ours, _ = p.llmrpc(messages=M, stream=True)
+    theirs, _ = p.litellm(messages=M, stream=True)
+    assert len(ours) == len(theirs)
+    assert all(c.usage is None for c in ours)
+    assert [c.choices[0].finish_reason for c in ours] == [c.choices[0].finish_reason for c in theirs]
+    assert usage_view(llmrpc.stream_chunk_builder(ours).usage) == usage_view(
+        litellm.stream_chunk_builder(theirs).usage)
+
+
+ERRORS = {
+    "openai": {429: lambda: openai.rate_limited(retry_after=0), 401: openai.invalid_api_key,
+               500: lambda: openai.server_error(500), 404: openai.model_not_found,
+               400: openai.context_length_exceeded},
+    "anthropic": {429: lambda: anthropic.rate_limited(), 401: anthropic.invalid_api_key,
+                  529: anthropic.overloaded, 500: anthropic.api_error, 400: anthropic.prompt_too_long},
+    "gemini": {429: gemini.resource_exhausted, 400: gemini.api_key_invalid, 503: gemini.unavailable,
+               404: gemini.not_found},
+    "ollama": {404: ollama.model_not_found, 500: lambda: ollama.error(500, "boom")},
+}
+CASES = [(f, s) for f in NAMES for s in sorted(ERRORS[f])]
+
+
+@pytest.mark.parametrize(("family", "status"), CASES)
+def test_error_classes(fams: dict[str, Parity], family: str, status: int) -> None:
+    p = fams[family]
+    p.upstream.enqueue(ERRORS[family][status]())
+    ours, _ = p.llmrpc(messages=M)
+    p.upstream.enqueue(ERRORS[family][status]())
+    theirs, _ = p.litellm(messages=M)
+    assert isinstance(ours, Exception) and isinstance(theirs, Exception)
+    assert type(ours).__name__ == type(theirs).__name__, (ours, theirs)
+    assert getattr(ours, "status_code", None) == getattr(theirs, "status_code", None)
+
+
+def test_pydantic_response_format_is_strict_as_litellm_sends_it(fams: dict[str, Parity]) -> None:
+    from pydantic import BaseModel
+
+    class Person(BaseModel):
+        name: str
+        age: int
+
+    p = fams["openai"]
+    _, ours_sent = p.llmrpc(messages=M, response_format=Person)
+    _, their_sent = p.litellm(messages=M, response_format=Person)
+    assert sent_view("openai", ours_sent) == sent_view("openai", their_sent)
+    assert ours_sent is not None and ours_sent.json()["response_format"]["json_schema"]["strict"] is True
+
+
+def test_organization_header_on_openai(fams: dict[str, Parity]) -> None:
+    p = fams["openai"]
+    _, ours_sent = p.llmrpc(messages=M, organization="org-1")
+    _, their_sent = p.litellm(messages=M, organization="org-1")
+    assert ours_sent is not None and their_sent is not None
+    assert ours_sent.headers["openai-organization"] == their_sent.headers["openai-organization"] == "org-1"
+    assert sent_view("openai", ours_sent) == sent_view("openai", their_sent)
+
+
+def test_mock_tool_calls(fams: dict[str, Parity]) -> None:
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]
+    ours = fams["openai"].client.completion(model="openai/gpt-4o", messages=M, mock_tool_calls=calls)
+    theirs = litellm.completion(model="openai/gpt-4o", messages=M, mock_tool_calls=calls)
+    for resp in (ours, theirs):
+        call = resp.choices[0].message.tool_calls[0]
+        assert (call.id, call.function.name, call.function.arguments) == ("call_1", "f", "{\"x\": 1}")
+    assert ours.choices[0].message.content == theirs.choices[0].message.content
+
+
+def test_token_counter_matches_for_plain_messages(fams: dict[str, Parity]) -> None:
+    client = fams["openai"].client
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there friend", "name": "bob"}]
+    for model in ("gpt-4o", "gpt-3.5-turbo", "anthropic/claude-sonnet-4-5", "gemini/gemini-2.5-flash"):
+        assert llmrpc.token_counter(model=model, messages=msgs, client=client) == litellm.token_counter(
+            model=model, messages=msgs)
+        assert llmrpc.token_counter(model=model, text="hello there friend", client=client) == litellm.token_counter(
+            model=model, text="hello there friend")
