@@ -19,6 +19,7 @@ with warnings.catch_warnings():  # LiteLLM's import warns about its own dependen
     import litellm
 
 import llmrpc
+
 from tests.support import GatewayThread, gateway_settings
 from tests.upstreams import FakeUpstream, RecordedRequest, anthropic, gemini, ollama, openai
 
