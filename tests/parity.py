@@ -40,7 +40,8 @@ class Family:
 
 
 FAMILIES = {
-    "openai": Family("openai", "openai/gpt-4o", openai.default_handler, "OPENAI_API_BASE", "OPENAI_API_KEY", "/v1", "/v1"),
+    "openai": Family("openai", "openai/gpt-4o", openai.default_handler, "OPENAI_API_BASE", "OPENAI_API_KEY",
+                     "/v1", "/v1"),
     "anthropic": Family("anthropic", "anthropic/claude-sonnet-4-5", anthropic.default_handler,
                         "ANTHROPIC_API_BASE", "ANTHROPIC_API_KEY"),
     "gemini": Family("gemini", "gemini/gemini-2.5-flash", gemini.default_handler, "GEMINI_API_BASE",

@@ -182,7 +182,8 @@ def test_mock_tool_calls(fams: dict[str, Parity]) -> None:
 
 def test_token_counter_matches_for_plain_messages(fams: dict[str, Parity]) -> None:
     client = fams["openai"].client
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there friend", "name": "bob"}]
+    msgs = [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hello there friend", "name": "bob"}]
     for model in ("gpt-4o", "gpt-3.5-turbo", "anthropic/claude-sonnet-4-5", "gemini/gemini-2.5-flash"):
         assert llmrpc.token_counter(model=model, messages=msgs, client=client) == litellm.token_counter(
             model=model, messages=msgs)

@@ -120,7 +120,7 @@ def _info_dict(info: completion_service_pb2.ModelInfo) -> dict[str, Any]:
         "supported_openai_params": list(info.supported_openai_params),
     }
     for field in (*_NUMBERS, *_FLAGS):
-        out[field] = getattr(info, field) if info.HasField(field) else None
+        out[field] = getattr(info, field) if info.HasField(field) else None  # type: ignore[arg-type]
     out["_provider_model"] = info.provider_model
     return out
 

@@ -137,8 +137,9 @@ def _completion(content: str, body: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 def _mock_tool_call(index: int, call: Any) -> dict[str, Any]:
-    data = call if isinstance(call, dict) else {}
-    function = data.get("function") if isinstance(data.get("function"), dict) else {}
+    data: dict[str, Any] = call if isinstance(call, dict) else {}
+    raw = data.get("function")
+    function: dict[str, Any] = raw if isinstance(raw, dict) else {}
     arguments = function.get("arguments", "")
     return {
         "id": str(data.get("id") or f"call_mock_{index}"), "type": "function",
