@@ -34,6 +34,7 @@ from .pricing import load_price_table
 from .providers import default_adapters
 from .router import Router
 from .service import CompletionService, add_to_server
+from .tokens import preload_tokenizer
 
 __all__ = ["SERVICE_NAME", "Gateway", "run", "start_gateway"]
 
@@ -118,6 +119,7 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
 
 async def _serve(settings: Settings) -> None:
     load_price_table()
+    preload_tokenizer()
     gateway = await start_gateway(settings)
     log.info("llmrpc-server listening on %s:%d (pid %d)", settings.host, gateway.port, os.getpid())
     stop = asyncio.Event()

@@ -15,11 +15,8 @@ model's provider, limits, prices and capabilities (``GetModelInfo``), LiteLLM's 
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
-import threading
-import warnings
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -32,52 +29,16 @@ from .convert import struct_to_dict
 from .params import openai_name
 from .pricing import PRICE_PROVIDERS
 from .providers.base import ProviderAdapter
+from .tokens import encoder, encoding_name
 
 __all__ = ["count_tokens", "model_info"]
 
-DEFAULT_ENCODING = "cl100k_base"
 _TOKENS_PER_MESSAGE, _TOKENS_PER_NAME, _REPLY_PRIMING = 3, 1, 3
-_OPENAI_FAMILY = frozenset({"openai", "azure"})
-_encodings: dict[str, Any] = {}
-_lock = threading.Lock()
-
-# --------------------------------------------------------------------------------- tokens
-
-
-def _bpe() -> Any:
-    """``bpe_openai``, imported on first use: its import loads a table (~1 s), which the gateway's
-    start need not pay, and it uses a deprecated importlib API (a warning that is not ours)."""
-    with _lock, warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return importlib.import_module("bpe_openai")
-
-
-def _encoding(name: str) -> Any:
-    bpe = _bpe()
-    with _lock:  # loading a table takes ~1 s; do it once per process
-        if name not in _encodings:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                _encodings[name] = bpe.get_encoding(name)
-        return _encodings[name]
-
-
-def encoding_name(provider: str, model: str) -> str:
-    """The BPE table for ``model``: its own for OpenAI models, else ``cl100k_base``."""
-    if provider in _OPENAI_FAMILY or provider == "":
-        bpe = _bpe()
-        try:
-            return str(bpe.encoding_name_for_model(model))
-        except (KeyError, ValueError, bpe.UnsupportedModelError):
-            if re.match(r"^(o\d|gpt-5|gpt-4\.[1-9]|gpt-4o|chatgpt-4o)", model):
-                return "o200k_base"  # newer OpenAI models the table does not list yet
-    return DEFAULT_ENCODING
-
 
 def count_tokens(req: pb.CountTokensRequest, provider: str, model: str) -> pb.CountTokensResponse:
     """Prompt tokens of ``req.text``, else of ``req.messages`` plus ``req.tools``."""
     name = encoding_name(provider, model)
-    encode = _encoding(name).encode_ordinary
+    encode = encoder(name)
     if req.HasField("text"):
         total = len(encode(req.text))
     else:
