@@ -42,11 +42,20 @@ def usage_view(usage: Any) -> dict[str, Any]:
 def sent_view(family: str, sent: Any) -> dict[str, Any]:
     view = volatile_free(sent)
     body = view["body"]
-    if family == "anthropic":  # README: default max_tokens for Anthropic
+    if family == "anthropic":  # README: default max_tokens for Anthropic; tool "type"
         body.pop("max_tokens", None)
-    if family == "gemini":  # README: Gemini generationConfig keys
+        for tool in body.get("tools") or ():
+            if tool.get("type") == "custom":
+                del tool["type"]
+    if family == "openai":  # README: cache_control on OpenAI
+        for msg in body.get("messages") or ():
+            for part in msg.get("content") if isinstance(msg.get("content"), list) else ():
+                part.pop("cache_control", None)
+    if family == "gemini":  # README: Gemini field-name spelling
+        body = view["body"] = {_camel(k): v for k, v in body.items()}
         config = body.get("generationConfig") or {}
         body["generationConfig"] = {_camel(k): v for k, v in config.items()}
+        body["tools"] = [{_camel(k): v for k, v in tool.items()} for tool in body.get("tools") or ()] or None
     if family == "ollama":  # README: Ollama's empty images list and content-type header
         for msg in body.get("messages") or ():
             if msg.get("images") == []:
