@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import llmrpc
 import pytest
 
-import llmrpc
 from tests.parity import Parity, litellm, parity_env
 from tests.test_parity_providers import sent_view, usage_view
 from tests.upstreams import Reply, anthropic, gemini, ollama, openai
