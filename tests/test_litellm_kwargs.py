@@ -7,14 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+import llmrpc
 import pytest
 from google.protobuf import json_format
+from llmrpc._convert import build_request
+from llmrpc._litellm_params import LITELLM_OWN_PARAMS
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 
-import llmrpc
-from llmrpc._convert import build_request
-from llmrpc._litellm_params import LITELLM_OWN_PARAMS
 from tests.support import GatewayThread, gateway_settings
 from tests.upstreams import FakeUpstream, gemini, openai
 

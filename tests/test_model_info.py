@@ -4,6 +4,7 @@ stub (any language) and through LiteLLM's helpers in ``llmrpc``."""
 from __future__ import annotations
 
 import grpc
+import llmrpc
 import pytest
 from google.protobuf import json_format
 from grpc_status import rpc_status
@@ -11,7 +12,6 @@ from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 
-import llmrpc
 from tests.support import GatewayThread
 
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there friend", "name": "bob"}]
