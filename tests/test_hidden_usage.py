@@ -7,14 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+import llmrpc
 import pytest
-from llmrpc.v1 import chat_pb2
+from llmrpc.v1 import chat_pb2, usage_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
-from llmrpc.v1 import usage_pb2
 from llmrpc_server.hidden_usage import UsageHider
 
-import llmrpc
 from tests.support import GatewayThread, gateway_settings
 from tests.upstreams import FakeUpstream, anthropic
 
