@@ -50,7 +50,8 @@ def test_client_maps_litellm_aliases() -> None:
     assert (both.num_retries, both.timeout) == (1, 3)  # the real field wins
     streamed = build_request({"model": "m", "messages": M, "stream": True, "stream_timeout": 7, "request_timeout": 9})
     assert streamed.timeout == 7
-    assert build_request({"model": "m", "messages": M, "stream_timeout": 7}).timeout == 0  # unary: not used
+    unary = build_request({"model": "m", "messages": M, "stream_timeout": 7})
+    assert unary.timeout == 0 and not unary.HasField("extra_body")  # unary: not used, not forwarded
 
 
 def test_the_gateway_never_forwards_litellm_names_in_extra_body(env: tuple[FakeUpstream, FakeUpstream,

@@ -134,3 +134,27 @@ def test_cache_tokens(fams: dict[str, Parity], family: str) -> None:
         assert (mine.pop("cache_read_input_tokens"), their_usage.pop("cache_read_input_tokens")) == (100, 0)
     assert mine == their_usage
     assert ours.usage.prompt_tokens_details.cached_tokens == 100
+
+
+INFO_MODELS = ["gpt-4o", "gpt-4o-mini", "o3-mini", "gpt-5", "claude-sonnet-4-5", "gemini/gemini-2.5-flash"]
+FLAGS = ["function_calling", "parallel_function_calling", "tool_choice", "vision", "reasoning", "response_schema",
+         "prompt_caching", "system_messages", "web_search", "audio_input", "audio_output", "pdf_input"]
+
+
+@pytest.mark.parametrize("model", INFO_MODELS)
+def test_model_info(fams: dict[str, Parity], model: str) -> None:
+    client = fams["openai"].client
+    ours, theirs = llmrpc.get_model_info(model, client=client), litellm.get_model_info(model)
+    assert ours["litellm_provider"] == theirs["litellm_provider"] and ours["mode"] == theirs["mode"]
+    for key in ("input_cost_per_token", "output_cost_per_token", "cache_read_input_token_cost"):
+        assert ours[key] == pytest.approx(theirs[key]), key
+    for flag in FLAGS:  # README: LiteLLM leaves some flags unset where the gateway's table says
+        if theirs.get(f"supports_{flag}") is not None:
+            assert ours[f"supports_{flag}"] == theirs[f"supports_{flag}"], flag
+            check = getattr(litellm, f"supports_{flag}", None)  # LiteLLM has no module-level tool_choice check
+            if check is not None:
+                assert getattr(llmrpc, f"supports_{flag}")(model, client=client) == check(model, None), flag
+    assert llmrpc.get_llm_provider(model, client=client) == litellm.get_llm_provider(model)
+    ours_cost = llmrpc.completion_cost(model=model, prompt="hello there friend", completion="hi", client=client)
+    theirs_cost = litellm.completion_cost(model=model, prompt="hello there friend", completion="hi")
+    assert ours_cost == pytest.approx(theirs_cost)

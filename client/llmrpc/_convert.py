@@ -99,8 +99,9 @@ def build_request(params: Mapping[str, Any]) -> completion_service_pb2.CompleteR
 def _litellm_kwargs(values: dict[str, Any]) -> None:
     """LiteLLM's own keyword arguments that mean something for the call, turned into request fields
     (the rest of LiteLLM's own arguments are dropped by ``build_request``)."""
-    if values.get("stream") and values.get("timeout") is None and values.get("stream_timeout") is not None:
-        values["timeout"] = values["stream_timeout"]
+    stream_timeout = values.pop("stream_timeout", None)
+    if values.get("stream") and values.get("timeout") is None and stream_timeout is not None:
+        values["timeout"] = stream_timeout
     for alias, field in _ALIASES:
         value = values.pop(alias, None)
         if value is None:

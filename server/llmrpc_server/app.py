@@ -119,8 +119,8 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
 
 async def _serve(settings: Settings) -> None:
     load_price_table()
-    preload_tokenizer()
     gateway = await start_gateway(settings)
+    preload_tokenizer()  # once serving, so readiness never waits for it
     log.info("llmrpc-server listening on %s:%d (pid %d)", settings.host, gateway.port, os.getpid())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -88,6 +88,8 @@ _CAPABILITIES: dict[str, list[tuple[re.Pattern[str], _Flags]]] = {
         (re.compile(r"^gpt-4o-(mini-)?audio"), {**_TOOLS, "audio_input": True, "audio_output": True}),
         (re.compile(r"^gpt-4o(-mini)?-search"), {"system_messages": True, "vision": True, "web_search": True,
                                                   "response_schema": True}),
+        (re.compile(r"^o[13]-mini"), {"function_calling": True, "tool_choice": True, "reasoning": True,
+                                       "response_schema": True, "prompt_caching": True, "system_messages": True}),
         (re.compile(r"^(gpt-5|o[134])"), {**_TOOLS, "vision": True, "reasoning": True, "response_schema": True,
                                           "prompt_caching": True, "pdf_input": True, "web_search": True}),
         (re.compile(r"^(gpt-4o|gpt-4\.1|chatgpt-4o)"), {**_TOOLS, "vision": True, "response_schema": True,
