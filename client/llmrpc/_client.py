@@ -3,7 +3,8 @@
 The functions take ``litellm.completion()``'s arguments, in its order. The
 gateway address is not one of them (``base_url`` / ``api_base`` name the
 *upstream* API, as in LiteLLM): it comes from ``client=Client(...)``, else the
-``LLMRPC_SERVER`` environment variable, else ``localhost:50051``.
+``LLMRPC_SERVER`` environment variable, else ``localhost:50051``; TLS from ``Client(tls=...)``,
+else the ``LLMRPC_TLS*`` variables (see ``_tls``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ._callbacks import with_trace
 from ._convert import _model_name, build_request, stream_options_to_proto
 from ._decode import response_from_proto
 from ._streaming import AsyncCustomStreamWrapper, CustomStreamWrapper
+from ._tls import PemSource, channel_credentials, tls_env_key
 from ._types import ModelResponse
 from .exceptions import map_rpc_error
 from .v1 import completion_service_pb2, completion_service_pb2_grpc
@@ -91,9 +93,19 @@ class Client:
     """Channels to one llmrpc gateway: one sync channel, one ``grpc.aio`` channel per event loop.
 
     :param target: ``host:port``; defaults to ``$LLMRPC_SERVER``, else ``localhost:50051``.
-    :param credentials: TLS credentials (``grpc.ssl_channel_credentials()``); insecure if omitted.
+    :param credentials: ready-made ``grpc.ChannelCredentials``; replaces every TLS argument below.
     :param metadata: gRPC metadata sent with every call, e.g. ``[("authorization", "Bearer ...")]``.
     :param options: gRPC channel options.
+    :param tls: ``True``: connect with TLS (server verified against ``root_certificates``, else the
+        default roots); ``False``: plaintext, whatever the environment says; ``None`` (default): TLS
+        when any PEM argument is given, else as ``LLMRPC_TLS=1`` says. With no PEM argument given,
+        ``LLMRPC_TLS_CA``, ``LLMRPC_TLS_CERT`` and ``LLMRPC_TLS_KEY`` supply them (and turn TLS on).
+    :param root_certificates: PEM CA bundle that signed the gateway's certificate.
+    :param client_cert: PEM client certificate chain, for a gateway that requires one (mTLS).
+    :param client_key: PEM private key of ``client_cert``.
+
+    Each PEM argument is ``bytes`` or a ``str`` holding the PEM itself, or a file path
+    (``str`` / ``os.PathLike``), read when the client is made.
     """
 
     def __init__(
@@ -103,9 +115,16 @@ class Client:
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         options: Sequence[tuple[str, Any]] = DEFAULT_OPTIONS,
+        tls: bool | None = None,
+        root_certificates: PemSource | None = None,
+        client_cert: PemSource | None = None,
+        client_key: PemSource | None = None,
     ) -> None:
         self.target = target or os.environ.get("LLMRPC_SERVER") or DEFAULT_TARGET
-        self._credentials = credentials
+        pems = {"root_certificates": root_certificates, "client_cert": client_cert, "client_key": client_key}
+        if credentials is not None and (tls is not None or any(v is not None for v in pems.values())):
+            raise ValueError("pass either credentials or tls/root_certificates/client_cert/client_key, not both")
+        self._credentials = credentials if credentials is not None else channel_credentials(tls, pems, os.environ)
         self._metadata = tuple(metadata)
         self._options = tuple(options)
         self._lock = threading.Lock()
@@ -323,7 +342,7 @@ def _close_aio_channel(loop: asyncio.AbstractEventLoop, channel: Any) -> None:
         asyncio.run_coroutine_threadsafe(channel.close(), loop)
 
 
-_DEFAULT_CLIENTS: dict[str, Client] = {}
+_DEFAULT_CLIENTS: dict[tuple[str | None, ...], Client] = {}
 _DEFAULT_LOCK = threading.Lock()
 
 
@@ -335,10 +354,11 @@ def _client_for(params: dict[str, Any]) -> Client:
             raise TypeError(f"client must be an llmrpc.Client, got {type(client).__name__}")
         return client
     target = os.environ.get("LLMRPC_SERVER") or DEFAULT_TARGET
+    key = (target, *tls_env_key(os.environ))  # the LLMRPC_TLS* variables configure the shared client too
     with _DEFAULT_LOCK:
-        if target not in _DEFAULT_CLIENTS:
-            _DEFAULT_CLIENTS[target] = Client(target)
-        return _DEFAULT_CLIENTS[target]
+        if key not in _DEFAULT_CLIENTS:
+            _DEFAULT_CLIENTS[key] = Client(target)
+        return _DEFAULT_CLIENTS[key]
 
 
 def completion(

@@ -31,9 +31,11 @@ from .observability import ObservedBackend
 from .otel_setup import Telemetry, configure
 from .pipeline import Backend, Pipeline
 from .pricing import load_price_table
+from .protected import startup_warnings
 from .providers import default_adapters
 from .router import Router
 from .service import CompletionService, add_to_server
+from .tls import load_listener_tls
 from .tokens import preload_tokenizer
 
 __all__ = ["SERVICE_NAME", "Gateway", "run", "start_gateway"]
@@ -86,6 +88,7 @@ def _server_options(settings: Settings) -> list[tuple[str, int]]:
 async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) -> Gateway:
     """Create, wire and start everything inside the running loop (``telemetry``: the OTel providers,
     by default from the ``OTEL_*`` environment, see ``otel_setup``)."""
+    tls = load_listener_tls(settings)  # first: a bad --tls-* file must fail before anything is opened
     executor = Executor(max_connections=settings.max_connections, connect_timeout=settings.connect_timeout,
                         proxies=proxies_from_env(settings.env))
     await executor.start()
@@ -107,7 +110,8 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     reflection.enable_server_reflection(
         [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
     if port == 0:
         await executor.close()
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
@@ -121,7 +125,8 @@ async def _serve(settings: Settings) -> None:
     load_price_table()
     gateway = await start_gateway(settings)
     preload_tokenizer()  # once serving, so readiness never waits for it
-    log.info("llmrpc-server listening on %s:%d (pid %d)", settings.host, gateway.port, os.getpid())
+    log.info("llmrpc-server listening on %s:%d%s (pid %d)", settings.host, gateway.port,
+             (" with mTLS" if settings.tls_client_ca else " with TLS") if settings.tls_cert else "", os.getpid())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -131,8 +136,12 @@ async def _serve(settings: Settings) -> None:
     await gateway.stop()
 
 
-def _run_worker(settings: Settings) -> None:
+def _configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run_worker(settings: Settings) -> None:
+    _configure_logging(settings)
     try:
         import uvloop
 
@@ -150,6 +159,13 @@ def _worker_settings(settings: Settings, workers: int, index: int) -> Settings:
 
 def run(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT; with ``workers`` > 1, that many processes share the port."""
+    _configure_logging(settings)
+    try:
+        load_listener_tls(settings)  # once, before any worker starts, so a bad file is one clear error
+    except ValueError as exc:
+        raise SystemExit(f"llmrpc-server: bad setting: {exc}") from None
+    for warning in startup_warnings(settings):  # once for all workers
+        log.warning("%s", warning)
     workers = settings.workers or os.cpu_count() or 1
     if workers == 1:
         _run_worker(settings)

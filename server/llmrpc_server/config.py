@@ -49,7 +49,12 @@ class Settings:
     cache_default: bool = _opt(False, 'cache requests that do not set `caching`')
     cache_ttl: float = _opt(86400.0, 'seconds a cache entry lives unless the request sets `ttl`')
     cache_max_mb: float = _opt(256.0, 'cache size bound, MiB; least recently used entries are evicted past it')
-    auth_tokens: tuple[str, ...] = _opt((), 'bearer tokens callers must present (empty = no auth)')
+    auth_tokens: tuple[str, ...] = _opt((), 'bearer tokens callers must present (none: protected mode applies)')
+    tls_cert: str = _opt("", 'PEM certificate chain file: serve TLS (needs --tls-key)')
+    tls_key: str = _opt("", 'PEM private key file of --tls-cert (unencrypted)')
+    tls_client_ca: str = _opt("", 'PEM CA file: require client certificates it signed (mTLS; needs --tls-cert)')
+    allow_unauthenticated: bool = _opt(False, 'serve non-loopback callers without --auth-tokens or --tls-client-ca '
+                                              '(turns protected mode off)')
     log_level: str = _opt("INFO", 'logging level')
     input_callback: tuple[str, ...] = _opt((), 'callbacks as a call starts: otel, log, lunary, pkg.mod:func')
     success_callback: tuple[str, ...] = _opt((), 'callbacks when a call is answered (same names)')
@@ -64,6 +69,8 @@ class Settings:
     content_policy_fallbacks: Mapping[str, tuple[str, ...]] = field(
         default_factory=dict, metadata={"help": "model -> models for content-policy refusals (JSON)"})
     aliases: Mapping[str, str] = field(default_factory=dict, metadata={"help": 'model alias -> "provider/model"'})
+    access_log: bool = _opt(False, 'one log line per RPC (logger llmrpc_server.access): method, model, key '
+                                   '(auth token index), status, duration, attempts, cache hit')
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # provider keys/bases snapshot
 
     @classmethod

@@ -1,9 +1,10 @@
-"""Server interceptors: caller authentication (optional) and OpenTelemetry (when configured)."""
+"""Server interceptors: caller authentication (optional), protected mode, OpenTelemetry (when configured)."""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -11,8 +12,9 @@ from opentelemetry.trace import TracerProvider
 
 from .config import Settings
 from .errors import ServiceError, to_status
+from .protected import REFUSAL, bearer_tokens, is_local_peer, needs_peer_check, parse_peer
 
-__all__ = ["AuthInterceptor", "build_interceptors"]
+__all__ = ["AuthInterceptor", "ProtectedModeInterceptor", "build_interceptors"]
 
 _OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -69,11 +71,79 @@ def _rejecting(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
     )
 
 
+class ProtectedModeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no stubs
+    """Protected mode: every RPC but health and reflection answers only local callers (see ``protected``).
+    The caller's address is known only inside the call (``context.peer()``), so the real handler is
+    wrapped in one that checks it first, keeping its kind (unary or stream, coroutine or generator)."""
+
+    def __init__(self) -> None:
+        # method -> (the service's handler, its wrapper): wrap once per method, not once per call
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method or ""
+        if handler is None or method.startswith(_OPEN_METHODS):
+            return handler
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[method] = (handler, _peer_checked(handler))
+        return cached[1]
+
+
+async def _require_local_peer(context: grpc.aio.ServicerContext) -> None:
+    peer = context.peer()
+    if not is_local_peer(peer):
+        address = parse_peer(peer).ip
+        await context.abort_with_status(to_status(ServiceError(
+            grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID", REFUSAL,
+            metadata={"protectedMode": "true", "callerAddress": str(address) if address else peer},
+        )))
+
+
+def _checked(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isasyncgenfunction(behavior):
+        async def checked_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await _require_local_peer(context)
+            async for item in behavior(request, context):
+                yield item
+
+        return checked_stream
+
+    async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _require_local_peer(context)
+        return await behavior(request, context)
+
+    return checked
+
+
+def _peer_checked(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    codec = {"request_deserializer": handler.request_deserializer,
+             "response_serializer": handler.response_serializer}
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(_checked(handler.unary_unary), **codec)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(_checked(handler.unary_stream), **codec)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(_checked(handler.stream_unary), **codec)
+    return grpc.stream_stream_rpc_method_handler(_checked(handler.stream_stream), **codec)
+
+
 def build_interceptors(settings: Settings, tracer_provider: TracerProvider | None = None,
                        ) -> list[grpc.aio.ServerInterceptor]:
-    """OTel first (so rejected calls are traced too; only with a tracer provider, so that tracing
-    off costs nothing; it continues the caller's W3C trace context from the metadata), then auth."""
+    """The access log (opt-in) outermost, so that it sees every status; OTel next (so rejected calls
+    are traced too; only with a tracer provider, so that tracing off costs nothing; it continues the
+    caller's W3C trace context from the metadata), then auth, or protected mode when no caller
+    authentication is configured."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
+    if settings.access_log:
+        from .access_log import AccessLogInterceptor
+
+        interceptors.append(AccessLogInterceptor(bearer_tokens(settings)))
     if tracer_provider is not None:
         from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
@@ -82,6 +152,8 @@ def build_interceptors(settings: Settings, tracer_provider: TracerProvider | Non
         interceptors.append(aio_server_interceptor(  # type: ignore[no-untyped-call]
             tracer_provider=tracer_provider, filter_=filters.negate(filters.health_check())))
         interceptors.append(SpanStatusInterceptor())
-    if settings.auth_tokens:
-        interceptors.append(AuthInterceptor(settings.auth_tokens))
+    if tokens := bearer_tokens(settings):
+        interceptors.append(AuthInterceptor(tokens))
+    if needs_peer_check(settings):
+        interceptors.append(ProtectedModeInterceptor())
     return interceptors

@@ -18,6 +18,7 @@ from .executor import Executor, UpstreamStream
 from .media import MediaInliner
 from .params import ALWAYS_DROPPED, openai_name, set_params, unforwarded_body_keys, without_body_keys, without_params
 from .providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent, Target
+from .redaction import origin, scrub_error
 from .retry import Deadline, backoff_delay
 from .router import Route, Router
 from .telemetry import attempt_span, record_chunk, record_response
@@ -58,7 +59,7 @@ class AttemptLog:
     def metadata(self, target: Target, latency_ms: float | None, request_id: str | None) -> pb.ResponseMetadata:
         meta = pb.ResponseMetadata(
             provider=target.provider, provider_model=target.model, attempts=len(self.attempts),
-            attempt_log=self.attempts, api_base=target.api_base,
+            attempt_log=self.attempts, api_base=origin(target.api_base),
         )
         if latency_ms is not None:
             meta.upstream_latency_ms = latency_ms
@@ -196,10 +197,14 @@ class Pipeline:
         adapter, target = route.adapter, route.target
         with attempt_span(target, req, stream=False) as span:
             call = adapter.build_request(req, target, stream=False)
-            reply = await self._executor.send(call, timeout=_time_left(deadline))
-            if not 200 <= reply.status < 300:
-                raise adapter.map_error(reply.status, reply.headers, reply.body)
-            resp = adapter.parse_response(reply.body, req, target)
+            try:
+                reply = await self._executor.send(call, timeout=_time_left(deadline))
+                if not 200 <= reply.status < 300:
+                    raise adapter.map_error(reply.status, reply.headers, reply.body)
+                resp = adapter.parse_response(reply.body, req, target)
+            except ProviderError as err:
+                scrub_error(err, call)  # before the span, logs, callbacks or the caller see it
+                raise
             record_response(span, resp)
         request_id = reply.headers.get("x-request-id") or reply.headers.get("request-id")
         return resp, reply.latency_ms, request_id
@@ -244,23 +249,27 @@ class Pipeline:
         idle = self._settings.stream_idle_timeout
         with attempt_span(target, req, stream=True) as span:
             call = adapter.build_request(req, target, stream=True, include_usage=include_usage)
-            async with self._open_stream(call, deadline) as upstream:
-                if not 200 <= upstream.status < 300:
-                    raise adapter.map_error(upstream.status, upstream.headers, await upstream.read_body())
-                request_id = upstream.headers.get("x-request-id") or upstream.headers.get("request-id")
-                if request_id:
-                    seen["request_id"] = request_id
-                state = adapter.new_stream_state(req, target, include_usage=include_usage)
-                while (events := await self._next_events(upstream, idle, deadline)) is not None:
-                    for event in events:
-                        for chunk in adapter.parse_stream_event(event, state):
-                            record_chunk(span, chunk)
-                            yield chunk
-                for chunk in adapter.finish_stream(state):
-                    record_chunk(span, chunk)
-                    yield chunk
-                if not state.finished:
-                    raise ProviderError(ErrorKind.STREAM_ERROR, "the upstream stream ended before it finished")
+            try:
+                async with self._open_stream(call, deadline) as upstream:
+                    if not 200 <= upstream.status < 300:
+                        raise adapter.map_error(upstream.status, upstream.headers, await upstream.read_body())
+                    request_id = upstream.headers.get("x-request-id") or upstream.headers.get("request-id")
+                    if request_id:
+                        seen["request_id"] = request_id
+                    state = adapter.new_stream_state(req, target, include_usage=include_usage)
+                    while (events := await self._next_events(upstream, idle, deadline)) is not None:
+                        for event in events:
+                            for chunk in adapter.parse_stream_event(event, state):
+                                record_chunk(span, chunk)
+                                yield chunk
+                    for chunk in adapter.finish_stream(state):
+                        record_chunk(span, chunk)
+                        yield chunk
+                    if not state.finished:
+                        raise ProviderError(ErrorKind.STREAM_ERROR, "the upstream stream ended before it finished")
+            except ProviderError as err:
+                scrub_error(err, call)  # before the span, logs, callbacks or the caller see it
+                raise
 
     @asynccontextmanager
     async def _open_stream(self, call: HttpCall, deadline: Deadline) -> AsyncIterator[UpstreamStream]:
@@ -321,7 +330,8 @@ def _require_key(route: Route) -> None:
         names = " or ".join(route.adapter.env_keys)
         raise ProviderError(ErrorKind.API_KEY_MISSING,
                             f"no API key for {route.adapter.name}: provider keys live on the llmrpc gateway, "
-                            f"so set {names} in the gateway's environment and restart it (or pass api_key)")
+                            f"so set {names} in the gateway's environment and restart it (or pass api_key)",
+                            env_vars=tuple(route.adapter.env_keys))
 
 
 def _time_left(deadline: Deadline) -> float:

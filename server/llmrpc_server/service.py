@@ -20,6 +20,7 @@ from .model_info import count_tokens, model_info
 from .params import openai_name
 from .pipeline import Backend
 from .providers.base import ProviderError
+from .redaction import redact_chain
 from .retry import Deadline
 from .router import Router
 from .validation import validate_request
@@ -43,6 +44,7 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
             _require_decoded(request)
             validate_request(request)
             self._router.check_fallbacks(request)
+            self._router.check_api_base(request)
             return await self._backend.complete(request, self._deadline(request, context))
         except Exception as exc:
             await _abort(context, exc)
@@ -56,6 +58,7 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
             req = request.request
             validate_request(req, prefix="request.")
             self._router.check_fallbacks(req, prefix="request.")
+            self._router.check_api_base(req, prefix="request.")
             include_usage = request.stream_options.include_usage
             chunks = self._backend.stream(req, self._deadline(req, context), include_usage=include_usage)
             if include_usage:
@@ -130,6 +133,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
     A plain try/except in each handler rather than a context manager: it is on every call's path."""
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
+    redact_chain(exc)  # the caller, the server span's exception event and the logs see the same text
     if isinstance(exc, ServiceError):
         status = to_status(exc)
     elif isinstance(exc, ProviderError):  # raised before any attempt, e.g. a missing API key

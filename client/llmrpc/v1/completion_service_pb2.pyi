@@ -161,7 +161,9 @@ class CompleteRequest(_message.Message):
     user: _builtins.str
     """An end-user id, forwarded to providers that accept one."""
     seed: _builtins.int
-    """Seed for best-effort deterministic sampling. A string in proto JSON."""
+    """Seed for best-effort deterministic sampling. A string in proto JSON,
+    and in JavaScript (jstype) so that JSON.stringify works.
+    """
     parallel_tool_calls: _builtins.bool
     """Whether the model may call several tools in one turn."""
     logprobs: _builtins.bool
@@ -171,12 +173,17 @@ class CompleteRequest(_message.Message):
     deployment_id: _builtins.str
     """Azure deployment name (overrides the model part of "azure/...")."""
     api_base: _builtins.str
-    """Base URL of the upstream API (LiteLLM `api_base` / `base_url`)."""
+    """Base URL of the upstream API (LiteLLM `api_base` / `base_url`): http or
+    https, a host, optional port and path; no query, fragment or userinfo.
+    A base the server did not configure for the provider needs `api_key`:
+    the server's own keys go only to its configured bases.
+    """
     api_version: _builtins.str
     """API version (Azure `api-version`)."""
     api_key: _builtins.str
     """Upstream API key for this call; the server's environment is used when
-    unset. Never logged, cached or traced.
+    unset. Never logged, stored or traced; a SHA-256 of it scopes the
+    cached answers this call may read and write.
     """
     reasoning_effort: _builtins.str
     """"none", "minimal", "low", "medium", "high", "xhigh" or "max"."""
@@ -260,7 +267,10 @@ class CompleteRequest(_message.Message):
 
     @_builtins.property
     def extra_headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Extra HTTP headers for the upstream request."""
+        """Extra HTTP headers for the upstream request. Hop-by-hop, framing and
+        proxy headers are refused, and so are credential headers (authorization,
+        x-api-key, api-key, x-goog-api-key) unless `api_key` is set.
+        """
 
     @_builtins.property
     def extra_body(self) -> _struct_pb2.Struct:
@@ -667,7 +677,9 @@ class CompleteResponse(_message.Message):
     object: _builtins.str
     """"chat.completion"."""
     created: _builtins.int
-    """Unix seconds. A string in proto JSON."""
+    """Unix seconds. A string in proto JSON, and in JavaScript (jstype) so
+    that JSON.stringify works.
+    """
     model: _builtins.str
     """The model that answered, as the provider names it."""
     system_fingerprint: _builtins.str
@@ -789,7 +801,9 @@ class StreamCompleteResponse(_message.Message):
     object: _builtins.str
     """"chat.completion.chunk"."""
     created: _builtins.int
-    """Unix seconds. A string in proto JSON."""
+    """Unix seconds. A string in proto JSON, and in JavaScript (jstype) so
+    that JSON.stringify works.
+    """
     model: _builtins.str
     """The model that answers."""
     system_fingerprint: _builtins.str
@@ -884,7 +898,9 @@ class ResponseMetadata(_message.Message):
     the gateway's price table; unset when the price of the model is unknown.
     """
     api_base: _builtins.str
-    """The api_base the answer came from (no credentials)."""
+    """The origin of the upstream that answered, `scheme://host[:port]` (never
+    the base URL's credentials, path or query).
+    """
     @_builtins.property
     def attempt_log(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
         """Every attempt in order."""
