@@ -65,16 +65,20 @@ def _call(client: Client, method: str, request: Any, model: str) -> Any:
 
 def token_counter(
     model: str = "",
+    custom_tokenizer: Any = None,
     text: str | list[str] | None = None,
     messages: Sequence[Any] | None = None,
+    count_response_tokens: bool | None = False,
     tools: Sequence[Any] | None = None,
     *,
     custom_llm_provider: str | None = None,
     client: Client | None = None,
     **_ignored: Any,
 ) -> int:
-    """``litellm.token_counter()``: prompt tokens of ``messages`` (framing included) or of ``text``,
-    counted offline by the gateway (OpenAI models with their own encoding, others with cl100k_base)."""
+    """``litellm.token_counter()`` (same argument order): prompt tokens of ``messages`` (framing included)
+    or of ``text``, counted offline by the gateway (OpenAI models with their own encoding, others with
+    cl100k_base). ``custom_tokenizer`` is not supported (the gateway owns the tokenizers) and is ignored;
+    ``count_response_tokens=True`` leaves ``tools`` out, as LiteLLM does."""
     if text is not None and messages is not None:
         raise ValueError("text and messages cannot both be set")
     if text is None and messages is None:
@@ -85,7 +89,7 @@ def token_counter(
     else:
         request.messages.extend(_message_to_proto(i, m) for i, m in enumerate(messages or ()))
         with _param("tools"):
-            request.tools.extend(_tool(t) for t in tools or ())
+            request.tools.extend(_tool(t) for t in (() if count_response_tokens else tools or ()))
     reply = _call(_client_for({"client": client}), "CountTokens", request, request.model)
     return int(reply.prompt_tokens)
 
@@ -172,15 +176,15 @@ def get_llm_provider(
 def completion_cost(
     completion_response: Any = None,
     model: str | None = None,
+    custom_llm_provider: str | None = None,
     prompt: str = "",
     messages: Sequence[Any] | None = None,
     completion: str = "",
     *,
-    custom_llm_provider: str | None = None,
     client: Client | None = None,
     **_ignored: Any,
 ) -> float:
-    """``litellm.completion_cost()``: the cost the gateway computed for the response (its
+    """``litellm.completion_cost()`` (same leading argument order): the cost the gateway computed for the response (its
     ``_hidden_params["response_cost"]``), else the model's token prices times the response's usage,
     else times the tokens of ``prompt``/``messages`` and ``completion``."""
     if completion_response is not None:
@@ -217,8 +221,10 @@ def _token_counts(
         details = _get(usage, "prompt_tokens_details")
         cached = (_get(details, "cached_tokens") if details is not None else None) or 0
         return int(_get(usage, "prompt_tokens") or 0), int(_get(usage, "completion_tokens") or 0), int(cached)
-    counted = token_counter(model, messages=messages, custom_llm_provider=provider, client=client) if messages \
-        else token_counter(model, text=prompt, custom_llm_provider=provider, client=client) if prompt else 0
+    if messages:
+        counted = token_counter(model, messages=messages, custom_llm_provider=provider, client=client)
+    else:
+        counted = token_counter(model, text=prompt, custom_llm_provider=provider, client=client) if prompt else 0
     out = token_counter(model, text=completion, custom_llm_provider=provider, client=client) if completion else 0
     return counted, out, 0
 
