@@ -36,7 +36,6 @@ from .providers import default_adapters
 from .router import Router
 from .service import CompletionService, add_to_server
 from .tls import load_listener_tls
-from .tokens import preload_tokenizer
 
 __all__ = ["SERVICE_NAME", "Gateway", "run", "start_gateway"]
 
@@ -124,7 +123,6 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
 async def _serve(settings: Settings) -> None:
     load_price_table()
     gateway = await start_gateway(settings)
-    preload_tokenizer()  # once serving, so readiness never waits for it
     log.info("llmrpc-server listening on %s:%d%s (pid %d)", settings.host, gateway.port,
              (" with mTLS" if settings.tls_client_ca else " with TLS") if settings.tls_cert else "", os.getpid())
     stop = asyncio.Event()

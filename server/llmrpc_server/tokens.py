@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import re
 import threading
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -18,13 +17,14 @@ _OPENAI_FAMILY = frozenset({"openai", "azure", ""})
 _NEWER_OPENAI = re.compile(r"^(o\d|gpt-5|gpt-4\.[1-9]|gpt-4o|chatgpt-4o)")
 _encoders: dict[str, Callable[[str], list[int]]] = {}
 _lock = threading.Lock()
+_preloading = False
 
 
 def _bpe() -> Any:
-    """``bpe_openai``, imported on first use: its import loads a table (~1 s) that the gateway's start
-    need not pay, and it calls a deprecated importlib API (a warning that is not ours to fix)."""
-    with _lock, warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+    """``bpe_openai``, imported on first use: its import loads its tables (seconds of CPU) that the
+    gateway's start need not pay. (It calls a deprecated importlib API; Python's default filters hide
+    that DeprecationWarning, and the test suite ignores it by name.)"""
+    with _lock:
         return importlib.import_module("bpe_openai")
 
 
@@ -34,8 +34,7 @@ def encoder(name: str) -> Callable[[str], list[int]]:
     if found is not None:
         return found
     bpe = _bpe()
-    with _lock, warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with _lock:
         if name not in _encoders:
             _encoders[name] = bpe.get_encoding(name).encode_ordinary
         return _encoders[name]
@@ -59,6 +58,11 @@ def count_text(text: str) -> int:
 
 
 def preload_tokenizer() -> None:
-    """Load ``cl100k_base`` on a background thread now (a few seconds of CPU, once per process), so the
-    first Anthropic thinking answer, whose reasoning tokens are counted, does not stall the event loop."""
+    """Start loading ``cl100k_base`` on a background thread (a few seconds of CPU, once per process), so
+    the Anthropic thinking answer whose reasoning tokens are counted does not stall the event loop with
+    it. Called as such a request is sent, so processes that never count pay nothing."""
+    global _preloading
+    if _preloading or DEFAULT_ENCODING in _encoders:
+        return
+    _preloading = True
     threading.Thread(target=encoder, args=(DEFAULT_ENCODING,), name="tokenizer-preload", daemon=True).start()
