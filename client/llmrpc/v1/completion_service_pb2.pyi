@@ -822,7 +822,7 @@ class StreamCompleteResponse(_message.Message):
     def metadata(self) -> Global___ResponseMetadata:
         """Set on the first chunk (provider, attempts so far, cache hit, time to
         the first upstream chunk as upstream_latency_ms) and again on the usage
-        chunk, which adds cost_usd.
+        chunk (or the chunk carrying hidden_usage), which adds cost_usd.
         """
 
     @_builtins.property

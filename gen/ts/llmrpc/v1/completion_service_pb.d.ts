@@ -737,7 +737,7 @@ export declare type StreamCompleteResponse = Message<"llmrpc.v1.StreamCompleteRe
   /**
    * Set on the first chunk (provider, attempts so far, cache hit, time to
    * the first upstream chunk as upstream_latency_ms) and again on the usage
-   * chunk, which adds cost_usd.
+   * chunk (or the chunk carrying hidden_usage), which adds cost_usd.
    *
    * @generated from field: llmrpc.v1.ResponseMetadata metadata = 9;
    */
