@@ -6,6 +6,7 @@ what callers get and what the provider got."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ import llmrpc
 from tests.support import GatewayThread, gateway_settings
 from tests.upstreams import FakeUpstream, RecordedRequest, anthropic, gemini, ollama, openai
 
-__all__ = ["FAMILIES", "Family", "Parity", "litellm", "parity_env", "volatile_free"]
+__all__ = ["FAMILIES", "Family", "Parity", "close_litellm_clients", "litellm", "parity_env", "volatile_free"]
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,18 @@ def parity_env() -> Iterator[dict[str, Parity]]:
                 env[family.env_key] = "k"
         gateway = stack.enter_context(GatewayThread(gateway_settings(env)))
         client = stack.enter_context(llmrpc.Client(gateway.address))
+        stack.callback(close_litellm_clients)
         yield {n: Parity(f, ups[n], client) for n, f in FAMILIES.items()}
+
+
+def close_litellm_clients() -> None:
+    """Close the HTTP clients LiteLLM cached for the fakes, so their sockets do not outlive the test."""
+    cache = litellm.in_memory_llm_clients_cache
+    for value in list(cache.cache_dict.values()):
+        close = getattr(value, "close", None)
+        if callable(close) and not asyncio.iscoroutinefunction(close):
+            close()
+    cache.flush_cache()
 
 
 _VOLATILE_HEADERS = frozenset({"host", "content-length", "user-agent", "x-stainless-arch", "x-stainless-lang",

@@ -12,7 +12,7 @@ from typing import Any
 import llmrpc
 import pytest
 
-from tests.parity import FAMILIES, Parity, litellm, parity_env, volatile_free
+from tests.parity import FAMILIES, Parity, close_litellm_clients, litellm, parity_env, volatile_free
 from tests.upstreams import anthropic, gemini, ollama, openai
 
 M = [{"role": "user", "content": "hello there friend"}]
@@ -218,6 +218,7 @@ def compatible() -> Iterator[tuple[Any, llmrpc.Client]]:
         env |= {f"{e}_API_KEY": "k" for e in COMPATIBLE.values()}
         with GatewayThread(gateway_settings(env)) as gw, llmrpc.Client(gw.address) as client:
             yield up, client
+            close_litellm_clients()
 
 
 @pytest.mark.parametrize("provider", sorted(COMPATIBLE))
