@@ -46,6 +46,8 @@ import openai
 import openai._exceptions as _openai_exceptions
 from google.rpc import error_details_pb2, status_pb2
 
+from ._provider_keys import missing_key_hint
+
 __all__ = [
     "APIConnectionError",
     "APIError",
@@ -243,6 +245,7 @@ _BY_REASON: dict[str, tuple[type[_LLMRPCError], int, bool]] = {
     "PROVIDER_API_KEY_MISSING": (AuthenticationError, 401, False),
     "API_KEY_INVALID": (AuthenticationError, 401, False),
     "PROVIDER_PERMISSION_DENIED": (PermissionDeniedError, 403, False),
+    "API_BASE_NOT_ALLOWED": (PermissionDeniedError, 403, False),
     "MODEL_NOT_FOUND": (NotFoundError, 404, False),
     "PROVIDER_CONFLICT": (ConflictError, 409, False),
     "PROVIDER_UNPROCESSABLE": (UnprocessableEntityError, 422, False),
@@ -294,8 +297,12 @@ def map_rpc_error(
     ours = info is not None and info.domain == ERROR_DOMAIN
     cls, status = _pick_class(code, reason if ours else None, meta)
     attempts = _int_or_none(meta.get("attempts"))
+    message = (details.message if details is not None else None) or _call_attr(err, "details") or code.name
+    if ours and reason == "PROVIDER_API_KEY_MISSING":
+        # The gateway's message says "set OPENAI_API_KEY"; a caller must learn that means *there*.
+        message = f"{message}. {missing_key_hint(meta.get('provider'), target)}"
     return cls(
-        (details.message if details is not None else None) or _call_attr(err, "details") or code.name,
+        message,
         meta.get("model") or model,
         meta.get("provider") or None,
         status_code=status,

@@ -2,7 +2,8 @@
 
 The server, the HTTP client pool and every channel are created inside the running loop (grpc.aio
 objects are loop-bound, grpc/grpc#32480). SIGTERM/SIGINT flip health to NOT_SERVING so load
-balancers drain, then ``server.stop(grace)`` lets in-flight calls finish and refuses new ones.
+balancers drain, keep serving for ``drain_delay`` seconds while they notice, then ``server.stop(grace)``
+lets in-flight calls finish and refuses new ones.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from ._http_proxy import proxies_from_env
 from .cache import ResponseCache
 from .caching import CachingBackend
 from .config import Settings
 from .counters import Counters
+from .egress import proxies_from_env
 from .executor import Executor
+from .health import DrainingHealthServicer
 from .interceptors import build_interceptors
 from .observability import ObservedBackend
 from .otel_setup import Telemetry, configure
@@ -89,7 +91,9 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     by default from the ``OTEL_*`` environment, see ``otel_setup``)."""
     tls = load_listener_tls(settings)  # first: a bad --tls-* file must fail before anything is opened
     executor = Executor(max_connections=settings.max_connections, connect_timeout=settings.connect_timeout,
-                        proxies=proxies_from_env(settings.env))
+                        proxies=proxies_from_env(settings.env),
+                        max_connections_per_host=settings.max_connections_per_host,
+                        stream_idle_timeout=settings.stream_idle_timeout)
     await executor.start()
     router = Router(default_adapters(settings.env), settings.env, settings.aliases)
     pipeline = Pipeline(router, executor, settings)
@@ -104,7 +108,7 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
     add_to_server(CompletionService(backend, router, settings), server)
-    health = HealthServicer()
+    health = DrainingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
@@ -130,6 +134,12 @@ async def _serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if settings.drain_delay > 0:
+        # A balancer only stops sending calls once a health check sees NOT_SERVING; until then keep
+        # serving them, since grpc cancels the calls that arrive after server.stop() has begun.
+        await gateway.health.enter_graceful_shutdown()
+        log.info("shutting down: NOT_SERVING, still serving for %.1fs", settings.drain_delay)
+        await asyncio.sleep(settings.drain_delay)
     log.info("shutting down: draining for up to %.0fs", settings.grace)
     await gateway.stop()
 

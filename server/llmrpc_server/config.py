@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ._http_proxy import proxies_from_env
+from .egress import API_BASE_MODES, EgressPolicy, proxies_from_env
 
 __all__ = ["Settings", "default_cache_path", "setting_fields"]
 
@@ -34,6 +34,8 @@ class Settings:
     port: int = _opt(50051, 'gRPC port')
     workers: int = _opt(1, 'server processes sharing the port (SO_REUSEPORT); 0 = one per core')
     grace: float = _opt(30.0, 'seconds in-flight calls get to finish on SIGTERM')
+    drain_delay: float = _opt(0.0, 'seconds to keep serving after SIGTERM with health NOT_SERVING, so load '
+                                   'balancers stop sending calls before new ones are refused')
     default_timeout: float = _opt(600.0, 'seconds a call may take when the caller sets no deadline/timeout')
     stream_idle_timeout: float = _opt(60.0, 'seconds a stream may go without an upstream byte')
     connect_timeout: float = _opt(10.0, 'seconds to connect to an upstream')
@@ -41,7 +43,7 @@ class Settings:
     drop_params: bool = _opt(False, 'drop unsupported parameters instead of rejecting them')
     max_message_mb: int = _opt(64, 'largest gRPC message accepted or sent, MiB')
     max_concurrent_rpcs: int = _opt(0, 'reject RPCs beyond this many in flight (0 = unlimited)')
-    max_connections: int = _opt(1000, 'pooled upstream connections')
+    max_connections: int = _opt(1000, 'upstream requests in flight at once, all origins together')
     fetch_media: str = _opt("public", 'download image URLs for providers that take only inline data (ollama): '
                                       'public (public addresses only), all, off')
     fetch_media_max_mb: float = _opt(20.0, 'largest image download, MiB')
@@ -71,6 +73,12 @@ class Settings:
     aliases: Mapping[str, str] = field(default_factory=dict, metadata={"help": 'model alias -> "provider/model"'})
     access_log: bool = _opt(False, 'one log line per RPC (logger llmrpc_server.access): method, model, key '
                                    '(auth token index), status, duration, attempts, cache hit')
+    max_connections_per_host: int = _opt(500, 'upstream requests in flight to one origin (scheme, host, port), so one '
+                                              'slow base URL cannot take every connection; 0 = --max-connections')
+    client_api_base: str = _opt("any", 'base URLs callers name (api_base): any (not link-local/metadata addresses), '
+                                       'public (public addresses only, checked at connect), off (refused)')
+    client_api_base_allow: tuple[str, ...] = _opt((), 'URL prefixes a caller may always name as api_base, '
+                                                      'whatever --client-api-base says (comma-separated)')
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # provider keys/bases snapshot
 
     @classmethod
@@ -88,7 +96,14 @@ class Settings:
         settings = replace(cls(env=environ), **_coerce(values))
         if settings.fetch_media not in ("public", "all", "off"):
             raise ValueError(f"fetch_media must be public, all or off, not {settings.fetch_media!r}")
+        if settings.client_api_base not in API_BASE_MODES:
+            raise ValueError(f"client_api_base must be any, public or off, not {settings.client_api_base!r}")
+        settings.egress_policy()  # an unusable allow prefix is a bad setting too
         return settings
+
+    def egress_policy(self) -> EgressPolicy:
+        """The ``client_api_base`` settings as the policy the pipeline applies."""
+        return EgressPolicy(self.client_api_base, tuple(p.strip() for p in self.client_api_base_allow if p.strip()))
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -104,6 +104,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A stream received nothing from upstream for longer than the idle
     timeout (UNAVAILABLE).
     """
+    ERROR_REASON_API_BASE_NOT_ALLOWED: _ErrorReason.ValueType  # 25
+    """The server's egress policy refuses the request's `api_base`: base URLs
+    from callers are off, or its host resolves to a non-public, link-local
+    or cloud metadata address (PERMISSION_DENIED). Nothing was sent.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values the gateway emits
@@ -196,5 +201,10 @@ ERROR_REASON_INTERNAL_ERROR: ErrorReason.ValueType  # 23
 ERROR_REASON_STREAM_IDLE_TIMEOUT: ErrorReason.ValueType  # 24
 """A stream received nothing from upstream for longer than the idle
 timeout (UNAVAILABLE).
+"""
+ERROR_REASON_API_BASE_NOT_ALLOWED: ErrorReason.ValueType  # 25
+"""The server's egress policy refuses the request's `api_base`: base URLs
+from callers are off, or its host resolves to a non-public, link-local
+or cloud metadata address (PERMISSION_DENIED). Nothing was sent.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
