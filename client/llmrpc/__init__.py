@@ -17,6 +17,26 @@ from . import types as types  # llmrpc.types.utils.ModelResponse
 from ._callbacks import callbacks, failure_callback, input_callback, success_callback
 from ._chunk_builder import stream_chunk_builder
 from ._client import Client, acompletion, completion, get_supported_openai_params
+from ._discovery import list_models
+from ._model_info import (
+    completion_cost,
+    get_llm_provider,
+    get_model_info,
+    model_cost,
+    supports_audio_input,
+    supports_audio_output,
+    supports_function_calling,
+    supports_parallel_function_calling,
+    supports_pdf_input,
+    supports_prompt_caching,
+    supports_reasoning,
+    supports_response_schema,
+    supports_system_messages,
+    supports_tool_choice,
+    supports_vision,
+    supports_web_search,
+    token_counter,
+)
 from ._streaming import AsyncCustomStreamWrapper, CustomStreamWrapper
 from ._types import (
     ChatCompletionDeltaToolCall,
@@ -120,18 +140,36 @@ __all__ = [
     "cache",
     "callbacks",
     "completion",
+    "completion_cost",
     "disable_cache",
     "drop_params",
     "enable_cache",
     "failure_callback",
+    "get_llm_provider",
+    "get_model_info",
     "get_supported_openai_params",
     "input_callback",
+    "list_models",
+    "model_cost",
     "num_retries",
     "request_timeout",
     "send_local_provider_keys",
     "set_verbose",
     "stream_chunk_builder",
     "success_callback",
+    "supports_audio_input",
+    "supports_audio_output",
+    "supports_function_calling",
+    "supports_parallel_function_calling",
+    "supports_pdf_input",
+    "supports_prompt_caching",
+    "supports_reasoning",
+    "supports_response_schema",
+    "supports_system_messages",
+    "supports_tool_choice",
+    "supports_vision",
+    "supports_web_search",
+    "token_counter",
     "update_cache",
 ]
 

@@ -289,6 +289,12 @@ class Client:
             ) from err
         return list(pb.supported_params)
 
+    def list_models(self) -> list[dict[str, Any]]:
+        """The model names this gateway serves the caller (``ListModels``); see :func:`llmrpc.list_models`."""
+        from ._discovery import list_models  # that module builds on this one
+
+        return list_models(client=self)
+
     def close(self) -> None:
         """Close every channel. Streams still open on them fail."""
         with self._lock:

@@ -3,6 +3,7 @@ to a status in one place (:func:`_abort`)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn, Protocol
@@ -14,7 +15,10 @@ from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 
 from .config import Settings
 from .deployments import DeploymentTable, request_table, with_credentials
+from .discovery import ModelFilter, group_info, list_models
 from .errors import ServiceError, from_provider_error, internal_error, invalid_argument, to_status
+from .hidden_usage import UsageHider
+from .model_info import count_tokens, model_info
 from .params import openai_name
 from .pipeline import Backend
 from .providers.base import ProviderError
@@ -23,9 +27,15 @@ from .retry import Deadline
 from .router import Route, Router
 from .validation import validate_request
 
-__all__ = ["CompletionService", "ModelGroups", "Undecodable", "add_to_server"]
+__all__ = ["CompletionService", "ModelFilterFactory", "ModelGroups", "Undecodable", "add_to_server"]
 
 log = logging.getLogger("llmrpc_server")
+_MAX_COUNT_BYTES = 16 << 20  # CountTokens input bound: the tokenizer runs ~3 MB/s
+
+
+# The caller's allowlist of public model names, from its call context (its virtual key); None
+# when the caller may use every name.
+ModelFilterFactory = Callable[[grpc.aio.ServicerContext], ModelFilter | None]
 
 
 class ModelGroups(Protocol):
@@ -42,11 +52,13 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
     """``llmrpc.v1.CompletionService``."""
 
     def __init__(self, backend: Backend, router: Router, settings: Settings,
-                 groups: ModelGroups | None = None) -> None:
+                 groups: ModelGroups | None = None, model_filter: ModelFilterFactory | None = None) -> None:
         self._backend = backend
         self._router = router
         self._settings = settings
         self._groups = groups
+        # Virtual keys plug in here: the names a caller may see in ListModels (None: every name).
+        self._model_filter = model_filter
 
     def set_backend(self, backend: Backend) -> None:
         """The outermost backend, composed after the service was created (``app.start_gateway``)."""
@@ -103,8 +115,17 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
             validate_request(req, prefix="request.")
             self._check_models(req, prefix="request.")
             include_usage = request.stream_options.include_usage
-            async for chunk in self._backend.stream(req, self._deadline(req, context), include_usage=include_usage):
-                yield chunk
+            chunks = self._backend.stream(req, self._deadline(req, context), include_usage=include_usage)
+            if include_usage:
+                async for chunk in chunks:
+                    yield chunk
+            else:  # the provider's usage still travels, as LiteLLM's hidden usage
+                hider = UsageHider()
+                async for chunk in chunks:
+                    for out in hider.add(chunk):
+                        yield out
+                for out in hider.finish():
+                    yield out
         except Exception as exc:
             await _abort(context, exc)
 
@@ -123,6 +144,58 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
             return pb.GetSupportedParamsResponse(provider=adapter.name, provider_model=name, supported_params=params)
         except Exception as exc:
             await _abort(context, exc)
+
+    async def CountTokens(
+        self, request: pb.CountTokensRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CountTokensResponse:
+        try:
+            _require_decoded(request)
+            if request.ByteSize() > _MAX_COUNT_BYTES:
+                raise invalid_argument([("messages", f"at most {_MAX_COUNT_BYTES >> 20} MiB can be counted")])
+            provider, model = self._model_of(request.model)
+            # Off the event loop: a long prompt takes the tokenizer milliseconds.
+            return await asyncio.to_thread(count_tokens, request, provider, model)
+        except Exception as exc:
+            await _abort(context, exc)
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelInfoResponse:
+        try:
+            _require_decoded(request)
+            if not request.model.strip():
+                raise invalid_argument([("model", "required: name a model such as 'openai/gpt-4o'")])
+            table = self._groups.table if self._groups is not None else None
+            found = group_info(table, self._router, request.model) if table is not None else None
+            if found is not None:  # a model group, alias or wildcard match of the proxy config
+                return pb.GetModelInfoResponse(model_info=found)
+            adapter, name = self._router.split(request.model)
+            return pb.GetModelInfoResponse(model_info=model_info(adapter, request.model, name))
+        except Exception as exc:
+            await _abort(context, exc)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        try:
+            _require_decoded(request)
+            allowed = self._model_filter(context) if self._model_filter is not None else None
+            table = self._groups.table if self._groups is not None else None
+            settings = self._settings
+            return pb.ListModelsResponse(models=list_models(table, self._router, settings.aliases, settings.env,
+                                                            allowed))
+        except Exception as exc:
+            await _abort(context, exc)
+
+    def _model_of(self, model: str) -> tuple[str, str]:
+        """(provider, model name) of ``model``; any name may be counted, known provider or not."""
+        if not model.strip():
+            return "", ""
+        try:
+            adapter, name = self._router.split(model)
+        except ServiceError:
+            return "", model.rsplit("/", 1)[-1]
+        return adapter.name, name
 
     def _deadline(self, req: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> Deadline:
         return Deadline.smallest(
@@ -185,6 +258,12 @@ def add_to_server(service: CompletionService, server: grpc.aio.Server) -> None:
         "GetSupportedParams": grpc.unary_unary_rpc_method_handler(
             service.GetSupportedParams, _parser(pb.GetSupportedParamsRequest),
             pb.GetSupportedParamsResponse.SerializeToString),
+        "CountTokens": grpc.unary_unary_rpc_method_handler(
+            service.CountTokens, _parser(pb.CountTokensRequest), pb.CountTokensResponse.SerializeToString),
+        "GetModelInfo": grpc.unary_unary_rpc_method_handler(
+            service.GetModelInfo, _parser(pb.GetModelInfoRequest), pb.GetModelInfoResponse.SerializeToString),
+        "ListModels": grpc.unary_unary_rpc_method_handler(
+            service.ListModels, _parser(pb.ListModelsRequest), pb.ListModelsResponse.SerializeToString),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
     server.add_registered_method_handlers(name, handlers)
