@@ -126,3 +126,8 @@ def test_without_a_config_the_list_has_aliases_and_keyed_providers(tmp_path: Pat
     with GatewayThread(settings) as gw, llmrpc.Client(gw.address) as client:
         keys = [m["key"] for m in client.list_models()]
     assert keys[0] == "fast" and "openai/*" in keys and "anthropic/*" not in keys
+
+
+def test_count_tokens_of_a_group_uses_its_first_deployment_tokenizer(stub: pb_grpc.CompletionServiceStub) -> None:
+    counted = stub.CountTokens(pb.CountTokensRequest(model="gpt", text="hello world"), timeout=10)
+    assert counted.tokenizer == "o200k_base"  # gpt-4o's encoding, not the cl100k estimate of an unknown name

@@ -191,6 +191,10 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
         """(provider, model name) of ``model``; any name may be counted, known provider or not."""
         if not model.strip():
             return "", ""
+        table = self._groups.table if self._groups is not None else None
+        group = table.lookup(model) if table is not None else None
+        if group is not None:  # a model group counts with its first deployment's tokenizer
+            model = group.candidates[0].model
         try:
             adapter, name = self._router.split(model)
         except ServiceError:
