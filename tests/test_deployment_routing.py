@@ -106,38 +106,54 @@ def test_retry_goes_to_another_deployment_and_failures_cool_it_down(
     a, b, _ = upstreams
     a.default = always(lambda: oai.server_error(500))
     gw = start({"model_list": [deployment("gpt", a, "bad"), deployment("gpt", b, "good")],
-                "router_settings": {"num_retries": 1, "allowed_fails": 1, "cooldown_time": 1.5}})
+                "router_settings": {"num_retries": 1, "allowed_fails": 1, "cooldown_time": 600}})
     with llmrpc.Client(gw.address) as client:
         logs = []
-        for _ in range(12):
+        for _ in range(200):  # until the shuffle has picked "bad" twice (each pick is a coin toss)
             resp = client.completion(model="gpt", messages=MESSAGES)
             assert resp._hidden_params["model_id"] == "good"
             logs.append(deployments_of(resp))
+            if len(a.requests) == 2:
+                break
         # Every failed attempt on "bad" was retried at once on "good", never on "bad" again.
-        assert all(log in (["good"], ["bad", "good"]) for log in logs)
-        # Two failures (> allowed_fails=1) within the minute cool "bad" down: it gets no more calls.
-        assert len(a.requests) == 2
-        cooled = len(a.requests)
-        time.sleep(2.0)
-        a.default = oai.default_handler  # recovered
+        assert all(log in (["good"], ["bad", "good"]) for log in logs) and ["bad", "good"] in logs
+        # Two failures (more than allowed_fails=1) within the minute cooled "bad" down: no more calls.
+        later = [deployments_of(client.completion(model="gpt", messages=MESSAGES)) for _ in range(20)]
+    assert len(a.requests) == 2 and later == [["good"]] * 20
+
+
+def test_a_cooled_deployment_comes_back_after_cooldown_time(start: Callable[..., GatewayThread],
+                                                            upstreams: list[FakeUpstream]) -> None:
+    a, b, _ = upstreams
+    a.default = always(lambda: oai.server_error(500))
+    gw = start({"model_list": [deployment("gpt", a, "flaky"), deployment("gpt", b, "steady")],
+                "router_settings": {"num_retries": 1, "allowed_fails": 0, "cooldown_time": 1}})
+    with llmrpc.Client(gw.address) as client:
+        for _ in range(200):  # until "flaky" has been picked once: its first failure cools it
+            client.completion(model="gpt", messages=MESSAGES)
+            if a.requests:
+                break
+        assert len(a.requests) == 1
+        a.default = oai.default_handler  # it recovers meanwhile
+        time.sleep(1.5)
         seen = Counter(client.completion(model="gpt", messages=MESSAGES)._hidden_params["model_id"]
                        for _ in range(40))
-    assert seen["bad"] >= 5 and len(a.requests) > cooled  # back in rotation after cooldown_time
+    assert seen["flaky"] >= 5 and seen["flaky"] + seen["steady"] == 40  # back in rotation
 
 
 def test_429_retry_after_cools_the_deployment_for_that_long(
         start: Callable[..., GatewayThread], upstreams: list[FakeUpstream]) -> None:
     a, b, _ = upstreams
     a.enqueue(oai.rate_limited(retry_after=30))
-    gw = start({"model_list": [deployment("gpt", a, "limited", weight=1000), deployment("gpt", b, "other", weight=1)],
+    gw = start({"model_list": [deployment("gpt", a, "limited", order=1), deployment("gpt", b, "other", order=2)],
                 "router_settings": {"num_retries": 1, "allowed_fails": 100}})
     with llmrpc.Client(gw.address) as client:
         first = client.completion(model="gpt", messages=MESSAGES)
         later = [client.completion(model="gpt", messages=MESSAGES)._hidden_params["model_id"] for _ in range(10)]
-    # weight 1000:1 picks "limited" first almost surely; its 429 moved the call to "other"...
+    # "limited" comes first (order 1); its 429 moved the call to "other" at once...
     assert deployments_of(first) == ["limited", "other"]
     assert first._hidden_params["attempt_log"][0]["outcome"] == "RATE_LIMITED"
-    # ...and Retry-After: 30 keeps it out, however heavy its weight.
+    # ...and Retry-After: 30 keeps it out although it has the lower order (allowed_fails is far off).
     assert later == ["other"] * 10 and len(a.requests) == 1
 
 
@@ -346,8 +362,9 @@ def test_least_busy_avoids_a_deployment_with_a_call_in_flight(start: Callable[..
     a, b, _ = upstreams
     gw = start({"model_list": [deployment("gpt", a, "a"), deployment("gpt", b, "b")],
                 "router_settings": {"routing_strategy": "least-busy"}})
-    a.enqueue(StallReply(seconds=3))
-    b.enqueue(StallReply(seconds=3))
+    # Long enough that the calls below all start while it is in flight, even on a loaded machine.
+    a.enqueue(StallReply(seconds=10))
+    b.enqueue(StallReply(seconds=10))
     with llmrpc.Client(gw.address) as client:
         first: list[str] = []
         worker = threading.Thread(target=lambda: first.append(
