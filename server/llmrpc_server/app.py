@@ -134,14 +134,14 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
 async def _serve(settings: Settings) -> None:
     load_price_table()
     gateway = await start_gateway(settings)
+    if gateway.reloader is not None:  # before "listening": whoever waits for that line may send SIGHUP
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reloader.reload)
     log.info("llmrpc-server listening on %s:%d%s (pid %d)", settings.host, gateway.port,
              (" with mTLS" if settings.tls_client_ca else " with TLS") if settings.tls_cert else "", os.getpid())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if gateway.reloader is not None:
-        loop.add_signal_handler(signal.SIGHUP, gateway.reloader.reload)
     await stop.wait()
     if settings.drain_delay > 0:
         # A balancer only stops sending calls once a health check sees NOT_SERVING; until then keep
