@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from llmrpc.v1 import completion_service_pb2 as pb
 
@@ -51,7 +50,7 @@ class Gateway:
 
     server: grpc.aio.Server
     port: int
-    health: HealthServicer
+    health: DrainingHealthServicer
     executor: Executor
     settings: Settings
     caching: CachingBackend | None = None
@@ -62,6 +61,7 @@ class Gateway:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING first, then let in-flight calls finish within ``grace`` seconds."""
         await self.health.enter_graceful_shutdown()
+        await self.health.watches_ended(timeout=2.0)
         await self.server.stop(self.settings.grace if grace is None else grace)
         if self.caching is not None:
             await self.caching.close()
