@@ -222,7 +222,10 @@ def test_response_format_dict_and_pydantic() -> None:
     req = request(response_format=CalendarEvent)
     assert req.response_format.type == "json_schema"
     assert req.response_format.json_schema.name == "CalendarEvent"
-    assert struct_to_dict(req.response_format.json_schema.schema) == CalendarEvent.model_json_schema()
+    # As LiteLLM sends a pydantic class: OpenAI's strict schema, strict set.
+    assert struct_to_dict(req.response_format.json_schema.schema) == {
+        **CalendarEvent.model_json_schema(), "additionalProperties": False}
+    assert req.response_format.json_schema.strict is True
 
 
 def test_thinking_audio_prediction_cache_metadata_headers() -> None:

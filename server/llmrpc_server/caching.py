@@ -341,16 +341,18 @@ class CachingBackend:
                 async for chunk in chunks:
                     yield chunk
             return
+        # Cached streams always carry their usage chunk: the service shows it to callers that asked
+        # for include_usage and hides it (StreamCompleteResponse.hidden_usage) from the others.
         stored, flight = await self._find(plan)
         if stored is not None:
-            for chunk in _replay(stored, include_usage):
+            for chunk in _replay(stored, True):
                 yield chunk
             return
         if flight is not None:
             self.cache.count("coalesced")
         leader = flight is None
         flight = flight or self._launch(plan, req, deadline, stream=True)
-        async for chunk in self._follow(flight, None if leader else deadline, include_usage, leader):
+        async for chunk in self._follow(flight, None if leader else deadline, True, leader):
             yield chunk
 
     async def _find(self, plan: CachePlan) -> tuple[Stored | None, _Flight | None]:

@@ -17,7 +17,7 @@ from .egress import AddressCheck, EgressRefused
 from .errors import ServiceError, from_provider_error, invalid_argument
 from .executor import Executor, UpstreamStream, egress_refused
 from .media import MediaInliner
-from .params import openai_name, set_params, without_params
+from .params import ALWAYS_DROPPED, openai_name, set_params, unforwarded_body_keys, without_body_keys, without_params
 from .providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent, Target
 from .redaction import origin, scrub_error
 from .retry import Deadline, backoff_delay
@@ -113,12 +113,17 @@ class Pipeline:
         if route.target.base_from_caller and self._egress.refused(route.target.api_base):
             raise egress_refused(EgressRefused("api_base", "this gateway does not accept base URLs from callers "
                                                            "(--client-api-base off); leave api_base unset"))
+        if req.HasField("extra_body") and (own := unforwarded_body_keys(req, route.adapter.name)):
+            req = without_body_keys(req, own)
         unsupported = [f for f in set_params(req) if f not in route.adapter.supported_params]
         if not unsupported:
             return route, req
         drop = req.drop_params if req.HasField("drop_params") else self._settings.drop_params
-        if drop:
+        if drop or ALWAYS_DROPPED.issuperset(unsupported):
             return route, without_params(req, unsupported)
+        if not ALWAYS_DROPPED.isdisjoint(unsupported):
+            req = without_params(req, [f for f in unsupported if f in ALWAYS_DROPPED])
+            unsupported = [f for f in unsupported if f not in ALWAYS_DROPPED]
         names = ", ".join(openai_name(f) for f in unsupported)
         raise invalid_argument(
             [(f, f"{route.adapter.name} does not support parameter {openai_name(f)!r}; "
@@ -341,7 +346,8 @@ def _require_key(route: Route) -> None:
     if route.adapter.key_required and not route.target.api_key:
         names = " or ".join(route.adapter.env_keys)
         raise ProviderError(ErrorKind.API_KEY_MISSING,
-                            f"no API key for {route.adapter.name}: pass api_key or set {names}",
+                            f"no API key for {route.adapter.name}: provider keys live on the llmrpc gateway, "
+                            f"so set {names} in the gateway's environment and restart it (or pass api_key)",
                             env_vars=tuple(route.adapter.env_keys))
 
 

@@ -3,6 +3,7 @@ to a status in one place (:func:`_abort`)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
@@ -14,6 +15,8 @@ from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 
 from .config import Settings
 from .errors import ServiceError, from_provider_error, internal_error, invalid_argument, to_status
+from .hidden_usage import UsageHider
+from .model_info import count_tokens, model_info
 from .params import openai_name
 from .pipeline import Backend
 from .providers.base import ProviderError
@@ -25,6 +28,7 @@ from .validation import validate_request
 __all__ = ["CompletionService", "Undecodable", "add_to_server"]
 
 log = logging.getLogger("llmrpc_server")
+_MAX_COUNT_BYTES = 16 << 20  # CountTokens input bound: the tokenizer runs ~3 MB/s
 
 
 class CompletionService(pb_grpc.CompletionServiceServicer):
@@ -56,8 +60,17 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
             self._router.check_fallbacks(req, prefix="request.")
             self._router.check_api_base(req, prefix="request.")
             include_usage = request.stream_options.include_usage
-            async for chunk in self._backend.stream(req, self._deadline(req, context), include_usage=include_usage):
-                yield chunk
+            chunks = self._backend.stream(req, self._deadline(req, context), include_usage=include_usage)
+            if include_usage:
+                async for chunk in chunks:
+                    yield chunk
+            else:  # the provider's usage still travels, as LiteLLM's hidden usage
+                hider = UsageHider()
+                async for chunk in chunks:
+                    for out in hider.add(chunk):
+                        yield out
+                for out in hider.finish():
+                    yield out
         except Exception as exc:
             await _abort(context, exc)
 
@@ -71,6 +84,41 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
             return pb.GetSupportedParamsResponse(provider=adapter.name, provider_model=name, supported_params=params)
         except Exception as exc:
             await _abort(context, exc)
+
+    async def CountTokens(
+        self, request: pb.CountTokensRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CountTokensResponse:
+        try:
+            _require_decoded(request)
+            if request.ByteSize() > _MAX_COUNT_BYTES:
+                raise invalid_argument([("messages", f"at most {_MAX_COUNT_BYTES >> 20} MiB can be counted")])
+            provider, model = self._model_of(request.model)
+            # Off the event loop: a long prompt takes the tokenizer milliseconds.
+            return await asyncio.to_thread(count_tokens, request, provider, model)
+        except Exception as exc:
+            await _abort(context, exc)
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelInfoResponse:
+        try:
+            _require_decoded(request)
+            if not request.model.strip():
+                raise invalid_argument([("model", "required: name a model such as 'openai/gpt-4o'")])
+            adapter, name = self._router.split(request.model)
+            return pb.GetModelInfoResponse(model_info=model_info(adapter, request.model, name))
+        except Exception as exc:
+            await _abort(context, exc)
+
+    def _model_of(self, model: str) -> tuple[str, str]:
+        """(provider, model name) of ``model``; any name may be counted, known provider or not."""
+        if not model.strip():
+            return "", ""
+        try:
+            adapter, name = self._router.split(model)
+        except ServiceError:
+            return "", model.rsplit("/", 1)[-1]
+        return adapter.name, name
 
     def _deadline(self, req: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> Deadline:
         return Deadline.smallest(
@@ -133,6 +181,10 @@ def add_to_server(service: CompletionService, server: grpc.aio.Server) -> None:
         "GetSupportedParams": grpc.unary_unary_rpc_method_handler(
             service.GetSupportedParams, _parser(pb.GetSupportedParamsRequest),
             pb.GetSupportedParamsResponse.SerializeToString),
+        "CountTokens": grpc.unary_unary_rpc_method_handler(
+            service.CountTokens, _parser(pb.CountTokensRequest), pb.CountTokensResponse.SerializeToString),
+        "GetModelInfo": grpc.unary_unary_rpc_method_handler(
+            service.GetModelInfo, _parser(pb.GetModelInfoRequest), pb.GetModelInfoResponse.SerializeToString),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
     server.add_registered_method_handlers(name, handlers)
