@@ -9,7 +9,7 @@ import llmrpc
 
 PUBLIC = {
     # functions
-    "completion", "acompletion", "get_supported_openai_params", "stream_chunk_builder",
+    "completion", "acompletion", "get_supported_openai_params", "stream_chunk_builder", "list_models",
     # model knowledge, answered by the gateway
     "token_counter", "get_model_info", "model_cost", "get_llm_provider", "completion_cost",
     "supports_function_calling", "supports_parallel_function_calling", "supports_tool_choice", "supports_vision",

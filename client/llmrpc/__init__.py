@@ -17,6 +17,7 @@ from . import types as types  # llmrpc.types.utils.ModelResponse
 from ._callbacks import callbacks, failure_callback, input_callback, success_callback
 from ._chunk_builder import stream_chunk_builder
 from ._client import Client, acompletion, completion, get_supported_openai_params
+from ._discovery import list_models
 from ._model_info import (
     completion_cost,
     get_llm_provider,
@@ -148,6 +149,7 @@ __all__ = [
     "get_model_info",
     "get_supported_openai_params",
     "input_callback",
+    "list_models",
     "model_cost",
     "num_retries",
     "request_timeout",

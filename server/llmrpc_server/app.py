@@ -34,6 +34,7 @@ from .pipeline import Backend, Pipeline
 from .pricing import load_price_table
 from .protected import startup_warnings
 from .providers import default_adapters
+from .reload import Reloader
 from .router import Router
 from .service import CompletionService, add_to_server
 from .tls import load_listener_tls
@@ -57,6 +58,7 @@ class Gateway:
     observed: ObservedBackend | None = None
     telemetry: Telemetry | None = None
     counters: Counters = field(default_factory=Counters)  # this gateway's resilience counters
+    reloader: Reloader | None = None  # SIGHUP reloads the config file through it
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING first, then let in-flight calls finish within ``grace`` seconds."""
@@ -99,6 +101,9 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     pipeline = Pipeline(router, executor, settings)
     cache = ResponseCache(settings.cache_path, int(settings.cache_max_mb * 1024 * 1024))
     caching = CachingBackend(pipeline, cache, pipeline, settings)
+    service = CompletionService(caching, router, settings, pipeline)  # its backend is set below
+    reloader = Reloader(settings, [pipeline, caching, service])
+    pipeline.table = reloader.table
     backend: Backend = caching
     telemetry = telemetry or configure(settings)
     backend = observed = ObservedBackend(backend, settings, telemetry, pipeline.counters)
@@ -107,7 +112,8 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
         options=_server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
-    add_to_server(CompletionService(backend, router, settings), server)
+    service.set_backend(backend)
+    add_to_server(service, server)
     health = DrainingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -121,12 +127,15 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health, executor, settings, caching, observed, telemetry, pipeline.counters)
+    return Gateway(server, port, health, executor, settings, caching, observed, telemetry, pipeline.counters,
+                   reloader)
 
 
 async def _serve(settings: Settings) -> None:
     load_price_table()
     gateway = await start_gateway(settings)
+    if gateway.reloader is not None:  # before "listening": whoever waits for that line may send SIGHUP
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reloader.reload)
     log.info("llmrpc-server listening on %s:%d%s (pid %d)", settings.host, gateway.port,
              (" with mTLS" if settings.tls_client_ca else " with TLS") if settings.tls_cert else "", os.getpid())
     stop = asyncio.Event()
@@ -150,6 +159,7 @@ def _configure_logging(settings: Settings) -> None:
 
 def _run_worker(settings: Settings) -> None:
     _configure_logging(settings)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop's reload handler is installed
     try:
         import uvloop
 
@@ -172,7 +182,7 @@ def run(settings: Settings) -> None:
         load_listener_tls(settings)  # once, before any worker starts, so a bad file is one clear error
     except ValueError as exc:
         raise SystemExit(f"llmrpc-server: bad setting: {exc}") from None
-    for warning in startup_warnings(settings):  # once for all workers
+    for warning in (*settings.config_warnings, *startup_warnings(settings)):  # once for all workers
         log.warning("%s", warning)
     workers = settings.workers or os.cpu_count() or 1
     if workers == 1:
@@ -183,13 +193,19 @@ def run(settings: Settings) -> None:
     # spawn, never fork: no gRPC object may cross a fork (grpc/grpc#13873).
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_run_worker, args=(_worker_settings(settings, workers, i),)) for i in range(workers)]
-    for proc in procs:
-        proc.start()
     def forward(*_: object) -> None:
         for proc in procs:
             proc.terminate()
 
+    def forward_hup(*_: object) -> None:  # each worker reloads its own copy of the config
+        for proc in procs:
+            if proc.pid is not None:
+                os.kill(proc.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGHUP, forward_hup)
+    for proc in procs:
+        proc.start()
     try:
         for proc in procs:
             proc.join()

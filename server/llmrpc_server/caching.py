@@ -301,6 +301,10 @@ class CachingBackend:
         self._flights: dict[str, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def reconfigure(self, settings: Settings, table: object = None) -> None:
+        """A reloaded config (``reload``): cache defaults of calls that start from now on."""
+        self._settings = settings
+
     def plan(self, req: pb.CompleteRequest) -> CachePlan | None:
         """How the cache treats ``req``; None when it does not take part."""
         if not (req.caching if req.HasField("caching") else self._settings.cache_default):
@@ -314,7 +318,7 @@ class CachingBackend:
         read, store = not opts.no_cache, not opts.no_store and ttl > 0
         if not (read or store):
             return None
-        namespace = opts.namespace
+        namespace = opts.namespace or self._settings.cache_namespace
         return CachePlan(
             key=cache_key(req, route.target, namespace), namespace=namespace, read=read, store=store, ttl=ttl,
             max_age=opts.s_maxage if opts.HasField("s_maxage") else None,

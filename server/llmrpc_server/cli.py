@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmrpc-server", description="llmrpc gRPC gateway")
     parser.add_argument("command", nargs="?", default="serve", help="serve (default), or: cache")
     parser.add_argument("action", nargs="?", help="for `cache`: stats, clear or prune")
-    parser.add_argument("--config", help="JSON config file (also LLMRPC_CONFIG)")
+    parser.add_argument("--config", help="config file: a LiteLLM proxy config.yaml, or setting names -> values "
+                                         "as JSON/YAML (also LLMRPC_CONFIG)")
     for name, kind, default, help_text in setting_fields():
         flag = "--" + name.replace("_", "-")
         if kind == "bool":

@@ -136,6 +136,7 @@ class CompleteRequest(_message.Message):
     PROVIDER_METADATA_FIELD_NUMBER: _builtins.int
     WEB_SEARCH_OPTIONS_FIELD_NUMBER: _builtins.int
     ORGANIZATION_FIELD_NUMBER: _builtins.int
+    MODEL_LIST_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """"provider/model", e.g. "openai/gpt-4o-mini"; well-known OpenAI names
     need no prefix. Required.
@@ -307,6 +308,15 @@ class CompleteRequest(_message.Message):
         googleSearch tool.
         """
 
+    @_builtins.property
+    def model_list(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelDeployment]:
+        """A one-call router (LiteLLM `completion(model_list=[...])`): when `model`
+        is one of these entries' `model_name`, the call goes to one of them
+        (simple shuffle), and a retryable failure moves to another. Their
+        api_base/api_key are the caller's own (the caller-base key policy
+        applies). At most 64 entries.
+        """
+
     def __init__(
         self,
         *,
@@ -357,10 +367,11 @@ class CompleteRequest(_message.Message):
         provider_metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         web_search_options: Global___WebSearchOptions | None = ...,
         organization: _builtins.str | None = ...,
+        model_list: _abc.Iterable[Global___ModelDeployment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_api_base", b"_api_base", "_api_key", b"_api_key", "_api_version", b"_api_version", "_caching", b"_caching", "_deployment_id", b"_deployment_id", "_drop_params", b"_drop_params", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_mock_response", b"_mock_response", "_n", b"_n", "_num_retries", b"_num_retries", "_organization", b"_organization", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_service_tier", b"_service_tier", "_store", b"_store", "_temperature", b"_temperature", "_timeout", b"_timeout", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_user", b"_user", "api_base", b"api_base", "api_key", b"api_key", "api_version", b"api_version", "audio", b"audio", "cache", b"cache", "caching", b"caching", "deployment_id", b"deployment_id", "drop_params", b"drop_params", "extra_body", b"extra_body", "frequency_penalty", b"frequency_penalty", "function_call", b"function_call", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "metadata", b"metadata", "mock_response", b"mock_response", "n", b"n", "num_retries", b"num_retries", "organization", b"organization", "parallel_tool_calls", b"parallel_tool_calls", "prediction", b"prediction", "presence_penalty", b"presence_penalty", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "service_tier", b"service_tier", "store", b"store", "temperature", b"temperature", "thinking", b"thinking", "timeout", b"timeout", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user", "web_search_options", b"web_search_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_api_base", b"_api_base", "_api_key", b"_api_key", "_api_version", b"_api_version", "_caching", b"_caching", "_deployment_id", b"_deployment_id", "_drop_params", b"_drop_params", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_mock_response", b"_mock_response", "_n", b"_n", "_num_retries", b"_num_retries", "_organization", b"_organization", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_service_tier", b"_service_tier", "_store", b"_store", "_temperature", b"_temperature", "_timeout", b"_timeout", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_user", b"_user", "api_base", b"api_base", "api_key", b"api_key", "api_version", b"api_version", "audio", b"audio", "cache", b"cache", "caching", b"caching", "content_policy_fallbacks", b"content_policy_fallbacks", "context_window_fallbacks", b"context_window_fallbacks", "deployment_id", b"deployment_id", "drop_params", b"drop_params", "extra_body", b"extra_body", "extra_headers", b"extra_headers", "fallbacks", b"fallbacks", "frequency_penalty", b"frequency_penalty", "function_call", b"function_call", "functions", b"functions", "logit_bias", b"logit_bias", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "messages", b"messages", "metadata", b"metadata", "mock_response", b"mock_response", "modalities", b"modalities", "model", b"model", "n", b"n", "num_retries", b"num_retries", "organization", b"organization", "parallel_tool_calls", b"parallel_tool_calls", "prediction", b"prediction", "presence_penalty", b"presence_penalty", "provider_metadata", b"provider_metadata", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "service_tier", b"service_tier", "stop", b"stop", "store", b"store", "temperature", b"temperature", "thinking", b"thinking", "timeout", b"timeout", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user", "web_search_options", b"web_search_options"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_api_base", b"_api_base", "_api_key", b"_api_key", "_api_version", b"_api_version", "_caching", b"_caching", "_deployment_id", b"_deployment_id", "_drop_params", b"_drop_params", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_mock_response", b"_mock_response", "_n", b"_n", "_num_retries", b"_num_retries", "_organization", b"_organization", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_service_tier", b"_service_tier", "_store", b"_store", "_temperature", b"_temperature", "_timeout", b"_timeout", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_user", b"_user", "api_base", b"api_base", "api_key", b"api_key", "api_version", b"api_version", "audio", b"audio", "cache", b"cache", "caching", b"caching", "content_policy_fallbacks", b"content_policy_fallbacks", "context_window_fallbacks", b"context_window_fallbacks", "deployment_id", b"deployment_id", "drop_params", b"drop_params", "extra_body", b"extra_body", "extra_headers", b"extra_headers", "fallbacks", b"fallbacks", "frequency_penalty", b"frequency_penalty", "function_call", b"function_call", "functions", b"functions", "logit_bias", b"logit_bias", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "messages", b"messages", "metadata", b"metadata", "mock_response", b"mock_response", "modalities", b"modalities", "model", b"model", "model_list", b"model_list", "n", b"n", "num_retries", b"num_retries", "organization", b"organization", "parallel_tool_calls", b"parallel_tool_calls", "prediction", b"prediction", "presence_penalty", b"presence_penalty", "provider_metadata", b"provider_metadata", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "service_tier", b"service_tier", "stop", b"stop", "store", b"store", "temperature", b"temperature", "thinking", b"thinking", "timeout", b"timeout", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user", "web_search_options", b"web_search_options"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__api_base: _TypeAlias = _typing.Literal["api_base"]  # noqa: Y015
     _WhichOneofArgType__api_base: _TypeAlias = _typing.Literal["_api_base", b"_api_base"]  # noqa: Y015
@@ -942,6 +953,46 @@ class ResponseMetadata(_message.Message):
 Global___ResponseMetadata: _TypeAlias = ResponseMetadata  # noqa: Y015
 
 @_typing.final
+class ModelDeployment(_message.Message):
+    """One deployment of a request's `model_list` (a LiteLLM proxy config
+    `model_list` entry).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    LITELLM_PARAMS_FIELD_NUMBER: _builtins.int
+    MODEL_INFO_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    """The public model name it serves (LiteLLM `model_name`)."""
+    @_builtins.property
+    def litellm_params(self) -> _struct_pb2.Struct:
+        """LiteLLM `litellm_params`: `model` ("provider/model", required),
+        `api_base`, `api_key`, `api_version`, `rpm`, `tpm`, `timeout`,
+        `stream_timeout`, `max_retries`, `order`, `weight`; any other key is a
+        provider parameter sent like `extra_body`.
+        """
+
+    @_builtins.property
+    def model_info(self) -> _struct_pb2.Struct:
+        """LiteLLM `model_info` (`id` names the deployment in attempt logs)."""
+
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        litellm_params: _struct_pb2.Struct | None = ...,
+        model_info: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["litellm_params", b"litellm_params", "model_info", b"model_info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["litellm_params", b"litellm_params", "model_info", b"model_info", "model_name", b"model_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelDeployment: _TypeAlias = ModelDeployment  # noqa: Y015
+
+@_typing.final
 class Attempt(_message.Message):
     """One upstream attempt."""
 
@@ -952,6 +1003,7 @@ class Attempt(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     UPSTREAM_HTTP_STATUS_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model as requested ("provider/model")."""
     provider: _builtins.str
@@ -962,6 +1014,11 @@ class Attempt(_message.Message):
     """The upstream HTTP status, when one answered."""
     latency_ms: _builtins.float
     """Milliseconds the attempt took."""
+    deployment: _builtins.str
+    """The model-group deployment tried (its `model_info.id`, else
+    "model_name#index"); unset when the model was not routed through a
+    `model_list`.
+    """
     def __init__(
         self,
         *,
@@ -970,13 +1027,19 @@ class Attempt(_message.Message):
         outcome: _builtins.str = ...,
         upstream_http_status: _builtins.int | None = ...,
         latency_ms: _builtins.float = ...,
+        deployment: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_upstream_http_status", b"_upstream_http_status", "upstream_http_status", b"upstream_http_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_deployment", b"_deployment", "_upstream_http_status", b"_upstream_http_status", "deployment", b"deployment", "upstream_http_status", b"upstream_http_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upstream_http_status", b"_upstream_http_status", "latency_ms", b"latency_ms", "model", b"model", "outcome", b"outcome", "provider", b"provider", "upstream_http_status", b"upstream_http_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_deployment", b"_deployment", "_upstream_http_status", b"_upstream_http_status", "deployment", b"deployment", "latency_ms", b"latency_ms", "model", b"model", "outcome", b"outcome", "provider", b"provider", "upstream_http_status", b"upstream_http_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__deployment: _TypeAlias = _typing.Literal["deployment"]  # noqa: Y015
+    _WhichOneofArgType__deployment: _TypeAlias = _typing.Literal["_deployment", b"_deployment"]  # noqa: Y015
     _WhichOneofReturnType__upstream_http_status: _TypeAlias = _typing.Literal["upstream_http_status"]  # noqa: Y015
     _WhichOneofArgType__upstream_http_status: _TypeAlias = _typing.Literal["_upstream_http_status", b"_upstream_http_status"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__deployment) -> _WhichOneofReturnType__deployment | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__upstream_http_status) -> _WhichOneofReturnType__upstream_http_status | None: ...
 
 Global___Attempt: _TypeAlias = Attempt  # noqa: Y015
@@ -1116,7 +1179,9 @@ class GetModelInfoRequest(_message.Message):
 
     MODEL_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """"provider/model" or a bare well-known name ("gpt-4o", "claude-...")."""
+    """"provider/model", a bare well-known name ("gpt-4o", "claude-..."), or a
+    model name, alias or wildcard match of the server's proxy config.
+    """
     def __init__(
         self,
         *,
@@ -1187,6 +1252,10 @@ class ModelInfo(_message.Message):
     SUPPORTS_AUDIO_OUTPUT_FIELD_NUMBER: _builtins.int
     SUPPORTS_PDF_INPUT_FIELD_NUMBER: _builtins.int
     SUPPORTED_OPENAI_PARAMS_FIELD_NUMBER: _builtins.int
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    ALIAS_OF_FIELD_NUMBER: _builtins.int
+    WILDCARD_FIELD_NUMBER: _builtins.int
+    CONFIG_MODEL_INFO_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The model as asked for."""
     provider: _builtins.str
@@ -1235,9 +1304,31 @@ class ModelInfo(_message.Message):
     """Audio output."""
     supports_pdf_input: _builtins.bool
     """PDF input."""
+    alias_of: _builtins.str
+    """For an alias (`model_group_alias`, or the server's `aliases`): the
+    model group or "provider/model" it stands for.
+    """
+    wildcard: _builtins.bool
+    """True when `key` is a wildcard pattern ("anthropic/*"): any name it
+    matches may be used.
+    """
     @_builtins.property
     def supported_openai_params(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The OpenAI parameters the provider accepts, sorted."""
+
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """For a model group of the proxy config: its deployments' ids
+        (`model_info.id`, else "model_name#index"), in config order. The
+        provider, limits and prices above are those of the first deployment,
+        overridden by the keys its config `model_info` sets.
+        """
+
+    @_builtins.property
+    def config_model_info(self) -> _struct_pb2.Struct:
+        """The config's own `model_info` of the group's first deployment (never
+        its litellm_params: no base or key is listed).
+        """
 
     def __init__(
         self,
@@ -1267,11 +1358,17 @@ class ModelInfo(_message.Message):
         supports_audio_output: _builtins.bool | None = ...,
         supports_pdf_input: _builtins.bool | None = ...,
         supported_openai_params: _abc.Iterable[_builtins.str] | None = ...,
+        deployments: _abc.Iterable[_builtins.str] | None = ...,
+        alias_of: _builtins.str | None = ...,
+        wildcard: _builtins.bool = ...,
+        config_model_info: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cache_creation_input_token_cost", b"_cache_creation_input_token_cost", "_cache_read_input_token_cost", b"_cache_read_input_token_cost", "_input_cost_per_token", b"_input_cost_per_token", "_max_input_tokens", b"_max_input_tokens", "_max_output_tokens", b"_max_output_tokens", "_max_tokens", b"_max_tokens", "_output_cost_per_token", b"_output_cost_per_token", "_search_cost_per_request", b"_search_cost_per_request", "_supports_audio_input", b"_supports_audio_input", "_supports_audio_output", b"_supports_audio_output", "_supports_function_calling", b"_supports_function_calling", "_supports_parallel_function_calling", b"_supports_parallel_function_calling", "_supports_pdf_input", b"_supports_pdf_input", "_supports_prompt_caching", b"_supports_prompt_caching", "_supports_reasoning", b"_supports_reasoning", "_supports_response_schema", b"_supports_response_schema", "_supports_system_messages", b"_supports_system_messages", "_supports_tool_choice", b"_supports_tool_choice", "_supports_vision", b"_supports_vision", "_supports_web_search", b"_supports_web_search", "cache_creation_input_token_cost", b"cache_creation_input_token_cost", "cache_read_input_token_cost", b"cache_read_input_token_cost", "input_cost_per_token", b"input_cost_per_token", "max_input_tokens", b"max_input_tokens", "max_output_tokens", b"max_output_tokens", "max_tokens", b"max_tokens", "output_cost_per_token", b"output_cost_per_token", "search_cost_per_request", b"search_cost_per_request", "supports_audio_input", b"supports_audio_input", "supports_audio_output", b"supports_audio_output", "supports_function_calling", b"supports_function_calling", "supports_parallel_function_calling", b"supports_parallel_function_calling", "supports_pdf_input", b"supports_pdf_input", "supports_prompt_caching", b"supports_prompt_caching", "supports_reasoning", b"supports_reasoning", "supports_response_schema", b"supports_response_schema", "supports_system_messages", b"supports_system_messages", "supports_tool_choice", b"supports_tool_choice", "supports_vision", b"supports_vision", "supports_web_search", b"supports_web_search"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_alias_of", b"_alias_of", "_cache_creation_input_token_cost", b"_cache_creation_input_token_cost", "_cache_read_input_token_cost", b"_cache_read_input_token_cost", "_input_cost_per_token", b"_input_cost_per_token", "_max_input_tokens", b"_max_input_tokens", "_max_output_tokens", b"_max_output_tokens", "_max_tokens", b"_max_tokens", "_output_cost_per_token", b"_output_cost_per_token", "_search_cost_per_request", b"_search_cost_per_request", "_supports_audio_input", b"_supports_audio_input", "_supports_audio_output", b"_supports_audio_output", "_supports_function_calling", b"_supports_function_calling", "_supports_parallel_function_calling", b"_supports_parallel_function_calling", "_supports_pdf_input", b"_supports_pdf_input", "_supports_prompt_caching", b"_supports_prompt_caching", "_supports_reasoning", b"_supports_reasoning", "_supports_response_schema", b"_supports_response_schema", "_supports_system_messages", b"_supports_system_messages", "_supports_tool_choice", b"_supports_tool_choice", "_supports_vision", b"_supports_vision", "_supports_web_search", b"_supports_web_search", "alias_of", b"alias_of", "cache_creation_input_token_cost", b"cache_creation_input_token_cost", "cache_read_input_token_cost", b"cache_read_input_token_cost", "config_model_info", b"config_model_info", "input_cost_per_token", b"input_cost_per_token", "max_input_tokens", b"max_input_tokens", "max_output_tokens", b"max_output_tokens", "max_tokens", b"max_tokens", "output_cost_per_token", b"output_cost_per_token", "search_cost_per_request", b"search_cost_per_request", "supports_audio_input", b"supports_audio_input", "supports_audio_output", b"supports_audio_output", "supports_function_calling", b"supports_function_calling", "supports_parallel_function_calling", b"supports_parallel_function_calling", "supports_pdf_input", b"supports_pdf_input", "supports_prompt_caching", b"supports_prompt_caching", "supports_reasoning", b"supports_reasoning", "supports_response_schema", b"supports_response_schema", "supports_system_messages", b"supports_system_messages", "supports_tool_choice", b"supports_tool_choice", "supports_vision", b"supports_vision", "supports_web_search", b"supports_web_search"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cache_creation_input_token_cost", b"_cache_creation_input_token_cost", "_cache_read_input_token_cost", b"_cache_read_input_token_cost", "_input_cost_per_token", b"_input_cost_per_token", "_max_input_tokens", b"_max_input_tokens", "_max_output_tokens", b"_max_output_tokens", "_max_tokens", b"_max_tokens", "_output_cost_per_token", b"_output_cost_per_token", "_search_cost_per_request", b"_search_cost_per_request", "_supports_audio_input", b"_supports_audio_input", "_supports_audio_output", b"_supports_audio_output", "_supports_function_calling", b"_supports_function_calling", "_supports_parallel_function_calling", b"_supports_parallel_function_calling", "_supports_pdf_input", b"_supports_pdf_input", "_supports_prompt_caching", b"_supports_prompt_caching", "_supports_reasoning", b"_supports_reasoning", "_supports_response_schema", b"_supports_response_schema", "_supports_system_messages", b"_supports_system_messages", "_supports_tool_choice", b"_supports_tool_choice", "_supports_vision", b"_supports_vision", "_supports_web_search", b"_supports_web_search", "cache_creation_input_token_cost", b"cache_creation_input_token_cost", "cache_read_input_token_cost", b"cache_read_input_token_cost", "input_cost_per_token", b"input_cost_per_token", "key", b"key", "max_input_tokens", b"max_input_tokens", "max_output_tokens", b"max_output_tokens", "max_tokens", b"max_tokens", "mode", b"mode", "output_cost_per_token", b"output_cost_per_token", "provider", b"provider", "provider_model", b"provider_model", "search_cost_per_request", b"search_cost_per_request", "supported_openai_params", b"supported_openai_params", "supports_audio_input", b"supports_audio_input", "supports_audio_output", b"supports_audio_output", "supports_function_calling", b"supports_function_calling", "supports_parallel_function_calling", b"supports_parallel_function_calling", "supports_pdf_input", b"supports_pdf_input", "supports_prompt_caching", b"supports_prompt_caching", "supports_reasoning", b"supports_reasoning", "supports_response_schema", b"supports_response_schema", "supports_system_messages", b"supports_system_messages", "supports_tool_choice", b"supports_tool_choice", "supports_vision", b"supports_vision", "supports_web_search", b"supports_web_search"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_alias_of", b"_alias_of", "_cache_creation_input_token_cost", b"_cache_creation_input_token_cost", "_cache_read_input_token_cost", b"_cache_read_input_token_cost", "_input_cost_per_token", b"_input_cost_per_token", "_max_input_tokens", b"_max_input_tokens", "_max_output_tokens", b"_max_output_tokens", "_max_tokens", b"_max_tokens", "_output_cost_per_token", b"_output_cost_per_token", "_search_cost_per_request", b"_search_cost_per_request", "_supports_audio_input", b"_supports_audio_input", "_supports_audio_output", b"_supports_audio_output", "_supports_function_calling", b"_supports_function_calling", "_supports_parallel_function_calling", b"_supports_parallel_function_calling", "_supports_pdf_input", b"_supports_pdf_input", "_supports_prompt_caching", b"_supports_prompt_caching", "_supports_reasoning", b"_supports_reasoning", "_supports_response_schema", b"_supports_response_schema", "_supports_system_messages", b"_supports_system_messages", "_supports_tool_choice", b"_supports_tool_choice", "_supports_vision", b"_supports_vision", "_supports_web_search", b"_supports_web_search", "alias_of", b"alias_of", "cache_creation_input_token_cost", b"cache_creation_input_token_cost", "cache_read_input_token_cost", b"cache_read_input_token_cost", "config_model_info", b"config_model_info", "deployments", b"deployments", "input_cost_per_token", b"input_cost_per_token", "key", b"key", "max_input_tokens", b"max_input_tokens", "max_output_tokens", b"max_output_tokens", "max_tokens", b"max_tokens", "mode", b"mode", "output_cost_per_token", b"output_cost_per_token", "provider", b"provider", "provider_model", b"provider_model", "search_cost_per_request", b"search_cost_per_request", "supported_openai_params", b"supported_openai_params", "supports_audio_input", b"supports_audio_input", "supports_audio_output", b"supports_audio_output", "supports_function_calling", b"supports_function_calling", "supports_parallel_function_calling", b"supports_parallel_function_calling", "supports_pdf_input", b"supports_pdf_input", "supports_prompt_caching", b"supports_prompt_caching", "supports_reasoning", b"supports_reasoning", "supports_response_schema", b"supports_response_schema", "supports_system_messages", b"supports_system_messages", "supports_tool_choice", b"supports_tool_choice", "supports_vision", b"supports_vision", "supports_web_search", b"supports_web_search", "wildcard", b"wildcard"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__alias_of: _TypeAlias = _typing.Literal["alias_of"]  # noqa: Y015
+    _WhichOneofArgType__alias_of: _TypeAlias = _typing.Literal["_alias_of", b"_alias_of"]  # noqa: Y015
     _WhichOneofReturnType__cache_creation_input_token_cost: _TypeAlias = _typing.Literal["cache_creation_input_token_cost"]  # noqa: Y015
     _WhichOneofArgType__cache_creation_input_token_cost: _TypeAlias = _typing.Literal["_cache_creation_input_token_cost", b"_cache_creation_input_token_cost"]  # noqa: Y015
     _WhichOneofReturnType__cache_read_input_token_cost: _TypeAlias = _typing.Literal["cache_read_input_token_cost"]  # noqa: Y015
@@ -1312,6 +1409,8 @@ class ModelInfo(_message.Message):
     _WhichOneofArgType__supports_vision: _TypeAlias = _typing.Literal["_supports_vision", b"_supports_vision"]  # noqa: Y015
     _WhichOneofReturnType__supports_web_search: _TypeAlias = _typing.Literal["supports_web_search"]  # noqa: Y015
     _WhichOneofArgType__supports_web_search: _TypeAlias = _typing.Literal["_supports_web_search", b"_supports_web_search"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__alias_of) -> _WhichOneofReturnType__alias_of | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cache_creation_input_token_cost) -> _WhichOneofReturnType__cache_creation_input_token_cost | None: ...
     @_typing.overload
@@ -1354,3 +1453,47 @@ class ModelInfo(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__supports_web_search) -> _WhichOneofReturnType__supports_web_search | None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    """Asks for the model names the caller may use."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    """The model names the caller may use."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]:
+        """One entry per public name, config model groups first (config order),
+        then aliases, then "provider/*" for each provider the server holds a
+        key or base for.
+        """
+
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___ModelInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015

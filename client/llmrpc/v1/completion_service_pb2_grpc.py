@@ -63,6 +63,11 @@ class CompletionServiceStub:
                 request_serializer=llmrpc_dot_v1_dot_completion__service__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=llmrpc_dot_v1_dot_completion__service__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/llmrpc.v1.CompletionService/ListModels',
+                request_serializer=llmrpc_dot_v1_dot_completion__service__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=llmrpc_dot_v1_dot_completion__service__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class CompletionServiceServicer:
@@ -112,6 +117,15 @@ class CompletionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """The public model names this caller may use (config model groups,
+        aliases, wildcards), each with what GetModelInfo says about it (LiteLLM
+        proxy `/v1/models` and `/model/info`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CompletionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -139,6 +153,11 @@ def add_CompletionServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=llmrpc_dot_v1_dot_completion__service__pb2.GetModelInfoRequest.FromString,
                     response_serializer=llmrpc_dot_v1_dot_completion__service__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=llmrpc_dot_v1_dot_completion__service__pb2.ListModelsRequest.FromString,
+                    response_serializer=llmrpc_dot_v1_dot_completion__service__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -280,6 +299,33 @@ class CompletionService:
             '/llmrpc.v1.CompletionService/GetModelInfo',
             llmrpc_dot_v1_dot_completion__service__pb2.GetModelInfoRequest.SerializeToString,
             llmrpc_dot_v1_dot_completion__service__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmrpc.v1.CompletionService/ListModels',
+            llmrpc_dot_v1_dot_completion__service__pb2.ListModelsRequest.SerializeToString,
+            llmrpc_dot_v1_dot_completion__service__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,11 @@ class CompletionServiceStub:
     """What the gateway knows about a model: provider, prices, limits and
     capabilities (LiteLLM `get_model_info`).
     """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_completion_service_pb2.ListModelsRequest, _completion_service_pb2.ListModelsResponse]
+    """The public model names this caller may use (config model groups,
+    aliases, wildcards), each with what GetModelInfo says about it (LiteLLM
+    proxy `/v1/models` and `/model/info`).
+    """
 
 @_typing.type_check_only
 class CompletionServiceAsyncStub(CompletionServiceStub):
@@ -86,6 +91,11 @@ class CompletionServiceAsyncStub(CompletionServiceStub):
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_completion_service_pb2.GetModelInfoRequest, _completion_service_pb2.GetModelInfoResponse]  # type: ignore[assignment]
     """What the gateway knows about a model: provider, prices, limits and
     capabilities (LiteLLM `get_model_info`).
+    """
+    ListModels: _aio.UnaryUnaryMultiCallable[_completion_service_pb2.ListModelsRequest, _completion_service_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """The public model names this caller may use (config model groups,
+    aliases, wildcards), each with what GetModelInfo says about it (LiteLLM
+    proxy `/v1/models` and `/model/info`).
     """
 
 class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -143,6 +153,17 @@ class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_completion_service_pb2.GetModelInfoResponse, _abc.Awaitable[_completion_service_pb2.GetModelInfoResponse]]:
         """What the gateway knows about a model: provider, prices, limits and
         capabilities (LiteLLM `get_model_info`).
+        """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _completion_service_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_completion_service_pb2.ListModelsResponse, _abc.Awaitable[_completion_service_pb2.ListModelsResponse]]:
+        """The public model names this caller may use (config model groups,
+        aliases, wildcards), each with what GetModelInfo says about it (LiteLLM
+        proxy `/v1/models` and `/model/info`).
         """
 
 def add_CompletionServiceServicer_to_server(servicer: CompletionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -35,6 +35,10 @@ type CompletionServiceClient interface {
 	// What the gateway knows about a model: provider, prices, limits and
 	// capabilities (LiteLLM `get_model_info`).
 	GetModelInfo(ctx context.Context, in *GetModelInfoRequest, opts ...grpc.CallOption) (*GetModelInfoResponse, error)
+	// The public model names this caller may use (config model groups,
+	// aliases, wildcards), each with what GetModelInfo says about it (LiteLLM
+	// proxy `/v1/models` and `/model/info`).
+	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 }
 
 type completionServiceClient struct {
@@ -113,6 +117,15 @@ func (c *completionServiceClient) GetModelInfo(ctx context.Context, in *GetModel
 	return out, nil
 }
 
+func (c *completionServiceClient) ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error) {
+	out := new(ListModelsResponse)
+	err := c.cc.Invoke(ctx, "/llmrpc.v1.CompletionService/ListModels", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CompletionServiceServer is the server API for CompletionService service.
 // All implementations must embed UnimplementedCompletionServiceServer
 // for forward compatibility
@@ -132,6 +145,10 @@ type CompletionServiceServer interface {
 	// What the gateway knows about a model: provider, prices, limits and
 	// capabilities (LiteLLM `get_model_info`).
 	GetModelInfo(context.Context, *GetModelInfoRequest) (*GetModelInfoResponse, error)
+	// The public model names this caller may use (config model groups,
+	// aliases, wildcards), each with what GetModelInfo says about it (LiteLLM
+	// proxy `/v1/models` and `/model/info`).
+	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	mustEmbedUnimplementedCompletionServiceServer()
 }
 
@@ -153,6 +170,9 @@ func (UnimplementedCompletionServiceServer) CountTokens(context.Context, *CountT
 }
 func (UnimplementedCompletionServiceServer) GetModelInfo(context.Context, *GetModelInfoRequest) (*GetModelInfoResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetModelInfo not implemented")
+}
+func (UnimplementedCompletionServiceServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListModels not implemented")
 }
 func (UnimplementedCompletionServiceServer) mustEmbedUnimplementedCompletionServiceServer() {}
 
@@ -260,6 +280,24 @@ func _CompletionService_GetModelInfo_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CompletionService_ListModels_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListModelsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CompletionServiceServer).ListModels(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/llmrpc.v1.CompletionService/ListModels",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CompletionServiceServer).ListModels(ctx, req.(*ListModelsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _CompletionService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "llmrpc.v1.CompletionService",
 	HandlerType: (*CompletionServiceServer)(nil),
@@ -279,6 +317,10 @@ var _CompletionService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetModelInfo",
 			Handler:    _CompletionService_GetModelInfo_Handler,
+		},
+		{
+			MethodName: "ListModels",
+			Handler:    _CompletionService_ListModels_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

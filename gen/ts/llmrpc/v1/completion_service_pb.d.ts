@@ -368,6 +368,17 @@ export declare type CompleteRequest = Message<"llmrpc.v1.CompleteRequest"> & {
    * @generated from field: optional string organization = 60;
    */
   organization?: string | undefined;
+
+  /**
+   * A one-call router (LiteLLM `completion(model_list=[...])`): when `model`
+   * is one of these entries' `model_name`, the call goes to one of them
+   * (simple shuffle), and a retryable failure moves to another. Their
+   * api_base/api_key are the caller's own (the caller-base key policy
+   * applies). At most 64 entries.
+   *
+   * @generated from field: repeated llmrpc.v1.ModelDeployment model_list = 70;
+   */
+  modelList: ModelDeployment[];
 };
 
 /**
@@ -841,6 +852,44 @@ export declare type ResponseMetadata = Message<"llmrpc.v1.ResponseMetadata"> & {
 export declare const ResponseMetadataSchema: GenMessage<ResponseMetadata>;
 
 /**
+ * One deployment of a request's `model_list` (a LiteLLM proxy config
+ * `model_list` entry).
+ *
+ * @generated from message llmrpc.v1.ModelDeployment
+ */
+export declare type ModelDeployment = Message<"llmrpc.v1.ModelDeployment"> & {
+  /**
+   * The public model name it serves (LiteLLM `model_name`).
+   *
+   * @generated from field: string model_name = 1;
+   */
+  modelName: string;
+
+  /**
+   * LiteLLM `litellm_params`: `model` ("provider/model", required),
+   * `api_base`, `api_key`, `api_version`, `rpm`, `tpm`, `timeout`,
+   * `stream_timeout`, `max_retries`, `order`, `weight`; any other key is a
+   * provider parameter sent like `extra_body`.
+   *
+   * @generated from field: google.protobuf.Struct litellm_params = 2;
+   */
+  litellmParams?: JsonObject | undefined;
+
+  /**
+   * LiteLLM `model_info` (`id` names the deployment in attempt logs).
+   *
+   * @generated from field: google.protobuf.Struct model_info = 3;
+   */
+  modelInfo?: JsonObject | undefined;
+};
+
+/**
+ * Describes the message llmrpc.v1.ModelDeployment.
+ * Use `create(ModelDeploymentSchema)` to create a new message.
+ */
+export declare const ModelDeploymentSchema: GenMessage<ModelDeployment>;
+
+/**
  * One upstream attempt.
  *
  * @generated from message llmrpc.v1.Attempt
@@ -880,6 +929,15 @@ export declare type Attempt = Message<"llmrpc.v1.Attempt"> & {
    * @generated from field: double latency_ms = 5;
    */
   latencyMs: number;
+
+  /**
+   * The model-group deployment tried (its `model_info.id`, else
+   * "model_name#index"); unset when the model was not routed through a
+   * `model_list`.
+   *
+   * @generated from field: optional string deployment = 6;
+   */
+  deployment?: string | undefined;
 };
 
 /**
@@ -1021,7 +1079,8 @@ export declare const CountTokensResponseSchema: GenMessage<CountTokensResponse>;
  */
 export declare type GetModelInfoRequest = Message<"llmrpc.v1.GetModelInfoRequest"> & {
   /**
-   * "provider/model" or a bare well-known name ("gpt-4o", "claude-...").
+   * "provider/model", a bare well-known name ("gpt-4o", "claude-..."), or a
+   * model name, alias or wildcard match of the server's proxy config.
    *
    * @generated from field: string model = 1;
    */
@@ -1235,6 +1294,40 @@ export declare type ModelInfo = Message<"llmrpc.v1.ModelInfo"> & {
    * @generated from field: repeated string supported_openai_params = 25;
    */
   supportedOpenaiParams: string[];
+
+  /**
+   * For a model group of the proxy config: its deployments' ids
+   * (`model_info.id`, else "model_name#index"), in config order. The
+   * provider, limits and prices above are those of the first deployment,
+   * overridden by the keys its config `model_info` sets.
+   *
+   * @generated from field: repeated string deployments = 40;
+   */
+  deployments: string[];
+
+  /**
+   * For an alias (`model_group_alias`, or the server's `aliases`): the
+   * model group or "provider/model" it stands for.
+   *
+   * @generated from field: optional string alias_of = 41;
+   */
+  aliasOf?: string | undefined;
+
+  /**
+   * True when `key` is a wildcard pattern ("anthropic/*"): any name it
+   * matches may be used.
+   *
+   * @generated from field: bool wildcard = 42;
+   */
+  wildcard: boolean;
+
+  /**
+   * The config's own `model_info` of the group's first deployment (never
+   * its litellm_params: no base or key is listed).
+   *
+   * @generated from field: google.protobuf.Struct config_model_info = 43;
+   */
+  configModelInfo?: JsonObject | undefined;
 };
 
 /**
@@ -1242,6 +1335,42 @@ export declare type ModelInfo = Message<"llmrpc.v1.ModelInfo"> & {
  * Use `create(ModelInfoSchema)` to create a new message.
  */
 export declare const ModelInfoSchema: GenMessage<ModelInfo>;
+
+/**
+ * Asks for the model names the caller may use.
+ *
+ * @generated from message llmrpc.v1.ListModelsRequest
+ */
+export declare type ListModelsRequest = Message<"llmrpc.v1.ListModelsRequest"> & {
+};
+
+/**
+ * Describes the message llmrpc.v1.ListModelsRequest.
+ * Use `create(ListModelsRequestSchema)` to create a new message.
+ */
+export declare const ListModelsRequestSchema: GenMessage<ListModelsRequest>;
+
+/**
+ * The model names the caller may use.
+ *
+ * @generated from message llmrpc.v1.ListModelsResponse
+ */
+export declare type ListModelsResponse = Message<"llmrpc.v1.ListModelsResponse"> & {
+  /**
+   * One entry per public name, config model groups first (config order),
+   * then aliases, then "provider/*" for each provider the server holds a
+   * key or base for.
+   *
+   * @generated from field: repeated llmrpc.v1.ModelInfo models = 1;
+   */
+  models: ModelInfo[];
+};
+
+/**
+ * Describes the message llmrpc.v1.ListModelsResponse.
+ * Use `create(ListModelsResponseSchema)` to create a new message.
+ */
+export declare const ListModelsResponseSchema: GenMessage<ListModelsResponse>;
 
 /**
  * One completion() contract in front of every LLM provider. Models are named
@@ -1306,6 +1435,18 @@ export declare const CompletionService: GenService<{
     methodKind: "unary";
     input: typeof GetModelInfoRequestSchema;
     output: typeof GetModelInfoResponseSchema;
+  },
+  /**
+   * The public model names this caller may use (config model groups,
+   * aliases, wildcards), each with what GetModelInfo says about it (LiteLLM
+   * proxy `/v1/models` and `/model/info`).
+   *
+   * @generated from rpc llmrpc.v1.CompletionService.ListModels
+   */
+  listModels: {
+    methodKind: "unary";
+    input: typeof ListModelsRequestSchema;
+    output: typeof ListModelsResponseSchema;
   },
 }>;
 
