@@ -4,8 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 50051
+# Code generators pinned in tools/protogen (buf, protoc-gen-es), installed there from the npm registry or cache.
+PROTOGEN := tools/protogen/node_modules/.installed-stamp
+BUF := tools/protogen/node_modules/.bin/buf
 
-.PHONY: install run test lint proto proto-check protoset bench faults clean
+.PHONY: install run test lint proto proto-check protoset bench faults clean gen-ts
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,20 +25,29 @@ test: install ## lint + the whole test suite (what .ci/run runs)
 	$(MAKE) lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-lint: install ## ruff, mypy --strict, buf lint + breaking (FILE) vs main, generated stubs fresh
+lint: install $(PROTOGEN) ## ruff, mypy --strict, buf lint + breaking (FILE) vs main, generated stubs fresh
 	$(BIN)/ruff check client server tests bench scripts
 	$(BIN)/mypy client/llmrpc server/llmrpc_server
 	$(BIN)/python scripts/gen_proto.py --check
-	npx --yes @bufbuild/buf lint protos
+	$(BIN)/python scripts/gen_ts.py --check
+	$(BUF) lint protos
 	@# Contract changes must be additive: compare with main (when the clone has it).
 	@if git rev-parse --verify -q main >/dev/null; then \
-		npx --yes @bufbuild/buf breaking protos --against '.git#branch=main,subdir=protos'; fi
+		$(BUF) breaking protos --against '.git#branch=main,subdir=protos'; fi
 
-proto: install ## regenerate client/llmrpc/v1 from protos/
+proto: install ## regenerate client/llmrpc/v1 and gen/ts from protos/
 	$(BIN)/python scripts/gen_proto.py
+	$(MAKE) gen-ts
 
-protoset: ## descriptor set for `grpcurl -protoset llmrpc.protoset` (decodes google.rpc details)
-	npx --yes @bufbuild/buf build protos -o llmrpc.protoset
+protoset: $(PROTOGEN) ## descriptor set for `grpcurl -protoset llmrpc.protoset` (decodes google.rpc details)
+	$(BUF) build protos -o llmrpc.protoset
+
+$(PROTOGEN): tools/protogen/package-lock.json
+	npm ci --prefix tools/protogen --no-audit --no-fund
+	touch $@
+
+gen-ts: install $(PROTOGEN) ## regenerate the committed TypeScript package gen/ts (protobuf-es) from protos/
+	$(BIN)/python scripts/gen_ts.py
 
 bench: install ## gateway vs direct upstream call, same run; then 1,000 concurrent slow streams
 	$(BIN)/python -m bench

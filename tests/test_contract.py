@@ -5,7 +5,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf import descriptor_pb2
@@ -71,3 +73,47 @@ def _undocumented(fd: descriptor_pb2.FileDescriptorProto) -> list[str]:
 def test_every_message_field_and_rpc_has_a_comment(tmp_path: Path) -> None:
     missing = [m for fd in _descriptor_set(tmp_path).file for m in _undocumented(fd)]
     assert missing == []
+
+
+def test_every_int64_is_a_string_in_javascript(tmp_path: Path) -> None:
+    """protobuf-es maps a plain int64 to bigint, which JSON.stringify cannot serialize: every 64-bit integer field
+    carries jstype = JS_STRING (a string, as in proto JSON; the wire is unchanged)."""
+    wide = {descriptor_pb2.FieldDescriptorProto.TYPE_INT64, descriptor_pb2.FieldDescriptorProto.TYPE_UINT64,
+            descriptor_pb2.FieldDescriptorProto.TYPE_SINT64, descriptor_pb2.FieldDescriptorProto.TYPE_FIXED64,
+            descriptor_pb2.FieldDescriptorProto.TYPE_SFIXED64}
+
+    def fields(msgs: Iterable[descriptor_pb2.DescriptorProto], prefix: str) -> Iterator[tuple[str, Any]]:
+        for msg in msgs:
+            yield from ((f"{prefix}{msg.name}.{f.name}", f) for f in msg.field)
+            yield from fields(msg.nested_type, f"{prefix}{msg.name}.")
+
+    plain = [name for fd in _descriptor_set(tmp_path).file for name, f in fields(fd.message_type, "")
+             if f.type in wide and f.options.jstype != descriptor_pb2.FieldOptions.JS_STRING]
+    assert plain == []
+
+
+def test_vendored_google_rpc_protos_match_what_the_server_sends(tmp_path: Path) -> None:
+    """protos/google/rpc (copied from googleapis-common-protos) declares the same messages, fields and numbers as
+    the package the server encodes error details with, so every language decodes them the same."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    out = tmp_path / "rpc.pb"
+    include = Path(protoc.__file__).parent / "_proto"
+    assert protoc.main(["protoc", f"-I{PROTOS}", f"-I{include}", f"--descriptor_set_out={out}",
+                        "google/rpc/status.proto", "google/rpc/error_details.proto"]) == 0
+    vendored = {fd.name: fd for fd in descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file}
+
+    def shape(fd: descriptor_pb2.FileDescriptorProto) -> dict[str, list[tuple[str, int, int, str]]]:
+        out: dict[str, list[tuple[str, int, int, str]]] = {}
+        todo = [(m, m.name) for m in fd.message_type]
+        while todo:
+            msg, name = todo.pop()
+            out[name] = [(f.name, f.number, f.type, f.type_name) for f in msg.field]
+            todo += [(n, f"{name}.{n.name}") for n in msg.nested_type]
+        return out
+
+    for module in (status_pb2, error_details_pb2):
+        shipped = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(shipped)
+        assert shape(vendored[shipped.name]) == shape(shipped), shipped.name
+    assert "Apache License" in (PROTOS / "google" / "rpc" / "LICENSE").read_text()

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,3 +98,48 @@ def test_wrong_json_types_are_rejected_by_grpcurl_and_the_server_keeps_serving(m
     assert out.returncode != 0 and "hot" in out.stderr
     health = grpcurl(mock_gateway.address, "grpc.health.v1.Health/Check", body={})
     assert json.loads(health.stdout)["status"] == "SERVING"
+
+
+PROTOSET_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def protoset() -> Path:
+    """`make protoset`, exactly as the README tells a person debugging to run it."""
+    subprocess.run(["make", "-s", "protoset"], cwd=PROTOSET_ROOT, check=True, capture_output=True, timeout=300)
+    return PROTOSET_ROOT / "llmrpc.protoset"
+
+
+def _details(stderr: str) -> dict[str, dict[str, Any]]:
+    """grpcurl prints each decoded status detail as `  N)\t{json}`; keyed by its `@type` name."""
+    found = [json.loads(line.split("\t", 1)[1]) for line in stderr.splitlines() if ")\t{" in line]
+    return {d["@type"].rsplit("/", 1)[-1]: d for d in found}
+
+
+def _call_with_protoset(address: str, protoset: Path, body: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([GRPCURL, "-plaintext", "-protoset", str(protoset), "-d", json.dumps(body), address,
+                           "llmrpc.v1.CompletionService/Complete"], capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def test_protoset_decodes_error_details(mock_gateway: GatewayThread, protoset: Path) -> None:
+    """Without reflection, grpcurl decodes ErrorInfo and BadRequest only from the vendored google/rpc protos."""
+    body = {"model": "mock/echo", "messages": [{"role": "user", "content": "x"}], "temperature": 7}
+    out = _call_with_protoset(mock_gateway.address, protoset, body)
+    assert out.returncode != 0 and "InvalidArgument" in out.stderr
+    assert "not recognized" not in out.stderr, out.stderr
+    details = _details(out.stderr)
+    assert details["google.rpc.ErrorInfo"]["reason"] == "INVALID_REQUEST"
+    assert details["google.rpc.ErrorInfo"]["domain"] == "llmrpc.dev"
+    assert details["google.rpc.BadRequest"]["fieldViolations"][0]["field"] == "temperature"
+
+
+def test_missing_provider_key_names_the_env_vars_in_error_info(start_gateway: Any, protoset: Path) -> None:
+    """error_reason.proto promises metadata `envVars` (comma-separated) on PROVIDER_API_KEY_MISSING."""
+    gw = start_gateway(env={})
+    body = {"model": "anthropic/claude-sonnet-4-5", "messages": [{"role": "user", "content": "x"}]}
+    out = _call_with_protoset(gw.address, protoset, body)
+    assert "FailedPrecondition" in out.stderr, out.stderr
+    info = _details(out.stderr)["google.rpc.ErrorInfo"]
+    assert info["reason"] == "PROVIDER_API_KEY_MISSING"
+    assert info["metadata"]["envVars"] == "ANTHROPIC_API_KEY,ANTHROPIC_AUTH_TOKEN"

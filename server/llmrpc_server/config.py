@@ -80,6 +80,8 @@ class Settings:
     content_policy_fallbacks: Mapping[str, tuple[str, ...]] = field(
         default_factory=dict, metadata={"help": "model -> models for content-policy refusals (JSON)"})
     aliases: Mapping[str, str] = field(default_factory=dict, metadata={"help": 'model alias -> "provider/model"'})
+    access_log: bool = _opt(False, 'one log line per RPC (logger llmrpc_server.access): method, model, key '
+                                   '(auth token index), status, duration, attempts, cache hit')
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # provider keys/bases snapshot
     proxy: ProxyConfig | None = field(default=None, repr=False)  # the LiteLLM proxy config, when the file is one
     config_warnings: tuple[str, ...] = field(default=(), repr=False)  # logged once at startup

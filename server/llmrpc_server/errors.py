@@ -125,6 +125,7 @@ def _metadata(err: ProviderError, target: Target | None, attempts: int) -> dict[
         "providerErrorCode": err.error_code,
         "param": err.param,
         "providerRequestId": err.request_id,
+        "envVars": ",".join(err.env_vars) or None,
     }
     meta.update({k: str(v) for k, v in optional.items() if v is not None})
     return meta

@@ -135,10 +135,15 @@ def _peer_checked(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
 def build_interceptors(settings: Settings, tracer_provider: TracerProvider | None = None,
                        ) -> list[grpc.aio.ServerInterceptor]:
-    """OTel first (so rejected calls are traced too; only with a tracer provider, so that tracing
-    off costs nothing; it continues the caller's W3C trace context from the metadata), then auth, or
-    protected mode when no caller authentication is configured."""
+    """The access log (opt-in) outermost, so that it sees every status; OTel next (so rejected calls
+    are traced too; only with a tracer provider, so that tracing off costs nothing; it continues the
+    caller's W3C trace context from the metadata), then auth, or protected mode when no caller
+    authentication is configured."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
+    if settings.access_log:
+        from .access_log import AccessLogInterceptor
+
+        interceptors.append(AccessLogInterceptor(bearer_tokens(settings)))
     if tracer_provider is not None:
         from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 

@@ -315,7 +315,8 @@ def _require_key(route: Route) -> None:
     if route.adapter.key_required and not route.target.api_key:
         names = " or ".join(route.adapter.env_keys)
         raise ProviderError(ErrorKind.API_KEY_MISSING,
-                            f"no API key for {route.adapter.name}: pass api_key or set {names}")
+                            f"no API key for {route.adapter.name}: pass api_key or set {names}",
+                            env_vars=tuple(route.adapter.env_keys))
 
 
 def _time_left(deadline: Deadline) -> float:

@@ -551,7 +551,9 @@ class MessageAudio(_message.Message):
     data: _builtins.str
     """Base64-encoded audio bytes."""
     expires_at: _builtins.int
-    """Unix seconds after which the id is no longer valid."""
+    """Unix seconds after which the id is no longer valid. A string in proto
+    JSON, and in JavaScript (jstype) so that JSON.stringify works.
+    """
     transcript: _builtins.str
     """Transcript of the audio."""
     def __init__(

@@ -160,7 +160,9 @@ class CompleteRequest(_message.Message):
     user: _builtins.str
     """An end-user id, forwarded to providers that accept one."""
     seed: _builtins.int
-    """Seed for best-effort deterministic sampling. A string in proto JSON."""
+    """Seed for best-effort deterministic sampling. A string in proto JSON,
+    and in JavaScript (jstype) so that JSON.stringify works.
+    """
     parallel_tool_calls: _builtins.bool
     """Whether the model may call several tools in one turn."""
     logprobs: _builtins.bool
@@ -656,7 +658,9 @@ class CompleteResponse(_message.Message):
     object: _builtins.str
     """"chat.completion"."""
     created: _builtins.int
-    """Unix seconds. A string in proto JSON."""
+    """Unix seconds. A string in proto JSON, and in JavaScript (jstype) so
+    that JSON.stringify works.
+    """
     model: _builtins.str
     """The model that answered, as the provider names it."""
     system_fingerprint: _builtins.str
@@ -777,7 +781,9 @@ class StreamCompleteResponse(_message.Message):
     object: _builtins.str
     """"chat.completion.chunk"."""
     created: _builtins.int
-    """Unix seconds. A string in proto JSON."""
+    """Unix seconds. A string in proto JSON, and in JavaScript (jstype) so
+    that JSON.stringify works.
+    """
     model: _builtins.str
     """The model that answers."""
     system_fingerprint: _builtins.str

@@ -108,7 +108,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values the gateway emits
     (domain "llmrpc.dev"). On the wire the reason is the value name without the
-    `ERROR_REASON_` prefix, e.g. "RATE_LIMITED". Every error status carries
+    `ERROR_REASON_` prefix, e.g. "RATE_LIMITED" (so in generated code the enum
+    value is `ErrorReason["ERROR_REASON_" + info.reason]`, or the language's
+    equivalent lookup by name). Every error status carries
     exactly one ErrorInfo; its metadata always holds `provider` and `model`
     when known, `upstreamHttpStatus` when an upstream answered, and `attempts`.
     """

@@ -83,6 +83,7 @@ class ProviderError(Exception):
         error_code: str | None = None,
         param: str | None = None,
         request_id: str | None = None,
+        env_vars: tuple[str, ...] = (),
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -93,6 +94,7 @@ class ProviderError(Exception):
         self.error_code = error_code
         self.param = param
         self.request_id = request_id
+        self.env_vars = env_vars  # API_KEY_MISSING: where the server looks for a key (ErrorInfo `envVars`)
 
 
 @dataclass(frozen=True, slots=True)
