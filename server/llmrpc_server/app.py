@@ -27,6 +27,7 @@ from .config import Settings
 from .counters import Counters
 from .executor import Executor
 from .interceptors import build_interceptors
+from .keys import KeyedBackend, SqliteLimitStore, configured_keys, state_path
 from .observability import ObservedBackend
 from .otel_setup import Telemetry, configure
 from .pipeline import Backend, Pipeline
@@ -56,6 +57,7 @@ class Gateway:
     observed: ObservedBackend | None = None
     telemetry: Telemetry | None = None
     counters: Counters = field(default_factory=Counters)  # this gateway's resilience counters
+    limits: SqliteLimitStore | None = None  # virtual keys' counters, when keys are configured
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING first, then let in-flight calls finish within ``grace`` seconds."""
@@ -67,6 +69,8 @@ class Gateway:
             await self.observed.close()
         if self.telemetry is not None:
             self.telemetry.shutdown()
+        if self.limits is not None:
+            self.limits.close()
         await self.executor.close()
 
 
@@ -88,6 +92,7 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     """Create, wire and start everything inside the running loop (``telemetry``: the OTel providers,
     by default from the ``OTEL_*`` environment, see ``otel_setup``)."""
     tls = load_listener_tls(settings)  # first: a bad --tls-* file must fail before anything is opened
+    keys = configured_keys(settings)  # ... and so must a bad keys: section
     executor = Executor(max_connections=settings.max_connections, connect_timeout=settings.connect_timeout,
                         proxies=proxies_from_env(settings.env))
     await executor.start()
@@ -98,8 +103,11 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     backend: Backend = caching
     telemetry = telemetry or configure(settings)
     backend = observed = ObservedBackend(backend, settings, telemetry, pipeline.counters)
+    limits = SqliteLimitStore(state_path(settings)) if keys else None
+    if limits is not None:
+        backend = KeyedBackend(backend, limits)  # outermost: a refused call costs nothing below it
     server = grpc.aio.server(
-        interceptors=build_interceptors(settings, telemetry.tracer_provider),
+        interceptors=build_interceptors(settings, telemetry.tracer_provider, keys),
         options=_server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
@@ -117,7 +125,8 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health, executor, settings, caching, observed, telemetry, pipeline.counters)
+    return Gateway(server, port, health, executor, settings, caching, observed, telemetry, pipeline.counters,
+                   limits)
 
 
 async def _serve(settings: Settings) -> None:
@@ -160,6 +169,7 @@ def run(settings: Settings) -> None:
     _configure_logging(settings)
     try:
         load_listener_tls(settings)  # once, before any worker starts, so a bad file is one clear error
+        configured_keys(settings)  # likewise a bad keys: section
     except ValueError as exc:
         raise SystemExit(f"llmrpc-server: bad setting: {exc}") from None
     for warning in (*settings.config_warnings, *startup_warnings(settings)):  # once for all workers

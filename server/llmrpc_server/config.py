@@ -81,7 +81,9 @@ class Settings:
         default_factory=dict, metadata={"help": "model -> models for content-policy refusals (JSON)"})
     aliases: Mapping[str, str] = field(default_factory=dict, metadata={"help": 'model alias -> "provider/model"'})
     access_log: bool = _opt(False, 'one log line per RPC (logger llmrpc_server.access): method, model, key '
-                                   '(auth token index), status, duration, attempts, cache hit')
+                                   '(auth token index or virtual key alias), status, duration, attempts, cache hit')
+    state_path: str = _opt("", 'SQLite file of virtual keys\' counters and spend, shared by the processes on a '
+                               'machine ("": state.sqlite beside --cache-path)')
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # provider keys/bases snapshot
     proxy: ProxyConfig | None = field(default=None, repr=False)  # the LiteLLM proxy config, when the file is one
     config_warnings: tuple[str, ...] = field(default=(), repr=False)  # logged once at startup

@@ -104,6 +104,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A stream received nothing from upstream for longer than the idle
     timeout (UNAVAILABLE).
     """
+    ERROR_REASON_BUDGET_EXCEEDED: _ErrorReason.ValueType  # 26
+    """The caller's virtual key has spent its `max_budget` (USD) within its
+    current `budget_duration` window (RESOURCE_EXHAUSTED, with QuotaFailure,
+    RetryInfo when the window ends, and metadata `keyAlias`, `spend`,
+    `maxBudget`). Nothing was sent upstream.
+    """
+    ERROR_REASON_MODEL_NOT_ALLOWED: _ErrorReason.ValueType  # 27
+    """The caller's virtual key may not use the requested model (or a
+    request-level fallback): it is outside the key's `models`
+    (PERMISSION_DENIED, with ResourceInfo; metadata `model`, `field`,
+    `keyAlias`). Nothing was sent upstream.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values the gateway emits
@@ -196,5 +208,17 @@ ERROR_REASON_INTERNAL_ERROR: ErrorReason.ValueType  # 23
 ERROR_REASON_STREAM_IDLE_TIMEOUT: ErrorReason.ValueType  # 24
 """A stream received nothing from upstream for longer than the idle
 timeout (UNAVAILABLE).
+"""
+ERROR_REASON_BUDGET_EXCEEDED: ErrorReason.ValueType  # 26
+"""The caller's virtual key has spent its `max_budget` (USD) within its
+current `budget_duration` window (RESOURCE_EXHAUSTED, with QuotaFailure,
+RetryInfo when the window ends, and metadata `keyAlias`, `spend`,
+`maxBudget`). Nothing was sent upstream.
+"""
+ERROR_REASON_MODEL_NOT_ALLOWED: ErrorReason.ValueType  # 27
+"""The caller's virtual key may not use the requested model (or a
+request-level fallback): it is outside the key's `models`
+(PERMISSION_DENIED, with ResourceInfo; metadata `model`, `field`,
+`keyAlias`). Nothing was sent upstream.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

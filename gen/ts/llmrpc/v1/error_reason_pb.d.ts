@@ -211,6 +211,26 @@ export enum ErrorReason {
    * @generated from enum value: ERROR_REASON_STREAM_IDLE_TIMEOUT = 24;
    */
   STREAM_IDLE_TIMEOUT = 24,
+
+  /**
+   * The caller's virtual key has spent its `max_budget` (USD) within its
+   * current `budget_duration` window (RESOURCE_EXHAUSTED, with QuotaFailure,
+   * RetryInfo when the window ends, and metadata `keyAlias`, `spend`,
+   * `maxBudget`). Nothing was sent upstream.
+   *
+   * @generated from enum value: ERROR_REASON_BUDGET_EXCEEDED = 26;
+   */
+  BUDGET_EXCEEDED = 26,
+
+  /**
+   * The caller's virtual key may not use the requested model (or a
+   * request-level fallback): it is outside the key's `models`
+   * (PERMISSION_DENIED, with ResourceInfo; metadata `model`, `field`,
+   * `keyAlias`). Nothing was sent upstream.
+   *
+   * @generated from enum value: ERROR_REASON_MODEL_NOT_ALLOWED = 27;
+   */
+  MODEL_NOT_ALLOWED = 27,
 }
 
 /**
