@@ -402,7 +402,8 @@ def completion(
     extra_body, fallbacks, context_window_fallbacks, content_policy_fallbacks,
     prediction, custom_llm_provider`` and ``client`` (an :class:`llmrpc.Client`);
     any other keyword (``top_k=40``) is sent upstream in ``extra_body``.
-    ``model_list`` is ignored. Errors raise :mod:`llmrpc.exceptions` classes.
+    ``model_list`` (LiteLLM's deployment list) makes the gateway route this one call over those
+    deployments, retrying on another one when one fails. Errors raise :mod:`llmrpc.exceptions` classes.
     """
     params = _collect(locals())
     return _client_for(params)._complete(params)

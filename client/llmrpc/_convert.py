@@ -41,7 +41,6 @@ _CLIENT_ONLY = frozenset(
         "model",
         "stream",
         "stream_options",
-        "model_list",
         "client",
         "extra_body",
         "base_url",
@@ -76,11 +75,28 @@ def build_request(params: Mapping[str, Any]) -> completion_service_pb2.CompleteR
                 _REQUEST_SETTERS[name](req, value)
             else:  # provider-specific kwargs (top_k=40), as LiteLLM forwards them
                 extra[name] = value
+    extra.pop("model_list", None)
+    if values.get("model_list"):
+        with _param("model_list"):
+            _model_list(req, values["model_list"])
     extra.update(values.get("extra_body") or {})
     if extra:
         with _param("extra_body"):
             req.extra_body.update(extra)
     return req
+
+
+def _model_list(req: completion_service_pb2.CompleteRequest, entries: Any) -> None:
+    """LiteLLM's ``model_list=[{"model_name": ..., "litellm_params": {...}, "model_info": {...}}]``:
+    the gateway routes the call over these deployments (their keys and bases are the caller's)."""
+    for i, entry in enumerate(entries):
+        item = _as_dict(entry)
+        unknown = set(item) - {"model_name", "litellm_params", "model_info"}
+        if unknown:
+            raise ValueError(f"model_list[{i}]: unknown keys {sorted(unknown)}")
+        dep = req.model_list.add(model_name=str(item.get("model_name") or ""))
+        dep.litellm_params.update(_as_dict(item.get("litellm_params") or {}))
+        dep.model_info.update(_as_dict(item.get("model_info") or {}))
 
 
 def stream_options_to_proto(value: Mapping[str, Any] | None) -> completion_service_pb2.StreamOptions:

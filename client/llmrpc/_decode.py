@@ -97,7 +97,8 @@ def hidden_params(meta: completion_service_pb2.ResponseMetadata) -> dict[str, An
     """``ResponseMetadata`` -> LiteLLM's ``_hidden_params`` keys plus the gateway's own."""
     return {
         "custom_llm_provider": meta.provider or None,
-        "model_id": None,
+        # LiteLLM's model_id is the deployment that answered (model_info.id).
+        "model_id": _opt(meta.attempt_log[-1], "deployment") if meta.attempt_log else None,
         "api_base": _opt(meta, "api_base"),
         "provider_model": meta.provider_model or None,
         "provider_request_id": _opt(meta, "provider_request_id"),
@@ -110,6 +111,7 @@ def hidden_params(meta: completion_service_pb2.ResponseMetadata) -> dict[str, An
                 "outcome": attempt.outcome,
                 "upstream_http_status": _opt(attempt, "upstream_http_status"),
                 "latency_ms": attempt.latency_ms,
+                "deployment": _opt(attempt, "deployment"),
             }
             for attempt in meta.attempt_log
         ],

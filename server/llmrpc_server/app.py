@@ -34,6 +34,7 @@ from .pipeline import Backend, Pipeline
 from .pricing import load_price_table
 from .protected import startup_warnings
 from .providers import default_adapters
+from .reload import Reloader
 from .router import Router
 from .service import CompletionService, add_to_server
 from .tls import load_listener_tls
@@ -57,6 +58,7 @@ class Gateway:
     observed: ObservedBackend | None = None
     telemetry: Telemetry | None = None
     counters: Counters = field(default_factory=Counters)  # this gateway's resilience counters
+    reloader: Reloader | None = None  # SIGHUP reloads the config file through it
     limits: SqliteLimitStore | None = None  # virtual keys' counters, when keys are configured
 
     async def stop(self, grace: float | None = None) -> None:
@@ -100,6 +102,9 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     pipeline = Pipeline(router, executor, settings)
     cache = ResponseCache(settings.cache_path, int(settings.cache_max_mb * 1024 * 1024))
     caching = CachingBackend(pipeline, cache, pipeline, settings)
+    service = CompletionService(caching, router, settings, pipeline)  # its backend is set below
+    reloader = Reloader(settings, [pipeline, caching, service])
+    pipeline.table = reloader.table
     backend: Backend = caching
     telemetry = telemetry or configure(settings)
     backend = observed = ObservedBackend(backend, settings, telemetry, pipeline.counters)
@@ -111,7 +116,8 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
         options=_server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
-    add_to_server(CompletionService(backend, router, settings), server)
+    service.set_backend(backend)
+    add_to_server(service, server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -126,7 +132,7 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Gateway(server, port, health, executor, settings, caching, observed, telemetry, pipeline.counters,
-                   limits)
+                   reloader, limits)
 
 
 async def _serve(settings: Settings) -> None:
@@ -138,6 +144,8 @@ async def _serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if gateway.reloader is not None:
+        loop.add_signal_handler(signal.SIGHUP, gateway.reloader.reload)
     await stop.wait()
     log.info("shutting down: draining for up to %.0fs", settings.grace)
     await gateway.stop()
@@ -149,6 +157,7 @@ def _configure_logging(settings: Settings) -> None:
 
 def _run_worker(settings: Settings) -> None:
     _configure_logging(settings)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop's reload handler is installed
     try:
         import uvloop
 
@@ -183,13 +192,19 @@ def run(settings: Settings) -> None:
     # spawn, never fork: no gRPC object may cross a fork (grpc/grpc#13873).
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_run_worker, args=(_worker_settings(settings, workers, i),)) for i in range(workers)]
-    for proc in procs:
-        proc.start()
     def forward(*_: object) -> None:
         for proc in procs:
             proc.terminate()
 
+    def forward_hup(*_: object) -> None:  # each worker reloads its own copy of the config
+        for proc in procs:
+            if proc.pid is not None:
+                os.kill(proc.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGHUP, forward_hup)
+    for proc in procs:
+        proc.start()
     try:
         for proc in procs:
             proc.join()

@@ -274,6 +274,10 @@ class CachingBackend:
         self._flights: dict[str, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def reconfigure(self, settings: Settings, table: object = None) -> None:
+        """A reloaded config (``reload``): cache defaults of calls that start from now on."""
+        self._settings = settings
+
     def plan(self, req: pb.CompleteRequest) -> CachePlan | None:
         """How the cache treats ``req``; None when it does not take part."""
         if not (req.caching if req.HasField("caching") else self._settings.cache_default):

@@ -87,6 +87,8 @@ class Settings:
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # provider keys/bases snapshot
     proxy: ProxyConfig | None = field(default=None, repr=False)  # the LiteLLM proxy config, when the file is one
     config_warnings: tuple[str, ...] = field(default=(), repr=False)  # logged once at startup
+    config_file: str = field(default="", repr=False)  # the file loaded, read again on SIGHUP
+    flag_overrides: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the flags, kept for reloads
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None,
@@ -113,13 +115,17 @@ class Settings:
         values.update(_from_env(environ))
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         proxies_from_env(environ)  # an unusable HTTPS_PROXY is a bad setting, reported at startup
-        settings = replace(cls(env=environ, proxy=proxy, config_warnings=tuple(warnings)), **_coerce(values))
+        flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+        base = cls(env=environ, proxy=proxy, config_warnings=tuple(warnings), config_file=path or "",
+                   flag_overrides=flags)
+        settings = replace(base, **_coerce(values))
         if settings.fetch_media not in ("public", "all", "off"):
             raise ValueError(f"fetch_media must be public, all or off, not {settings.fetch_media!r}")
         return settings
 
 
-_INTERNAL = frozenset({"env", "proxy", "config_warnings"})  # loaded, not user-facing settings
+# Loaded, not user-facing settings.
+_INTERNAL = frozenset({"env", "proxy", "config_warnings", "config_file", "flag_overrides"})
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ GATEWAY_FIELDS = frozenset(
         "fallbacks",
         "context_window_fallbacks",
         "content_policy_fallbacks",
+        "model_list",
     }
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -13,32 +13,67 @@ from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 
 from .config import Settings
+from .deployments import DeploymentTable, request_table
 from .errors import ServiceError, from_provider_error, internal_error, invalid_argument, to_status
 from .params import openai_name
 from .pipeline import Backend
 from .providers.base import ProviderError
 from .retry import Deadline
-from .router import Router
+from .router import Route, Router
 from .validation import validate_request
 
-__all__ = ["CompletionService", "Undecodable", "add_to_server"]
+__all__ = ["CompletionService", "ModelGroups", "Undecodable", "add_to_server"]
 
 log = logging.getLogger("llmrpc_server")
+
+
+class ModelGroups(Protocol):
+    """The model groups the service checks names against (the pipeline)."""
+
+    table: DeploymentTable | None
+
+    def is_group(self, req: pb.CompleteRequest, model: str) -> bool: ...
+
+    def prepare(self, req: pb.CompleteRequest, model: str) -> tuple[Route, pb.CompleteRequest]: ...
 
 
 class CompletionService(pb_grpc.CompletionServiceServicer):
     """``llmrpc.v1.CompletionService``."""
 
-    def __init__(self, backend: Backend, router: Router, settings: Settings) -> None:
+    def __init__(self, backend: Backend, router: Router, settings: Settings,
+                 groups: ModelGroups | None = None) -> None:
         self._backend = backend
         self._router = router
         self._settings = settings
+        self._groups = groups
+
+    def set_backend(self, backend: Backend) -> None:
+        """The outermost backend, composed after the service was created (``app.start_gateway``)."""
+        self._backend = backend
+
+    def reconfigure(self, settings: Settings, table: DeploymentTable | None = None) -> None:
+        """A reloaded config (``reload``): the default timeout of calls that start from now on."""
+        self._settings = settings
+
+    def _check_models(self, req: pb.CompleteRequest, prefix: str = "") -> None:
+        """Fallbacks must name a model group or a model some provider serves; a request's own
+        ``model_list`` must be well formed. Both are checked before anything is sent."""
+        groups = self._groups
+        if groups is None or (groups.table is None and not req.model_list):
+            self._router.check_fallbacks(req, prefix=prefix)  # the common case: no model groups at all
+            return
+        if req.model_list:
+            request_table(req, prefix=prefix)
+        for name in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
+            for i, model in enumerate(getattr(req, name)):
+                if not groups.is_group(req, model):
+                    self._router.split(model, field=f"{prefix}{name}[{i}]")
 
     async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
         try:
             _require_decoded(request)
             validate_request(request)
-            self._router.check_fallbacks(request)
+            self._check_models(request)
             return await self._backend.complete(request, self._deadline(request, context))
         except Exception as exc:
             await _abort(context, exc)
@@ -51,7 +86,7 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
             _require_decoded(request)
             req = request.request
             validate_request(req, prefix="request.")
-            self._router.check_fallbacks(req, prefix="request.")
+            self._check_models(req, prefix="request.")
             include_usage = request.stream_options.include_usage
             async for chunk in self._backend.stream(req, self._deadline(req, context), include_usage=include_usage):
                 yield chunk
@@ -63,7 +98,12 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
     ) -> pb.GetSupportedParamsResponse:
         try:
             _require_decoded(request)
-            adapter, name = self._router.split(request.model)
+            groups = self._groups
+            if groups is not None and groups.table is not None and groups.is_group(pb.CompleteRequest(), request.model):
+                route, _ = groups.prepare(pb.CompleteRequest(model=request.model), request.model)
+                adapter, name = route.adapter, route.target.model
+            else:
+                adapter, name = self._router.split(request.model)
             params = sorted({openai_name(p) for p in adapter.supported_params} | {"stream", "stream_options"})
             return pb.GetSupportedParamsResponse(provider=adapter.name, provider_model=name, supported_params=params)
         except Exception as exc:

@@ -135,6 +135,7 @@ class CompleteRequest(_message.Message):
     PREDICTION_FIELD_NUMBER: _builtins.int
     PROVIDER_METADATA_FIELD_NUMBER: _builtins.int
     WEB_SEARCH_OPTIONS_FIELD_NUMBER: _builtins.int
+    MODEL_LIST_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """"provider/model", e.g. "openai/gpt-4o-mini"; well-known OpenAI names
     need no prefix. Required.
@@ -293,6 +294,15 @@ class CompleteRequest(_message.Message):
         googleSearch tool.
         """
 
+    @_builtins.property
+    def model_list(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelDeployment]:
+        """A one-call router (LiteLLM `completion(model_list=[...])`): when `model`
+        is one of these entries' `model_name`, the call goes to one of them
+        (simple shuffle), and a retryable failure moves to another. Their
+        api_base/api_key are the caller's own (the caller-base key policy
+        applies). At most 64 entries.
+        """
+
     def __init__(
         self,
         *,
@@ -342,10 +352,11 @@ class CompleteRequest(_message.Message):
         prediction: Global___Prediction | None = ...,
         provider_metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         web_search_options: Global___WebSearchOptions | None = ...,
+        model_list: _abc.Iterable[Global___ModelDeployment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_api_base", b"_api_base", "_api_key", b"_api_key", "_api_version", b"_api_version", "_caching", b"_caching", "_deployment_id", b"_deployment_id", "_drop_params", b"_drop_params", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_mock_response", b"_mock_response", "_n", b"_n", "_num_retries", b"_num_retries", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_service_tier", b"_service_tier", "_store", b"_store", "_temperature", b"_temperature", "_timeout", b"_timeout", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_user", b"_user", "api_base", b"api_base", "api_key", b"api_key", "api_version", b"api_version", "audio", b"audio", "cache", b"cache", "caching", b"caching", "deployment_id", b"deployment_id", "drop_params", b"drop_params", "extra_body", b"extra_body", "frequency_penalty", b"frequency_penalty", "function_call", b"function_call", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "metadata", b"metadata", "mock_response", b"mock_response", "n", b"n", "num_retries", b"num_retries", "parallel_tool_calls", b"parallel_tool_calls", "prediction", b"prediction", "presence_penalty", b"presence_penalty", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "service_tier", b"service_tier", "store", b"store", "temperature", b"temperature", "thinking", b"thinking", "timeout", b"timeout", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user", "web_search_options", b"web_search_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_api_base", b"_api_base", "_api_key", b"_api_key", "_api_version", b"_api_version", "_caching", b"_caching", "_deployment_id", b"_deployment_id", "_drop_params", b"_drop_params", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_mock_response", b"_mock_response", "_n", b"_n", "_num_retries", b"_num_retries", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_service_tier", b"_service_tier", "_store", b"_store", "_temperature", b"_temperature", "_timeout", b"_timeout", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_user", b"_user", "api_base", b"api_base", "api_key", b"api_key", "api_version", b"api_version", "audio", b"audio", "cache", b"cache", "caching", b"caching", "content_policy_fallbacks", b"content_policy_fallbacks", "context_window_fallbacks", b"context_window_fallbacks", "deployment_id", b"deployment_id", "drop_params", b"drop_params", "extra_body", b"extra_body", "extra_headers", b"extra_headers", "fallbacks", b"fallbacks", "frequency_penalty", b"frequency_penalty", "function_call", b"function_call", "functions", b"functions", "logit_bias", b"logit_bias", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "messages", b"messages", "metadata", b"metadata", "mock_response", b"mock_response", "modalities", b"modalities", "model", b"model", "n", b"n", "num_retries", b"num_retries", "parallel_tool_calls", b"parallel_tool_calls", "prediction", b"prediction", "presence_penalty", b"presence_penalty", "provider_metadata", b"provider_metadata", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "service_tier", b"service_tier", "stop", b"stop", "store", b"store", "temperature", b"temperature", "thinking", b"thinking", "timeout", b"timeout", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user", "web_search_options", b"web_search_options"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_api_base", b"_api_base", "_api_key", b"_api_key", "_api_version", b"_api_version", "_caching", b"_caching", "_deployment_id", b"_deployment_id", "_drop_params", b"_drop_params", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_mock_response", b"_mock_response", "_n", b"_n", "_num_retries", b"_num_retries", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_service_tier", b"_service_tier", "_store", b"_store", "_temperature", b"_temperature", "_timeout", b"_timeout", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_user", b"_user", "api_base", b"api_base", "api_key", b"api_key", "api_version", b"api_version", "audio", b"audio", "cache", b"cache", "caching", b"caching", "content_policy_fallbacks", b"content_policy_fallbacks", "context_window_fallbacks", b"context_window_fallbacks", "deployment_id", b"deployment_id", "drop_params", b"drop_params", "extra_body", b"extra_body", "extra_headers", b"extra_headers", "fallbacks", b"fallbacks", "frequency_penalty", b"frequency_penalty", "function_call", b"function_call", "functions", b"functions", "logit_bias", b"logit_bias", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "messages", b"messages", "metadata", b"metadata", "mock_response", b"mock_response", "modalities", b"modalities", "model", b"model", "model_list", b"model_list", "n", b"n", "num_retries", b"num_retries", "parallel_tool_calls", b"parallel_tool_calls", "prediction", b"prediction", "presence_penalty", b"presence_penalty", "provider_metadata", b"provider_metadata", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "service_tier", b"service_tier", "stop", b"stop", "store", b"store", "temperature", b"temperature", "thinking", b"thinking", "timeout", b"timeout", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user", "web_search_options", b"web_search_options"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__api_base: _TypeAlias = _typing.Literal["api_base"]  # noqa: Y015
     _WhichOneofArgType__api_base: _TypeAlias = _typing.Literal["_api_base", b"_api_base"]  # noqa: Y015
@@ -911,6 +922,46 @@ class ResponseMetadata(_message.Message):
 Global___ResponseMetadata: _TypeAlias = ResponseMetadata  # noqa: Y015
 
 @_typing.final
+class ModelDeployment(_message.Message):
+    """One deployment of a request's `model_list` (a LiteLLM proxy config
+    `model_list` entry).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    LITELLM_PARAMS_FIELD_NUMBER: _builtins.int
+    MODEL_INFO_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    """The public model name it serves (LiteLLM `model_name`)."""
+    @_builtins.property
+    def litellm_params(self) -> _struct_pb2.Struct:
+        """LiteLLM `litellm_params`: `model` ("provider/model", required),
+        `api_base`, `api_key`, `api_version`, `rpm`, `tpm`, `timeout`,
+        `stream_timeout`, `max_retries`, `order`, `weight`; any other key is a
+        provider parameter sent like `extra_body`.
+        """
+
+    @_builtins.property
+    def model_info(self) -> _struct_pb2.Struct:
+        """LiteLLM `model_info` (`id` names the deployment in attempt logs)."""
+
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        litellm_params: _struct_pb2.Struct | None = ...,
+        model_info: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["litellm_params", b"litellm_params", "model_info", b"model_info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["litellm_params", b"litellm_params", "model_info", b"model_info", "model_name", b"model_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelDeployment: _TypeAlias = ModelDeployment  # noqa: Y015
+
+@_typing.final
 class Attempt(_message.Message):
     """One upstream attempt."""
 
@@ -921,6 +972,7 @@ class Attempt(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     UPSTREAM_HTTP_STATUS_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model as requested ("provider/model")."""
     provider: _builtins.str
@@ -931,6 +983,11 @@ class Attempt(_message.Message):
     """The upstream HTTP status, when one answered."""
     latency_ms: _builtins.float
     """Milliseconds the attempt took."""
+    deployment: _builtins.str
+    """The model-group deployment tried (its `model_info.id`, else
+    "model_name#index"); unset when the model was not routed through a
+    `model_list`.
+    """
     def __init__(
         self,
         *,
@@ -939,13 +996,19 @@ class Attempt(_message.Message):
         outcome: _builtins.str = ...,
         upstream_http_status: _builtins.int | None = ...,
         latency_ms: _builtins.float = ...,
+        deployment: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_upstream_http_status", b"_upstream_http_status", "upstream_http_status", b"upstream_http_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_deployment", b"_deployment", "_upstream_http_status", b"_upstream_http_status", "deployment", b"deployment", "upstream_http_status", b"upstream_http_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upstream_http_status", b"_upstream_http_status", "latency_ms", b"latency_ms", "model", b"model", "outcome", b"outcome", "provider", b"provider", "upstream_http_status", b"upstream_http_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_deployment", b"_deployment", "_upstream_http_status", b"_upstream_http_status", "deployment", b"deployment", "latency_ms", b"latency_ms", "model", b"model", "outcome", b"outcome", "provider", b"provider", "upstream_http_status", b"upstream_http_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__deployment: _TypeAlias = _typing.Literal["deployment"]  # noqa: Y015
+    _WhichOneofArgType__deployment: _TypeAlias = _typing.Literal["_deployment", b"_deployment"]  # noqa: Y015
     _WhichOneofReturnType__upstream_http_status: _TypeAlias = _typing.Literal["upstream_http_status"]  # noqa: Y015
     _WhichOneofArgType__upstream_http_status: _TypeAlias = _typing.Literal["_upstream_http_status", b"_upstream_http_status"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__deployment) -> _WhichOneofReturnType__deployment | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__upstream_http_status) -> _WhichOneofReturnType__upstream_http_status | None: ...
 
 Global___Attempt: _TypeAlias = Attempt  # noqa: Y015

@@ -353,6 +353,17 @@ export declare type CompleteRequest = Message<"llmrpc.v1.CompleteRequest"> & {
    * @generated from field: llmrpc.v1.WebSearchOptions web_search_options = 46;
    */
   webSearchOptions?: WebSearchOptions | undefined;
+
+  /**
+   * A one-call router (LiteLLM `completion(model_list=[...])`): when `model`
+   * is one of these entries' `model_name`, the call goes to one of them
+   * (simple shuffle), and a retryable failure moves to another. Their
+   * api_base/api_key are the caller's own (the caller-base key policy
+   * applies). At most 64 entries.
+   *
+   * @generated from field: repeated llmrpc.v1.ModelDeployment model_list = 70;
+   */
+  modelList: ModelDeployment[];
 };
 
 /**
@@ -815,6 +826,44 @@ export declare type ResponseMetadata = Message<"llmrpc.v1.ResponseMetadata"> & {
 export declare const ResponseMetadataSchema: GenMessage<ResponseMetadata>;
 
 /**
+ * One deployment of a request's `model_list` (a LiteLLM proxy config
+ * `model_list` entry).
+ *
+ * @generated from message llmrpc.v1.ModelDeployment
+ */
+export declare type ModelDeployment = Message<"llmrpc.v1.ModelDeployment"> & {
+  /**
+   * The public model name it serves (LiteLLM `model_name`).
+   *
+   * @generated from field: string model_name = 1;
+   */
+  modelName: string;
+
+  /**
+   * LiteLLM `litellm_params`: `model` ("provider/model", required),
+   * `api_base`, `api_key`, `api_version`, `rpm`, `tpm`, `timeout`,
+   * `stream_timeout`, `max_retries`, `order`, `weight`; any other key is a
+   * provider parameter sent like `extra_body`.
+   *
+   * @generated from field: google.protobuf.Struct litellm_params = 2;
+   */
+  litellmParams?: JsonObject | undefined;
+
+  /**
+   * LiteLLM `model_info` (`id` names the deployment in attempt logs).
+   *
+   * @generated from field: google.protobuf.Struct model_info = 3;
+   */
+  modelInfo?: JsonObject | undefined;
+};
+
+/**
+ * Describes the message llmrpc.v1.ModelDeployment.
+ * Use `create(ModelDeploymentSchema)` to create a new message.
+ */
+export declare const ModelDeploymentSchema: GenMessage<ModelDeployment>;
+
+/**
  * One upstream attempt.
  *
  * @generated from message llmrpc.v1.Attempt
@@ -854,6 +903,15 @@ export declare type Attempt = Message<"llmrpc.v1.Attempt"> & {
    * @generated from field: double latency_ms = 5;
    */
   latencyMs: number;
+
+  /**
+   * The model-group deployment tried (its `model_info.id`, else
+   * "model_name#index"); unset when the model was not routed through a
+   * `model_list`.
+   *
+   * @generated from field: optional string deployment = 6;
+   */
+  deployment?: string | undefined;
 };
 
 /**

@@ -1,0 +1,275 @@
+"""Model groups end to end: several fake deployments behind one public model name, through the
+real gateway and the thin client. Strategy distributions are statistical with generous bounds."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import llmrpc
+import pytest
+import yaml
+from llmrpc.v1 import completion_service_pb2 as pb
+from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
+from llmrpc_server import retry
+from llmrpc_server.config import Settings
+
+from tests.support import GatewayThread
+from tests.upstreams import FakeUpstream
+from tests.upstreams import openai as oai
+from tests.upstreams.server import RecordedRequest, Reply
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retry, "INITIAL_DELAY", 0.01)
+
+
+@pytest.fixture
+def upstreams() -> Iterator[list[FakeUpstream]]:
+    ups = [FakeUpstream(default=oai.default_handler).start() for _ in range(3)]
+    yield ups
+    for up in ups:
+        up.stop()
+
+
+def deployment(name: str, up: FakeUpstream, dep_id: str, model: str = "openai/gpt-4o", **params: Any) -> dict[str, Any]:
+    return {"model_name": name, "litellm_params": {"model": model, "api_base": up.url,
+                                                   "api_key": f"sk-{dep_id}", **params},
+            "model_info": {"id": dep_id}}
+
+
+def gateway_for(tmp_path: Path, doc: dict[str, Any], **overrides: Any) -> GatewayThread:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    settings = Settings.load(environ={}, config_file=str(path))
+    settings = replace(settings, host="127.0.0.1", port=0, grace=0.5, cache_path=":memory:", **overrides)
+    return GatewayThread(settings).start()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
+    started: list[GatewayThread] = []
+
+    def run(doc: dict[str, Any], **overrides: Any) -> GatewayThread:
+        gw = gateway_for(tmp_path, doc, **overrides)
+        started.append(gw)
+        return gw
+
+    yield run
+    for gw in started:
+        gw.stop()
+
+
+def deployments_of(resp: Any) -> list[str | None]:
+    return [a["deployment"] for a in resp._hidden_params["attempt_log"]]
+
+
+def always(reply: Callable[[], Reply]) -> Callable[[RecordedRequest], Reply]:
+    return lambda _req: reply()
+
+
+def test_simple_shuffle_follows_weights(start: Callable[..., GatewayThread], upstreams: list[FakeUpstream]) -> None:
+    a, b, c = upstreams
+    gw = start({"model_list": [deployment("gpt", a, "a", weight=6), deployment("gpt", b, "b", weight=3),
+                               deployment("gpt", c, "c", weight=1)]})
+    with llmrpc.Client(gw.address) as client:
+        answered = Counter(client.completion(model="gpt", messages=MESSAGES)._hidden_params["model_id"]
+                           for _ in range(200))
+    assert sum(answered.values()) == 200
+    # Expected 120 / 60 / 20; bounds are wide (each is > 4 standard deviations).
+    assert 85 <= answered["a"] <= 155 and 30 <= answered["b"] <= 90 and 3 <= answered["c"] <= 45
+    assert (len(a.requests), len(b.requests), len(c.requests)) == (answered["a"], answered["b"], answered["c"])
+    assert {r.headers["authorization"] for r in a.requests} == {"Bearer sk-a"}  # each deployment's own key
+
+
+def test_shuffle_without_weights_uses_rpm_and_spreads(start: Callable[..., GatewayThread],
+                                                      upstreams: list[FakeUpstream]) -> None:
+    a, b, _ = upstreams
+    gw = start({"model_list": [deployment("gpt", a, "a"), deployment("gpt", b, "b")]})
+    with llmrpc.Client(gw.address) as client:
+        answered = Counter(client.completion(model="gpt", messages=MESSAGES)._hidden_params["model_id"]
+                           for _ in range(100))
+    assert 20 <= answered["a"] <= 80 and answered["a"] + answered["b"] == 100
+
+
+def test_retry_goes_to_another_deployment_and_failures_cool_it_down(
+        start: Callable[..., GatewayThread], upstreams: list[FakeUpstream]) -> None:
+    a, b, _ = upstreams
+    a.default = always(lambda: oai.server_error(500))
+    gw = start({"model_list": [deployment("gpt", a, "bad"), deployment("gpt", b, "good")],
+                "router_settings": {"num_retries": 1, "allowed_fails": 1, "cooldown_time": 1.5}})
+    with llmrpc.Client(gw.address) as client:
+        logs = []
+        for _ in range(12):
+            resp = client.completion(model="gpt", messages=MESSAGES)
+            assert resp._hidden_params["model_id"] == "good"
+            logs.append(deployments_of(resp))
+        # Every failed attempt on "bad" was retried at once on "good", never on "bad" again.
+        assert all(log in (["good"], ["bad", "good"]) for log in logs)
+        # Two failures (> allowed_fails=1) within the minute cool "bad" down: it gets no more calls.
+        assert len(a.requests) == 2
+        cooled = len(a.requests)
+        time.sleep(2.0)
+        a.default = oai.default_handler  # recovered
+        seen = Counter(client.completion(model="gpt", messages=MESSAGES)._hidden_params["model_id"]
+                       for _ in range(40))
+    assert seen["bad"] >= 5 and len(a.requests) > cooled  # back in rotation after cooldown_time
+
+
+def test_429_retry_after_cools_the_deployment_for_that_long(
+        start: Callable[..., GatewayThread], upstreams: list[FakeUpstream]) -> None:
+    a, b, _ = upstreams
+    a.enqueue(oai.rate_limited(retry_after=30))
+    gw = start({"model_list": [deployment("gpt", a, "limited", weight=1000), deployment("gpt", b, "other", weight=1)],
+                "router_settings": {"num_retries": 1, "allowed_fails": 100}})
+    with llmrpc.Client(gw.address) as client:
+        first = client.completion(model="gpt", messages=MESSAGES)
+        later = [client.completion(model="gpt", messages=MESSAGES)._hidden_params["model_id"] for _ in range(10)]
+    # weight 1000:1 picks "limited" first almost surely; its 429 moved the call to "other"...
+    assert deployments_of(first) == ["limited", "other"]
+    assert first._hidden_params["attempt_log"][0]["outcome"] == "RATE_LIMITED"
+    # ...and Retry-After: 30 keeps it out, however heavy its weight.
+    assert later == ["other"] * 10 and len(a.requests) == 1
+
+
+def test_group_exhausted_falls_back_to_another_group(start: Callable[..., GatewayThread],
+                                                     upstreams: list[FakeUpstream]) -> None:
+    a, b, c = upstreams
+    a.default = always(lambda: oai.server_error(503))
+    b.default = always(lambda: oai.server_error(503))
+    gw = start({"model_list": [deployment("gpt", a, "a"), deployment("gpt", b, "b"),
+                               deployment("backup", c, "c", model="openai/gpt-4o-mini")],
+                "router_settings": {"num_retries": 1, "fallbacks": [{"gpt": ["backup"]}]}})
+    with llmrpc.Client(gw.address) as client:
+        resp = client.completion(model="gpt", messages=MESSAGES)
+    log = resp._hidden_params["attempt_log"]
+    # Both deployments of the group first (a retry goes to the other one), then the fallback group.
+    assert sorted(x["deployment"] for x in log[:2]) == ["a", "b"]
+    assert [x["deployment"] for x in log[2:]] == ["c"] and log[2]["model"] == "openai/gpt-4o-mini"
+    assert resp._hidden_params["model_id"] == "c"
+
+
+def test_rpm_limits_each_deployment(start: Callable[..., GatewayThread], upstreams: list[FakeUpstream]) -> None:
+    a, b, _ = upstreams
+    if time.time() % 60 > 50:  # the counters are per minute: start in a fresh one
+        time.sleep(61 - time.time() % 60)
+    gw = start({"model_list": [deployment("gpt", a, "a", rpm=2), deployment("gpt", b, "b", rpm=3)],
+                "router_settings": {"routing_strategy": "usage-based-routing-v2"}})
+    with llmrpc.Client(gw.address) as client:
+        answered = Counter(client.completion(model="gpt", messages=MESSAGES)._hidden_params["model_id"]
+                           for _ in range(5))
+        assert answered == {"a": 2, "b": 3}
+        with pytest.raises(llmrpc.RateLimitError, match="no deployment of model group 'gpt' is available"):
+            client.completion(model="gpt", messages=MESSAGES)
+    assert len(a.requests) == 2 and len(b.requests) == 3
+
+
+def test_order_prefers_the_lowest_until_it_is_unavailable(start: Callable[..., GatewayThread],
+                                                          upstreams: list[FakeUpstream]) -> None:
+    a, b, _ = upstreams
+    a.default = always(lambda: oai.server_error(500))
+    gw = start({"model_list": [deployment("gpt", a, "primary", order=1), deployment("gpt", b, "secondary", order=2)],
+                "router_settings": {"num_retries": 1, "allowed_fails": 0, "cooldown_time": 60}})
+    with llmrpc.Client(gw.address) as client:
+        first = client.completion(model="gpt", messages=MESSAGES)
+        second = client.completion(model="gpt", messages=MESSAGES)
+    assert deployments_of(first) == ["primary", "secondary"]
+    assert deployments_of(second) == ["secondary"]  # primary is cooling down
+
+
+def test_wildcards_aliases_and_extras(start: Callable[..., GatewayThread], upstreams: list[FakeUpstream]) -> None:
+    a, b, _ = upstreams
+    gw = start({"model_list": [
+        {"model_name": "openai/*", "litellm_params": {"model": "openai/*", "api_base": a.url, "api_key": "sk-w"}},
+        deployment("gpt-4o", b, "exact", max_tokens=77, top_k=5),
+    ], "router_settings": {"model_group_alias": {"gpt-4": "gpt-4o"}}})
+    with llmrpc.Client(gw.address) as client:
+        wild = client.completion(model="openai/gpt-4.1-nano", messages=MESSAGES)
+        aliased = client.completion(model="gpt-4", messages=MESSAGES)
+        own = client.completion(model="gpt-4o", messages=MESSAGES, max_tokens=5)
+    assert a.requests[0].json()["model"] == "gpt-4.1-nano" and wild._hidden_params["model_id"] == "openai/*#0"
+    assert aliased._hidden_params["model_id"] == "exact"
+    sent = b.requests[0].json()
+    assert sent["max_tokens"] == 77 and sent["top_k"] == 5  # a deployment's params, as LiteLLM sends them
+    assert b.requests[1].json()["max_tokens"] == 5  # the caller's own value wins
+    assert own.choices[0].message.content == "echo: hello"
+
+
+def test_stream_retries_on_another_deployment(start: Callable[..., GatewayThread],
+                                              upstreams: list[FakeUpstream]) -> None:
+    a, b, _ = upstreams
+    a.default = always(lambda: oai.server_error(502))
+    gw = start({"model_list": [deployment("gpt", a, "a", order=1), deployment("gpt", b, "b", order=2)],
+                "router_settings": {"num_retries": 1}})
+    with llmrpc.Client(gw.address) as client:
+        chunks = list(client.completion(model="gpt", messages=MESSAGES, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: hello"
+    assert len(a.requests) == 1 and len(b.requests) == 1
+
+
+def test_config_groups_refuse_caller_bases_and_keys(start: Callable[..., GatewayThread],
+                                                    upstreams: list[FakeUpstream]) -> None:
+    a, b, _ = upstreams
+    gw = start({"model_list": [deployment("gpt", a, "a")]})
+    with llmrpc.Client(gw.address) as client:
+        with pytest.raises(llmrpc.BadRequestError, match="configured deployments"):
+            client.completion(model="gpt", messages=MESSAGES, api_base=b.url, api_key="sk-mine")
+        # Plain provider/model calls are untouched by the config.
+        with pytest.raises(llmrpc.BadRequestError, match="cannot infer the provider of 'nope'"):
+            client.completion(model="nope", messages=MESSAGES)
+    assert not a.requests and not b.requests
+
+
+def test_fallbacks_name_groups_and_unknown_ones_are_refused(start: Callable[..., GatewayThread],
+                                                            upstreams: list[FakeUpstream]) -> None:
+    a, _, _ = upstreams
+    gw = start({"model_list": [deployment("gpt", a, "a"), deployment("backup-group", a, "z")]})
+    with grpc.insecure_channel(gw.address) as channel:
+        stub = pb_grpc.CompletionServiceStub(channel)
+        req = pb.CompleteRequest(model="gpt", fallbacks=["backup-group", "unknown-thing"])
+        req.messages.add(role="user", content="hi")
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Complete(req, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "fallbacks[1]" in (info.value.details() or "")
+
+
+def test_request_model_list_is_a_one_call_router(start: Callable[..., GatewayThread],
+                                                 upstreams: list[FakeUpstream]) -> None:
+    a, b, _ = upstreams
+    a.default = always(lambda: oai.server_error(500))
+    gw = start({"model_list": [deployment("unrelated", b, "u")]})
+    model_list = [
+        {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_base": a.url, "api_key": "sk-1"},
+         "model_info": {"id": "mine-1"}},
+        {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_base": b.url, "api_key": "sk-2"},
+         "model_info": {"id": "mine-2"}},
+    ]
+    with llmrpc.Client(gw.address) as client:
+        results = [client.completion(model="gpt", messages=MESSAGES, model_list=model_list, num_retries=1)
+                   for _ in range(6)]
+        with pytest.raises(llmrpc.BadRequestError, match=r"model_list\[0\]\.litellm_params\.rpm"):
+            client.completion(model="gpt", messages=MESSAGES,
+                              model_list=[{"model_name": "gpt", "litellm_params": {"model": "openai/x", "rpm": "x"}}])
+    assert all(r._hidden_params["model_id"] == "mine-2" for r in results)
+    assert {r.headers["authorization"] for r in b.requests} == {"Bearer sk-2"}  # the caller's own keys
+    assert {r.headers["authorization"] for r in a.requests} <= {"Bearer sk-1"}
+
+
+def test_without_a_config_nothing_is_routed(upstreams: list[FakeUpstream]) -> None:
+    """No model_list: the pipeline holds no table and the plain provider/model path runs."""
+    a = upstreams[0]
+    settings = Settings(host="127.0.0.1", port=0, grace=0.5, cache_path=":memory:",
+                        env={"OPENAI_API_KEY": "sk-env", "OPENAI_API_BASE": a.url})
+    with GatewayThread(settings) as gw, llmrpc.Client(gw.address) as client:
+        assert gw.gateway is not None and gw.gateway.reloader is not None and gw.gateway.reloader.table is None
+        resp = client.completion(model="openai/gpt-4o", messages=MESSAGES)
+    assert resp._hidden_params["model_id"] is None and deployments_of(resp) == [None]
