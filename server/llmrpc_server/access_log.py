@@ -5,7 +5,8 @@
 ``key`` is the index of the ``--auth-tokens`` token the caller presented, or the ``key_alias`` of its
 virtual key (``-`` without either); it never holds the token. The status comes from the RPC's end
 (``context.add_done_callback``), so calls the caller cancelled or whose deadline expired are logged
-as CANCELLED / DEADLINE_EXCEEDED even though no handler code ran to the end. Off by default: the interceptor is only installed when asked.
+as CANCELLED / DEADLINE_EXCEEDED even though no handler code ran to the end. Off by default: the
+interceptor is only installed when asked.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ class VirtualKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  
         self._admin = tuple(t.encode() for t in admin_tokens)
         self._keys = keys
         self._clock = clock
-        self._wrapped: dict[tuple[str, str], tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped: dict[tuple[str, str], tuple[grpc.RpcMethodHandler, VirtualKey, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -64,9 +64,9 @@ class VirtualKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  
             key = self._keys.find(credential)
             if key is not None and not key.expired(self._clock()):
                 cached = self._wrapped.get((method, key.digest))
-                if cached is None or cached[0] is not handler:
-                    cached = self._wrapped[(method, key.digest)] = (handler, _under_key(handler, key))
-                return cached[1]
+                if cached is None or cached[0] is not handler or cached[1] is not key:  # reloaded
+                    cached = self._wrapped[(method, key.digest)] = (handler, key, _under_key(handler, key))
+                return cached[2]
             if key is not None:
                 expired = datetime.fromtimestamp(key.expires or 0, UTC).isoformat()
                 return _rejecting(handler, f"key {key.alias!r} expired at {expired}", key.alias)

@@ -11,18 +11,23 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..proxy_config import ConfigError
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 __all__ = ["FIELDS", "KeyRing", "VirtualKey", "hash_key", "parse_duration", "parse_keys"]
 
 FIELDS = frozenset({"key", "key_hash", "key_alias", "models", "rpm_limit", "tpm_limit", "max_budget",
                     "budget_duration", "max_parallel_requests", "metadata", "expires"})
+log = logging.getLogger("llmrpc_server.keys")
 _HASH = re.compile(r"sha256:([0-9a-f]{64})")
 _DURATION = re.compile(r"(\d+)\s*(s|m|h|d|w)")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -75,11 +80,22 @@ class VirtualKey:
 
 
 class KeyRing:
-    """The configured keys, found by the digest of a presented key."""
+    """The configured keys, found by the digest of a presented key. One object for the server's life:
+    a SIGHUP reload swaps its contents (:meth:`reconfigure`), so every holder sees the new keys."""
 
     def __init__(self, keys: Sequence[VirtualKey]) -> None:
         self.keys = tuple(keys)
         self._by_digest = {k.digest: k for k in keys}
+
+    def reconfigure(self, settings: Settings, table: object = None) -> None:
+        """Take the reloaded config's keys; a bad ``keys:`` section keeps the running ones (logged).
+        Counters and spend are keyed by the key's hash, so an edited key keeps what it used."""
+        try:
+            fresh = parse_keys(settings.proxy.keys if settings.proxy is not None else ())
+        except ConfigError as exc:
+            log.error("SIGHUP: keys not reloaded, keeping the running ones: %s", exc)
+            return
+        self.keys, self._by_digest = fresh.keys, fresh._by_digest  # no await between: atomic for the loop
 
     def __bool__(self) -> bool:
         return bool(self.keys)
