@@ -5,7 +5,6 @@ RetryInfo, and limits hold across ``--workers 2`` and a restart (a real ``llmrpc
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading

@@ -151,9 +151,9 @@ def test_request_fallbacks_are_held_to_the_allowlist(gateway: Any) -> None:
 
 
 def test_permission_denied_carries_resource_info(gateway: Any) -> None:
+    from grpc_status import rpc_status
     from llmrpc.v1 import completion_service_pb2 as pb
     from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
-    from grpc_status import rpc_status
 
     with grpc.insecure_channel(gateway.address) as channel:
         stub = pb_grpc.CompletionServiceStub(channel)
