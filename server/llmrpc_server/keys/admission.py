@@ -9,8 +9,10 @@ Admin callers (``master_key``, ``--auth-tokens``) run with no key: nothing here 
 
 from __future__ import annotations
 
+import itertools
+import logging
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 
@@ -28,6 +30,9 @@ from .store import Decision, LimitStore, StoreUnavailable
 __all__ = ["CURRENT_KEY", "KeyedBackend", "budget_error", "current_key_alias", "denied_model", "limit_error"]
 
 CURRENT_KEY: ContextVar[VirtualKey | None] = ContextVar("llmrpc_virtual_key", default=None)
+log = logging.getLogger("llmrpc_server.keys")
+_LEASE_PREFIX = secrets.token_hex(6) + "-"  # this process: lease ids are unique across processes and restarts
+_LEASES = itertools.count()
 LEASE_SLACK = 5.0  # seconds a lease outlives its call's deadline (a crashed process's lease ends then)
 
 
@@ -156,7 +161,7 @@ class KeyedBackend:
         denied = denied_model(key, req)
         if denied is not None:
             raise denied
-        lease = uuid.uuid4().hex if key.max_parallel_requests is not None else ""
+        lease = f"{_LEASE_PREFIX}{next(_LEASES)}" if key.max_parallel_requests is not None else ""
         if not key.limited:
             return lease
         now = self._clock()
@@ -172,9 +177,7 @@ class KeyedBackend:
         try:
             await self._store.record(key, self._clock(), lease, tokens, cost)
         except StoreUnavailable as exc:  # the call is answered: count what can be counted, say so
-            import logging
-
-            logging.getLogger("llmrpc_server.keys").warning("spend of key %r not recorded: %s", key.alias, exc)
+            log.warning("spend of key %r not recorded: %s", key.alias, exc)
 
     async def _release(self, key: VirtualKey, lease: str) -> None:
         if not lease:
@@ -182,9 +185,7 @@ class KeyedBackend:
         try:
             await self._store.release(key, lease)
         except StoreUnavailable as exc:
-            import logging
-
-            logging.getLogger("llmrpc_server.keys").warning(
+            log.warning(
                 "parallel slot of key %r not released (it ends at the call's deadline): %s", key.alias, exc)
 
 

@@ -18,12 +18,20 @@ Accuracy (documented in the README):
   the key's lifetime spend.
 
 Why the SQLite calls run on the event loop instead of a thread: each is one short ``BEGIN IMMEDIATE``
-transaction of a few indexed statements (tens of microseconds); a thread hop would cost more CPU than
-the work. A lock held by another process is waited for up to ``BUSY_TIMEOUT``.
+transaction of a few statements on one-page tables (tens of microseconds); a thread hop would cost
+more CPU than the work. A lock held by another process is waited for up to ``BUSY_TIMEOUT``.
+
+Why usage is written late: a transaction's fixed cost (locks, a WAL frame) is most of the per-call
+budget, so what a call used (tokens, cost, the end of its lease) is queued in memory and written by
+this process's next admission, in the same transaction and before its checks, or ``FLUSH_DELAY``
+after the call when no admission comes. One transaction per call in steady state; this process's own
+checks always see its own usage; other processes see it at most ``FLUSH_DELAY`` late (and a process
+killed with SIGKILL loses at most that much).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -48,6 +56,7 @@ BUSY_TIMEOUT = 2.0  # seconds a transaction waits for another process's lock
 PRUNE_INTERVAL = 60.0  # seconds between deletions of finished windows and expired leases
 SPEND_HISTORY = 7 * 86400  # seconds a finished budget window's spend stays listed by `keys spend`
 SCHEMA_VERSION = 1
+FLUSH_DELAY = 0.2  # seconds queued usage may wait for an admission before it is written on its own
 
 
 class StoreUnavailable(Exception):
@@ -114,6 +123,10 @@ class SqliteLimitStore:
         self.path = path
         self._db: Database | None = None
         self._last_prune = -math.inf
+        # queued usage: (digest, kind, window start, window length, value, requests), and ended leases
+        self._usage: list[tuple[str, str, float, int, float, int]] = []
+        self._ended: list[tuple[str]] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     # ---- connection --------------------------------------------------------------------------
     def _conn(self) -> Database:
@@ -150,17 +163,29 @@ class SqliteLimitStore:
             raise sqlite3.DatabaseError(f"state schema {version} is newer than this server's {SCHEMA_VERSION}")
         if version == SCHEMA_VERSION:
             return
-        # kind: rpm / tpm (one-minute windows) or spend (budget windows); requests: calls in the window
-        db.table("key_windows").create(
-            {"digest": str, "kind": str, "start": float, "length": int, "value": float, "requests": int},
-            pk=("digest", "kind", "start"), not_null={"length", "value", "requests"}, if_not_exists=True)
-        db.table("key_leases").create(
-            {"lease": str, "digest": str, "expires": float, "pid": int},
-            pk="lease", not_null={"digest", "expires", "pid"}, if_not_exists=True)
-        db.table("key_leases").create_index(["digest", "expires"], if_not_exists=True)
+        # kind: rpm / tpm (one-minute windows) or spend (budget windows); requests: calls in the window.
+        # WITHOUT ROWID and no secondary index: each write touches one b-tree page. Leases are the calls
+        # in flight: few rows, scanned.
+        db.execute("CREATE TABLE IF NOT EXISTS key_windows (digest TEXT NOT NULL, kind TEXT NOT NULL, "
+                   "start REAL NOT NULL, length INTEGER NOT NULL, value REAL NOT NULL, requests INTEGER NOT NULL, "
+                   "PRIMARY KEY (digest, kind, start)) WITHOUT ROWID")
+        db.execute("CREATE TABLE IF NOT EXISTS key_leases (lease TEXT NOT NULL, digest TEXT NOT NULL, "
+                   "expires REAL NOT NULL, pid INTEGER NOT NULL)")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
+        """Write queued usage, then close the file."""
+        if self._usage or self._ended:
+            try:
+                self.flush()
+            except StoreUnavailable as exc:
+                log.warning("key usage not written at close: %s", exc)
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        self._disconnect()
+
+    def _disconnect(self) -> None:
         if self._db is not None:
             self._db.conn.close()
             self._db = None
@@ -171,9 +196,10 @@ class SqliteLimitStore:
         try:
             with _transaction(db):
                 yield db
+            self._usage, self._ended = [], []  # committed (every transaction writes the queue first)
         except sqlite3.Error as exc:
             if not _contended(exc):
-                self.close()  # reopened on the next call: a replaced or repaired file recovers
+                self._disconnect()  # reopened on the next call: a replaced or repaired file recovers
             raise StoreUnavailable(f"key limits store {self.path}: {exc}") from exc
 
     # ---- LimitStore --------------------------------------------------------------------------
@@ -183,6 +209,7 @@ class SqliteLimitStore:
     def admit_sync(self, key: VirtualKey, now: float, lease: str, lease_expires: float) -> Decision:
         minute = math.floor(now / MINUTE) * MINUTE
         with self._write() as db:
+            self._write_queued(db)
             self._maybe_prune(db, now)
             decision = _check(db, key, now, minute)
             if not decision.admitted:
@@ -190,38 +217,77 @@ class SqliteLimitStore:
             if key.rpm_limit is not None:
                 _add(db, key.digest, "rpm", minute, MINUTE, 1.0, 1)
             if key.max_parallel_requests is not None:
-                db.execute("INSERT OR REPLACE INTO key_leases (lease, digest, expires, pid) VALUES (?, ?, ?, ?)",
+                db.execute("INSERT INTO key_leases (lease, digest, expires, pid) VALUES (?, ?, ?, ?)",
                            (lease, key.digest, lease_expires, os.getpid()))
         return ADMITTED
 
     async def record(self, key: VirtualKey, now: float, lease: str, tokens: int, cost: float) -> None:
-        self.record_sync(key, now, lease, tokens, cost)
+        self.queue_usage(key, now, lease, tokens, cost)
+        self._schedule_flush()
+
+    def queue_usage(self, key: VirtualKey, now: float, lease: str, tokens: int, cost: float) -> None:
+        """Queue a finished call's usage (written by the next admission or :meth:`flush`)."""
+        if key.tpm_limit is not None and tokens > 0:
+            self._usage.append((key.digest, "tpm", math.floor(now / MINUTE) * MINUTE, MINUTE, float(tokens), 0))
+        start, length = budget_window(key, now)
+        self._usage.append((key.digest, "spend", start, length, max(cost, 0.0), 1))
+        if key.max_parallel_requests is not None and lease:
+            self._ended.append((lease,))
 
     def record_sync(self, key: VirtualKey, now: float, lease: str, tokens: int, cost: float) -> None:
-        with self._write() as db:
-            if key.tpm_limit is not None and tokens > 0:
-                _add(db, key.digest, "tpm", math.floor(now / MINUTE) * MINUTE, MINUTE, float(tokens), 0)
-            start, length = budget_window(key, now)
-            _add(db, key.digest, "spend", start, length, max(cost, 0.0), 1)
-            if key.max_parallel_requests is not None:
-                db.execute("DELETE FROM key_leases WHERE lease = ?", (lease,))
+        """:meth:`record`, written at once."""
+        self.queue_usage(key, now, lease, tokens, cost)
+        self.flush()
 
     async def release(self, key: VirtualKey, lease: str) -> None:
-        self.release_sync(key, lease)
+        if key.max_parallel_requests is not None and lease:
+            self._ended.append((lease,))
+            self._schedule_flush()
 
     def release_sync(self, key: VirtualKey, lease: str) -> None:
-        if key.max_parallel_requests is None:
-            return
-        with self._write() as db:
-            db.execute("DELETE FROM key_leases WHERE lease = ?", (lease,))
+        """:meth:`release`, written at once."""
+        if key.max_parallel_requests is not None and lease:
+            self._ended.append((lease,))
+            self.flush()
 
     async def spend(self, key: VirtualKey, now: float) -> float:
+        self.flush()
         start, _ = budget_window(key, now)
         return _value(self._conn(), key.digest, "spend", start)
+
+    def flush(self) -> None:
+        """Write the queued usage now."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._usage or self._ended:
+            with self._write() as db:
+                self._write_queued(db)
+
+    def _schedule_flush(self) -> None:
+        if self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._timed_flush)
+
+    def _timed_flush(self) -> None:
+        self._flush_timer = None
+        try:
+            self.flush()
+        except StoreUnavailable as exc:  # kept queued: the next admission or flush retries
+            log.warning("key usage not written yet: %s", exc)
+            self._schedule_flush()
+
+    def _write_queued(self, db: Database) -> None:
+        """Inside a transaction: :meth:`_write` empties the queue once the transaction commits (nothing
+        can be queued meanwhile: this runs on the loop without awaiting)."""
+        if self._usage:
+            db.conn.executemany(_ADD, self._usage)
+        if self._ended:
+            db.conn.executemany("DELETE FROM key_leases WHERE lease = ?", self._ended)
 
     # ---- reporting (the `keys spend` command) ------------------------------------------------
     def spend_rows(self) -> list[SpendRow]:
         """Every recorded budget window, newest first per key."""
+        self.flush()
         rows = self._conn().execute(
             "SELECT digest, start, length, value, requests FROM key_windows WHERE kind = 'spend' "
             "ORDER BY digest, start DESC").fetchall()
@@ -263,11 +329,13 @@ def _value(db: Database, digest: str, kind: str, start: float) -> float:
     return float(row[0]) if row else 0.0
 
 
-def _add(db: Database, digest: str, kind: str, start: float, length: int, value: float, requests: int) -> None:
-    db.execute(
-        "INSERT INTO key_windows (digest, kind, start, length, value, requests) VALUES (?, ?, ?, ?, ?, ?) "
+_ADD = ("INSERT INTO key_windows (digest, kind, start, length, value, requests) VALUES (?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (digest, kind, start) DO UPDATE SET value = value + excluded.value, "
-        "requests = requests + excluded.requests", (digest, kind, start, length, value, requests))
+        "requests = requests + excluded.requests")
+
+
+def _add(db: Database, digest: str, kind: str, start: float, length: int, value: float, requests: int) -> None:
+    db.conn.execute(_ADD, (digest, kind, start, length, value, requests))
 
 
 def _drop_dead_leases(db: Database) -> None:
@@ -289,13 +357,14 @@ def _alive(pid: int) -> bool:
 
 @contextmanager
 def _transaction(db: Database) -> Iterator[None]:
-    db.execute("BEGIN IMMEDIATE")
+    db.conn.execute("BEGIN IMMEDIATE")
     try:
         yield
+        db.conn.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
 
 
 def _contended(exc: sqlite3.Error) -> bool:
