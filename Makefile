@@ -8,15 +8,15 @@ PORT ?= 50051
 PROTOGEN := tools/protogen/node_modules/.installed-stamp
 BUF := tools/protogen/node_modules/.bin/buf
 
-.PHONY: install run test lint proto proto-check protoset bench faults clean gen-ts
+.PHONY: install run test lint proto proto-check protoset bench faults clean gen-ts proto-go
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,parity]"
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install llmrpc[server,dev] (editable)
+install: $(STAMP) ## create .venv and install llmrpc[server,dev,parity] (editable; parity = LiteLLM for the parity tests)
 
 run: install ## run the gateway on its embedded defaults (mock provider, SQLite cache, keys from env)
 	$(BIN)/llmrpc-server --port $(PORT)
@@ -30,14 +30,22 @@ lint: install $(PROTOGEN) ## ruff, mypy --strict, buf lint + breaking (FILE) vs 
 	$(BIN)/mypy client/llmrpc server/llmrpc_server
 	$(BIN)/python scripts/gen_proto.py --check
 	$(BIN)/python scripts/gen_ts.py --check
+	@# gen/go needs Debian's protoc-gen-go/-grpc: installed here when root, else the command is printed.
+	sh scripts/install_polyglot_toolchains.sh go
+	$(BIN)/python scripts/gen_go.py --check
 	$(BUF) lint protos
 	@# Contract changes must be additive: compare with main (when the clone has it).
 	@if git rev-parse --verify -q main >/dev/null; then \
 		$(BUF) breaking protos --against '.git#branch=main,subdir=protos'; fi
 
-proto: install ## regenerate client/llmrpc/v1 and gen/ts from protos/
+proto: install ## regenerate client/llmrpc/v1, gen/ts and gen/go from protos/
 	$(BIN)/python scripts/gen_proto.py
 	$(MAKE) gen-ts
+	$(MAKE) proto-go
+
+proto-go: install ## regenerate the Go package gen/go/llmrpc/v1 from protos/ (Debian's pinned plugins)
+	sh scripts/install_polyglot_toolchains.sh go
+	$(BIN)/python scripts/gen_go.py
 
 protoset: $(PROTOGEN) ## descriptor set for `grpcurl -protoset llmrpc.protoset` (decodes google.rpc details)
 	$(BUF) build protos -o llmrpc.protoset
@@ -56,4 +64,4 @@ faults: install ## the fault-injection suite: upstream faults, fallbacks, timeou
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_faults.py tests/test_fallbacks.py tests/test_timeouts.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache llmrpc.protoset
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache llmrpc.protoset .polyglot-build

@@ -24,7 +24,7 @@ from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 from llmrpc_server.accumulate import accumulate, split
 from llmrpc_server.cache import MEMO_SECONDS, SqliteStore
-from llmrpc_server.caching import CachingBackend, cache_key
+from llmrpc_server.caching import CachingBackend, cache_key, credential_scope
 from llmrpc_server.providers.base import Target
 
 from tests.support import GatewayThread
@@ -173,10 +173,10 @@ def test_namespaces_are_separate(cache: Harness) -> None:
     assert cache.calls == 3
 
 
-def test_the_key_ignores_credentials_and_call_plumbing(cache: Harness) -> None:
+def test_the_key_ignores_call_plumbing(cache: Harness) -> None:
     cache.ask(temperature=0.5)
     extras: list[dict[str, Any]] = [
-        {"api_key": "sk-other"}, {"extra_headers": {"x-trace": "1"}}, {"metadata": {"run": "2"}},
+        {"extra_headers": {"x-trace": "1"}}, {"metadata": {"run": "2"}},
         {"timeout": 30}, {"num_retries": 3}, {"fallbacks": ["openai/gpt-4o"]}, {"drop_params": True},
     ]
     for extra in extras:
@@ -190,12 +190,51 @@ def test_the_key_covers_every_generation_parameter(cache: Harness) -> None:
         {"temperature": 0.1}, {"max_tokens": 5}, {"stop": ["x"]}, {"seed": 1}, {"user": "u"},
         {"response_format": {"type": "json_object"}}, {"model": "openai/gpt-4o"},
         {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
-        {"extra_body": {"top_k": 3}}, {"api_base": cache.upstream.url + "/v1"},
+        {"extra_body": {"top_k": 3}}, {"api_base": cache.upstream.url + "/v1", "api_key": "sk-test"},
     ]
     for n, variant in enumerate(variants, start=2):
         assert cache.ask(**variant)._hidden_params["cache_hit"] is False, variant
         assert cache.calls == n
     assert cache.ask(api_base=cache.upstream.url + "/")._hidden_params["cache_hit"] is True  # same base
+
+
+def test_a_callers_own_key_only_gets_answers_that_key_produced(cache: Harness) -> None:
+    assert cache.ask()._hidden_params["cache_hit"] is False  # paid for by the server's key
+    cache.upstream.enqueue(openai.error(401, "Incorrect API key provided", type="invalid_request_error",
+                                        code="invalid_api_key"))
+    with pytest.raises(llmrpc.AuthenticationError):  # a bogus key reaches the upstream, no free answer
+        cache.ask(api_key="sk-bogus-key")
+    assert cache.calls == 2
+    assert cache.ask(api_key="sk-caller-a")._hidden_params["cache_hit"] is False
+    assert cache.upstream.requests[-1].headers["authorization"] == "Bearer sk-caller-a"
+    assert cache.ask(api_key="sk-caller-a")._hidden_params["cache_hit"] is True  # its own answer
+    assert cache.ask(api_key="sk-caller-b")._hidden_params["cache_hit"] is False
+    assert cache.ask()._hidden_params["cache_hit"] is True  # server-key callers still share theirs
+    assert cache.calls == 4
+
+
+def test_the_credential_scope_covers_the_key_and_credential_headers() -> None:
+    req = pb.CompleteRequest(model=MODEL, messages=[chat_pb2.Message(role="user", content="x")])
+    server = Target(provider="openai", model="gpt-4o-mini", api_base="https://api.example/v1", api_key="sk-server")
+    assert credential_scope(req, server) == ""
+    mine = Target(provider="openai", model="gpt-4o-mini", api_base="https://api.example/v1", api_key="sk-a",
+                  key_from_caller=True)
+    scope = credential_scope(req, mine)
+    assert len(scope) == 64 and "sk-a" not in scope
+    assert cache_key(req, mine, "") != cache_key(req, server, "")
+    other = Target(provider="openai", model="gpt-4o-mini", api_base="https://api.example/v1", api_key="sk-b",
+                   key_from_caller=True)
+    assert cache_key(req, mine, "") != cache_key(req, other, "")
+    req.extra_headers["Authorization"] = "Bearer other"
+    assert credential_scope(req, mine) != scope
+
+
+def test_a_hit_names_only_the_upstream_origin(cache: Harness) -> None:
+    first = cache.ask()
+    hit = cache.ask()
+    host = cache.upstream.url.split("//", 1)[1].rstrip("/")
+    assert first._hidden_params["api_base"] == hit._hidden_params["api_base"] == f"http://{host}"
+    assert hit._hidden_params["cache_hit"] is True
 
 
 def test_the_key_is_independent_of_argument_and_json_key_order() -> None:

@@ -145,3 +145,109 @@ def test_no_trace_metadata_without_an_active_span() -> None:
     from llmrpc._callbacks import with_trace
 
     assert with_trace((("authorization", "Bearer x"),)) == (("authorization", "Bearer x"),)
+
+
+class Recorder(llmrpc.CustomLogger):
+    """A LiteLLM-style CustomLogger recording which hook ran with what."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.threads: set[str] = set()
+
+    def _note(self, name: str, *args: Any) -> None:
+        self.calls.append((name, args))
+        self.threads.add(threading.current_thread().name)
+
+    def log_pre_api_call(self, model: str, messages: Any, kwargs: dict[str, Any]) -> None:
+        self._note("log_pre_api_call", model, messages, kwargs)
+
+    def log_post_api_call(self, kwargs: dict[str, Any], response_obj: Any, start_time: datetime,
+                          end_time: datetime | None) -> None:
+        self._note("log_post_api_call", kwargs, response_obj)
+
+    def log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: datetime,
+                          end_time: datetime) -> None:
+        self._note("log_success_event", kwargs, response_obj, start_time, end_time)
+
+    def log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: datetime,
+                          end_time: datetime) -> None:
+        self._note("log_failure_event", kwargs, response_obj, start_time, end_time)
+
+    async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: datetime,
+                                      end_time: datetime) -> None:
+        self._note("async_log_success_event", kwargs, response_obj)
+
+    async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: datetime,
+                                      end_time: datetime) -> None:
+        self._note("async_log_failure_event", kwargs, response_obj)
+
+
+@pytest.fixture
+def lists() -> Iterator[None]:
+    saved = llmrpc.input_callback, llmrpc.success_callback, llmrpc.failure_callback, llmrpc.callbacks
+    yield
+    llmrpc.input_callback, llmrpc.success_callback, llmrpc.failure_callback, llmrpc.callbacks = saved
+
+
+def test_custom_logger_in_callbacks_gets_litellm_hooks(lists: None, client: llmrpc.Client) -> None:
+    from llmrpc.integrations.custom_logger import CustomLogger
+
+    assert CustomLogger is llmrpc.CustomLogger
+    recorder = Recorder()
+    llmrpc.callbacks = [recorder]
+    response = llmrpc.completion(model="mock/echo", messages=MESSAGES, api_key=SECRET, client=client)
+    names = [name for name, _ in wait_for(recorder.calls, 3)]
+    assert names == ["log_pre_api_call", "log_post_api_call", "log_success_event"]
+    model, messages, kwargs = recorder.calls[0][1]
+    assert (model, messages, kwargs["log_event_type"]) == ("mock/echo", MESSAGES, "pre_api_call")
+    got_kwargs, got, start, end = recorder.calls[2][1]
+    assert got is response and start <= end and got_kwargs["litellm_call_id"] == kwargs["litellm_call_id"]
+    assert SECRET not in repr(recorder.calls) and recorder.threads == {"llmrpc-callbacks_0"}
+    with pytest.raises(llmrpc.RateLimitError):
+        llmrpc.completion(model="mock/echo", messages=MESSAGES, mock_response="litellm.RateLimitError",
+                          client=client)
+    failure = wait_for(recorder.calls, 6)[5]
+    assert failure[0] == "log_failure_event" and isinstance(failure[1][0]["exception"], llmrpc.RateLimitError)
+    assert "RateLimitError" in failure[1][0]["traceback_exception"] and failure[1][1] is None
+
+
+def test_acompletion_calls_the_async_hooks(lists: None, mock_gateway: GatewayThread) -> None:
+    recorder = Recorder()
+    llmrpc.success_callback = [recorder]
+    llmrpc.failure_callback = [recorder]
+
+    async def main() -> None:
+        async with llmrpc.Client(mock_gateway.address) as client:
+            await llmrpc.acompletion(model="mock/echo", messages=MESSAGES, client=client)
+            with pytest.raises(llmrpc.RateLimitError):
+                await llmrpc.acompletion(model="mock/echo", messages=MESSAGES, client=client,
+                                         mock_response="litellm.RateLimitError")
+            await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+    assert [name for name, _ in recorder.calls] == ["async_log_success_event", "async_log_failure_event"]
+
+
+def test_input_callback_functions_get_the_call_kwargs(lists: None, client: llmrpc.Client) -> None:
+    seen: list[dict[str, Any]] = []
+    llmrpc.input_callback = [seen.append]
+    llmrpc.completion(model="mock/echo", messages=MESSAGES, user="u9", client=client)
+    (kwargs,) = wait_for(seen, 1)
+    assert kwargs["model"] == "mock/echo" and kwargs["messages"] == MESSAGES and kwargs["user"] == "u9"
+    assert kwargs["log_event_type"] == "pre_api_call"
+
+
+def test_per_call_callback_lists_run_and_are_not_sent(lists: None, client: llmrpc.Client) -> None:
+    seen: list[tuple[str, Any]] = []
+    recorder = Recorder()
+    response = llmrpc.completion(model="mock/echo", messages=MESSAGES, client=client,
+                                 success_callback=[lambda kwargs, resp, *_: seen.append(("success", resp))],
+                                 input_callback=[lambda kwargs: seen.append(("input", kwargs["model"]))],
+                                 logger_fn=lambda details: seen.append(("logger_fn", details["model"])),
+                                 callbacks=[recorder])
+    assert sorted(wait_for(seen, 3), key=str) == sorted(
+        [("input", "mock/echo"), ("logger_fn", "mock/echo"), ("success", response)], key=str)
+    assert [name for name, _ in wait_for(recorder.calls, 3)][-1] == "log_success_event"
+    # Used by the client, never forwarded (a function in extra_body could not even be encoded).
+    assert "success_callback" not in recorder.calls[-1][1][0]

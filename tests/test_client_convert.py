@@ -554,7 +554,8 @@ def test_openai_validates_dumps() -> None:
         resp = response_from_proto(pb)
         parsed = ChatCompletion.model_validate(resp.model_dump())
         assert parsed.choices[0].message.content == resp.choices[0].message.content
-        ChatCompletion.model_validate_json(resp.json())
+        ChatCompletion.model_validate(resp.json())
+        ChatCompletion.model_validate_json(resp.to_json())
     tool_call = ChatCompletion.model_validate(response_from_proto(full_response()).model_dump())
     assert tool_call.choices[0].message.tool_calls[0].function.name == "get_weather"  # type: ignore[index,union-attr]
 
@@ -568,8 +569,8 @@ def test_dict_access_json_and_repr() -> None:
         resp["nope"]
     resp["custom"] = 1
     assert resp.custom == 1
-    text = resp.json()
-    assert isinstance(text, str) and json.loads(text)["id"] == "chatcmpl-123"
+    assert resp.json()["id"] == "chatcmpl-123"  # a dict, as LiteLLM's
+    assert json.loads(resp.to_json())["id"] == "chatcmpl-123"
     shown = str(resp)
     assert (
         shown.startswith("ModelResponse(id='chatcmpl-123'") and "Choices(finish_reason='tool_calls'" in shown

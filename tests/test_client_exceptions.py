@@ -206,7 +206,11 @@ def test_reason_picks_class_and_status(
     assert err.status_code == status
     assert err.reason == reason
     assert err.grpc_code == code
-    assert err.message == f"llmrpc.{cls.__name__}: upstream said no"
+    assert err.message.startswith(f"llmrpc.{cls.__name__}: upstream said no")
+    if reason == "PROVIDER_API_KEY_MISSING":  # the hint says the key belongs on the gateway
+        assert "set the provider's key variable in the gateway's environment" in err.message
+    else:
+        assert err.message == f"llmrpc.{cls.__name__}: upstream said no"
     assert err.model == "openai/gpt-4o"  # the requested model when the gateway names none
 
 

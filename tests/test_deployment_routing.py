@@ -18,6 +18,7 @@ from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 from llmrpc_server import retry
 from llmrpc_server.config import Settings
+from llmrpc_server.proxy_config import ConfigError
 
 from tests.support import GatewayThread
 from tests.upstreams import FakeUpstream
@@ -273,3 +274,136 @@ def test_without_a_config_nothing_is_routed(upstreams: list[FakeUpstream]) -> No
         assert gw.gateway is not None and gw.gateway.reloader is not None and gw.gateway.reloader.table is None
         resp = client.completion(model="openai/gpt-4o", messages=MESSAGES)
     assert resp._hidden_params["model_id"] is None and deployments_of(resp) == [None]
+
+
+def test_request_model_list_follows_the_caller_base_policy(start: Callable[..., GatewayThread],
+                                                           upstreams: list[FakeUpstream]) -> None:
+    a, _, _ = upstreams
+    gw = start({"model_list": [deployment("unrelated", a, "u")]})
+    with llmrpc.Client(gw.address) as client:
+        # A base the server did not configure never gets the server's key: the caller must bring one.
+        with pytest.raises(llmrpc.BadRequestError, match=r"model_list\[0\]\.litellm_params\.api_key"):
+            client.completion(model="gpt", messages=MESSAGES, model_list=[
+                {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_base": a.url}}])
+        with pytest.raises(llmrpc.BadRequestError, match=r"model_list\[0\]\.litellm_params\.api_base"):
+            client.completion(model="gpt", messages=MESSAGES, model_list=[
+                {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_base": a.url + "?x=1",
+                                                         "api_key": "sk-x"}}])
+    assert not a.requests
+
+
+def test_config_deployment_bases_are_checked_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"model_list": [
+        {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_base": "http://user:pw@host/v1"}}]}))
+    with pytest.raises(ConfigError, match=r"model_list\[0\]\.litellm_params\.api_base"):
+        Settings.load(environ={}, config_file=str(path))
+
+
+def test_strategies_rank_by_their_own_measure() -> None:
+    """least-busy, latency-based and usage-based ranking over a state with known counts (the
+    end-to-end tests above cover the shuffle, cooldowns and limits)."""
+    import random
+
+    from llmrpc_server.deployment_state import LocalDeploymentState
+    from llmrpc_server.deployments import Deployment
+    from llmrpc_server.routing_strategies import choose
+
+    deps = [Deployment(id=name, model_name="g", model="openai/x") for name in ("a", "b", "c")]
+    state = LocalDeploymentState()
+    rng = random.Random(7)
+    for _ in range(3):
+        state.started("a")
+    state.started("b")
+    assert {choose("least-busy", deps, state, rng).id for _ in range(20)} == {"c"}
+    state.started("c")
+    state.started("c")
+    assert {choose("least-busy", deps, state, rng).id for _ in range(20)} == {"b"}
+
+    latency = LocalDeploymentState()
+    for dep_id, seconds in (("a", 0.5), ("b", 0.1), ("c", 0.9)):
+        latency.started(dep_id)
+        latency.finished(dep_id, seconds)
+    assert {choose("latency-based-routing", deps, latency, rng).id for _ in range(20)} == {"b"}
+    unseen = [*deps, Deployment(id="new", model_name="g", model="openai/x")]
+    assert choose("latency-based-routing", unseen, latency, rng).id == "new"  # tried before it is ranked
+
+    usage = LocalDeploymentState()
+    usage.record_tokens("a", 500)
+    usage.record_tokens("b", 100)
+    usage.record_tokens("c", 100)
+    usage.record_request("c")
+    for strategy in ("usage-based-routing", "usage-based-routing-v2"):
+        assert {choose(strategy, deps, usage, rng).id for _ in range(20)} == {"b"}
+
+
+def test_least_busy_avoids_a_deployment_with_a_call_in_flight(start: Callable[..., GatewayThread],
+                                                               upstreams: list[FakeUpstream]) -> None:
+    import threading
+
+    from tests.upstreams.server import StallReply
+
+    a, b, _ = upstreams
+    gw = start({"model_list": [deployment("gpt", a, "a"), deployment("gpt", b, "b")],
+                "router_settings": {"routing_strategy": "least-busy"}})
+    a.enqueue(StallReply(seconds=3))
+    b.enqueue(StallReply(seconds=3))
+    with llmrpc.Client(gw.address) as client:
+        first: list[str] = []
+        worker = threading.Thread(target=lambda: first.append(
+            client.completion(model="gpt", messages=MESSAGES)._hidden_params["model_id"]))
+        worker.start()
+        assert a.wait_for(lambda: len(a.requests) + len(b.requests) == 1, timeout=30)
+        busy = "a" if a.requests else "b"
+        # While one call waits on `busy`, every new call goes to the other deployment.
+        idle_up = b if busy == "a" else a
+        idle_up.reset()
+        idle_up.default = oai.default_handler
+        others = {client.completion(model="gpt", messages=MESSAGES)._hidden_params["model_id"] for _ in range(5)}
+        worker.join(30)
+    assert others == {"b" if busy == "a" else "a"} and first == [busy]
+
+
+def test_cache_params_cache_a_model_group(start: Callable[..., GatewayThread], upstreams: list[FakeUpstream]) -> None:
+    a, b, _ = upstreams
+    gw = start({"model_list": [deployment("gpt", a, "a"), deployment("gpt", b, "b")],
+                "litellm_settings": {"cache": True, "cache_params": {"type": "local", "ttl": 60}}})
+    with llmrpc.Client(gw.address) as client:
+        first = client.completion(model="gpt", messages=MESSAGES)
+        second = client.completion(model="gpt", messages=MESSAGES)
+    assert not first._hidden_params["cache_hit"] and second._hidden_params["cache_hit"]
+    assert len(a.requests) + len(b.requests) == 1
+
+
+def test_request_model_list_without_a_server_config(upstreams: list[FakeUpstream]) -> None:
+    a = upstreams[0]
+    settings = Settings(host="127.0.0.1", port=0, grace=0.5, cache_path=":memory:")
+    with GatewayThread(settings) as gw, llmrpc.Client(gw.address) as client:
+        resp = client.completion(model="mine", messages=MESSAGES, model_list=[
+            {"model_name": "mine", "litellm_params": {"model": "openai/gpt-4o", "api_base": a.url, "api_key": "k"}}])
+    assert resp._hidden_params["model_id"] == "mine#0" and a.requests[0].headers["authorization"] == "Bearer k"
+
+
+def test_attempt_spans_name_the_deployment_never_its_key(tmp_path: Path, upstreams: list[FakeUpstream]) -> None:
+    from opentelemetry.trace import SpanKind
+
+    from tests.otel_support import Otel, TelemetryGateway, of_kind
+
+    a, b, _ = upstreams
+    a.default = always(lambda: oai.server_error(500))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"model_list": [deployment("gpt", a, "first", order=1),
+                                                   deployment("gpt", b, "second", order=2)],
+                                    "router_settings": {"num_retries": 1}}))
+    settings = replace(Settings.load(environ={}, config_file=str(path)), host="127.0.0.1", port=0, grace=0.5,
+                       cache_path=":memory:")
+    otel = Otel()
+    gw = TelemetryGateway(settings, otel.telemetry()).start()
+    try:
+        with llmrpc.Client(gw.address) as client:
+            client.completion(model="gpt", messages=MESSAGES)
+        attempts = sorted(of_kind(otel.wait_spans(), SpanKind.CLIENT), key=lambda s: s.start_time or 0)
+    finally:
+        gw.stop()
+    assert [dict(s.attributes or {}).get("llmrpc.deployment") for s in attempts] == ["first", "second"]
+    assert not any("sk-first" in str(dict(s.attributes or {})) for s in attempts)

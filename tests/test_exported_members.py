@@ -10,8 +10,10 @@ import llmrpc
 PUBLIC = {
     # functions
     "completion", "acompletion", "get_supported_openai_params", "stream_chunk_builder",
-    # local callbacks (LiteLLM's module-level lists)
-    "success_callback", "failure_callback",
+    # local callbacks (LiteLLM's module-level lists) and LiteLLM's other honoured module settings
+    "success_callback", "failure_callback", "input_callback", "callbacks", "CustomLogger", "Cache", "cache",
+    "drop_params", "num_retries", "api_base", "api_key", "api_version", "request_timeout", "set_verbose",
+    "send_local_provider_keys", "enable_cache", "update_cache", "disable_cache",
     # client and streams
     "Client", "CustomStreamWrapper", "AsyncCustomStreamWrapper",
     # response types
@@ -35,9 +37,14 @@ def test_all_is_the_public_surface() -> None:
     assert len(llmrpc.__all__) == len(set(llmrpc.__all__))
 
 
+# LiteLLM's module settings whose default is None (unset).
+UNSET_SETTINGS = {"cache", "num_retries", "api_base", "api_key", "api_version", "send_local_provider_keys"}
+
+
 def test_all_members_exist() -> None:
     for name in llmrpc.__all__:
-        assert getattr(llmrpc, name) is not None, name
+        assert hasattr(llmrpc, name), name
+        assert getattr(llmrpc, name) is not None or name in UNSET_SETTINGS, name
 
 
 def test_no_unlisted_public_names() -> None:

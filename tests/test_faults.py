@@ -84,7 +84,7 @@ FAULTS = [
           llmrpc.InternalServerError, 3, reason="PROVIDER_OVERLOADED"),
     # ---- unary: transport failures and bad bodies ------------------------------------------------
     Fault("connection refused", list, UNAVAILABLE, llmrpc.APIConnectionError, 3, reason="PROVIDER_UNREACHABLE",
-          kwargs={"api_base": closed_port_url()}),
+          kwargs={"api_base": closed_port_url(), "api_key": "sk-caller"}),
     Fault("reset mid-body", times(3, lambda: ResetReply(after_bytes=b'{"id": "chatcmpl-1", "choi')),
           UNAVAILABLE, llmrpc.APIConnectionError, 3, reason="PROVIDER_UNREACHABLE"),
     Fault("stall before headers", lambda: [StallReply(30)], UNAVAILABLE, llmrpc.Timeout, 1,
@@ -107,7 +107,7 @@ FAULTS = [
     Fault("stream stall before first chunk", times(3, lambda: oai.chat_stream(["a"], first_delay=30)),
           UNAVAILABLE, llmrpc.Timeout, 3, stream=True, reason="STREAM_IDLE_TIMEOUT", min_seconds=3 * IDLE),
     Fault("stream refused", list, UNAVAILABLE, llmrpc.APIConnectionError, 3, stream=True,
-          reason="PROVIDER_UNREACHABLE", kwargs={"api_base": closed_port_url()}),
+          reason="PROVIDER_UNREACHABLE", kwargs={"api_base": closed_port_url(), "api_key": "sk-caller"}),
     Fault("stream line over the limit", times(3, lambda: SSEReply(["data: " + "a" * (2 * BODY_LIMIT)])),
           UNAVAILABLE, llmrpc.APIError, 3, stream=True, reason="PROVIDER_BAD_RESPONSE"),
     Fault("stream wrong content type", times(3, lambda: RawReply(200, b"<html>oops</html>", "text/html")),

@@ -229,7 +229,7 @@ def test_upstream_401_with_caller_key_is_unauthenticated(client: llmrpc.Client, 
 
 def test_connection_refused_is_api_connection_error(client: llmrpc.Client) -> None:
     with pytest.raises(llmrpc.APIConnectionError) as info:
-        client.completion(model="openai/gpt-4o", messages=MESSAGES, api_base=closed_port_url())
+        client.completion(model="openai/gpt-4o", messages=MESSAGES, api_base=closed_port_url(), api_key="sk-c")
     assert not isinstance(info.value, llmrpc.Timeout)
     assert info.value.grpc_code == grpc.StatusCode.UNAVAILABLE
 

@@ -80,9 +80,10 @@ def test_ollama_prefix_uses_the_chat_endpoint_too(client: llmrpc.Client, upstrea
     assert upstream.requests[-1].path == "/api/chat" and upstream.requests[-1].json()["model"] == "qwen3:8b"
 
 
-def test_default_base_and_optional_key(start_gateway: StartGateway, upstream: FakeUpstream) -> None:
-    with llmrpc.Client(start_gateway(env={"OLLAMA_API_KEY": "ol-key"}).address) as client:
-        client.completion("ollama_chat/m", USER, api_base=upstream.url + "/")
+def test_optional_key_goes_to_the_configured_base(start_gateway: StartGateway, upstream: FakeUpstream) -> None:
+    env = {"OLLAMA_API_KEY": "ol-key", "OLLAMA_API_BASE": upstream.url}
+    with llmrpc.Client(start_gateway(env=env).address) as client:
+        client.completion("ollama_chat/m", USER, api_base=upstream.url + "/")  # the configured base, named
     assert upstream.requests[-1].headers["authorization"] == "Bearer ol-key"
     assert upstream.requests[-1].path == "/api/chat"
 

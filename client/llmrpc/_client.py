@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+import httpx
 
 from . import _callbacks
 from ._callbacks import with_trace
@@ -177,7 +178,7 @@ class Client:
         self,
         model: str,
         messages: Iterable[Any] = (),
-        timeout: float | None = None,
+        timeout: float | str | httpx.Timeout | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
         n: int | None = None,
@@ -213,7 +214,7 @@ class Client:
         self,
         model: str,
         messages: Iterable[Any] = (),
-        timeout: float | None = None,
+        timeout: float | str | httpx.Timeout | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
         n: int | None = None,
@@ -364,7 +365,7 @@ def _client_for(params: dict[str, Any]) -> Client:
 def completion(
     model: str,
     messages: Iterable[Any] = (),
-    timeout: float | None = None,
+    timeout: float | str | httpx.Timeout | None = None,
     temperature: float | None = None,
     top_p: float | None = None,
     n: int | None = None,
@@ -400,8 +401,11 @@ def completion(
     ``api_base, reasoning_effort, thinking, modalities, audio, service_tier, store,
     caching, cache, num_retries, mock_response, drop_params, metadata, extra_headers,
     extra_body, fallbacks, context_window_fallbacks, content_policy_fallbacks,
-    prediction, custom_llm_provider`` and ``client`` (an :class:`llmrpc.Client`);
-    any other keyword (``top_k=40``) is sent upstream in ``extra_body``.
+    prediction, custom_llm_provider, request_timeout`` and ``client`` (an :class:`llmrpc.Client`);
+    any other keyword (``top_k=40``) is sent upstream in ``extra_body``. ``timeout`` takes
+    seconds, a numeric string or an ``httpx.Timeout`` (its read timeout), as LiteLLM does.
+    LiteLLM's module settings on ``llmrpc`` (``cache``, ``drop_params``, ``num_retries``,
+    ``api_base``, ``api_key``, ``request_timeout``...) are the defaults of every call.
     ``model_list`` (LiteLLM's deployment list) makes the gateway route this one call over those
     deployments, retrying on another one when one fails. Errors raise :mod:`llmrpc.exceptions` classes.
     """
@@ -412,7 +416,7 @@ def completion(
 async def acompletion(
     model: str,
     messages: Iterable[Any] = (),
-    timeout: float | None = None,
+    timeout: float | str | httpx.Timeout | None = None,
     temperature: float | None = None,
     top_p: float | None = None,
     n: int | None = None,

@@ -1,7 +1,8 @@
 """Response objects shaped like LiteLLM's (``litellm.types.utils``).
 
 Pydantic models with attribute access, dict access (``resp["choices"][0]``,
-``.get()``, ``in``), ``model_dump()`` and ``json()``. Their dumps validate as
+``.get()``, ``in``), ``model_dump()``, ``json()`` (a dict, as in LiteLLM), and the openai SDK's
+``to_dict()`` / ``to_json()``. Their dumps validate as
 ``openai.types.chat.ChatCompletion`` / ``ChatCompletionChunk``.
 
 Like LiteLLM, a few keys appear only when they hold something (``logprobs``,
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -81,9 +82,23 @@ class _Object(BaseModel):
         # LiteLLM prints `ModelResponse(id=..., choices=[Choices(...)])`, not pydantic's bare fields.
         return repr(self)
 
-    def json(self, **kwargs: Any) -> str:
-        """The JSON text of ``model_dump()`` (pydantic's ``model_dump_json``)."""
-        return self.model_dump_json(**kwargs)
+    def json(self, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        """``model_dump()``: a dict, as LiteLLM's ``ModelResponse.json()`` returns."""
+        return self.model_dump(**kwargs)
+
+    def to_dict(self, *, mode: Literal["json", "python"] = "python", use_api_names: bool = True,
+                exclude_unset: bool = False, exclude_defaults: bool = False, exclude_none: bool = False,
+                warnings: bool = True) -> dict[str, Any]:
+        """The ``openai`` SDK models' ``to_dict()`` (every field unless asked otherwise)."""
+        return self.model_dump(mode=mode, by_alias=use_api_names, exclude_unset=exclude_unset,
+                               exclude_defaults=exclude_defaults, exclude_none=exclude_none, warnings=warnings)
+
+    def to_json(self, *, indent: int | None = 2, use_api_names: bool = True, exclude_unset: bool = False,
+                exclude_defaults: bool = False, exclude_none: bool = False, warnings: bool = True) -> str:
+        """The ``openai`` SDK models' ``to_json()``: indented JSON text."""
+        return self.model_dump_json(indent=indent, by_alias=use_api_names, exclude_unset=exclude_unset,
+                                    exclude_defaults=exclude_defaults, exclude_none=exclude_none,
+                                    warnings=warnings)
 
 
 class Function(_Object):

@@ -47,6 +47,8 @@ import openai
 import openai._exceptions as _openai_exceptions
 from google.rpc import error_details_pb2, status_pb2
 
+from ._provider_keys import missing_key_hint
+
 __all__ = [
     "APIConnectionError",
     "APIError",
@@ -313,8 +315,12 @@ def map_rpc_error(
     ours = info is not None and info.domain == ERROR_DOMAIN
     cls, status = _pick_class(code, reason if ours else None, meta)
     attempts = _int_or_none(meta.get("attempts"))
+    message = (details.message if details is not None else None) or _call_attr(err, "details") or code.name
+    if ours and reason == "PROVIDER_API_KEY_MISSING":
+        # The gateway's message says "set OPENAI_API_KEY"; a caller must learn that means *there*.
+        message = f"{message}. {missing_key_hint(meta.get('provider'), target)}"
     return cls(
-        (details.message if details is not None else None) or _call_attr(err, "details") or code.name,
+        message,
         meta.get("model") or model,
         meta.get("provider") or None,
         status_code=status,

@@ -2,7 +2,8 @@
 pipeline, so every client and every server process on the machine shares one answer per request.
 
 The key is ``sha256`` over (1) canonical JSON (sorted keys) of the key version, the namespace and
-the resolved route: provider, upstream model, api_base without ``user:password@``, api_version; then
+the resolved route: provider, upstream model, api_base without ``user:password@``, api_version, and
+when the caller brought its own api_key a SHA-256 of its credentials (:func:`credential_scope`); then
 (2) the request minus :data:`EXCLUDED_FIELDS` in deterministic protobuf encoding: fields in number
 order and map entries (``extra_body``, ``logit_bias``, every JSON-Schema ``Struct``) sorted by key at
 every depth, so neither argument nor JSON key order matters. That encoding is used instead of
@@ -41,13 +42,16 @@ from .accumulate import accumulate, split
 from .cache import CacheEntry, ResponseCache
 from .config import Settings
 from .convert import canonical_json
+from .credentials import caller_credentials
 from .errors import ServiceError, from_provider_error
 from .pipeline import Backend
 from .providers.base import ErrorKind, ProviderError, Target
+from .redaction import origin
 from .retry import Deadline
 from .router import Route
 
-__all__ = ["EXCLUDED_FIELDS", "CachePlan", "CachingBackend", "cache_key", "decode_stream", "encode_stream"]
+__all__ = ["EXCLUDED_FIELDS", "CachePlan", "CachingBackend", "cache_key", "credential_scope", "decode_stream",
+           "encode_stream"]
 
 log = logging.getLogger("llmrpc_server.cache")
 T = TypeVar("T")
@@ -88,17 +92,38 @@ def cache_key(req: pb.CompleteRequest, target: Target, namespace: str) -> str:
     body.CopyFrom(req)
     for name in EXCLUDED_FIELDS:
         body.ClearField(name)  # type: ignore[arg-type]  # the names are fields of CompleteRequest
-    digest = hashlib.sha256(_route(target.provider, target.model, target.api_base, target.api_version, namespace))
+    scope = credential_scope(req, target)
+    digest = hashlib.sha256(_route(target.provider, target.model, target.api_base, target.api_version, namespace,
+                                   scope))
     digest.update(body.SerializeToString(deterministic=True))
     return digest.hexdigest()
 
 
+def credential_scope(req: pb.CompleteRequest, target: Target) -> str:
+    """"" for a call on the server's own key (such calls share entries); else the SHA-256 of the
+    caller's credentials (``api_key`` and credential headers), so a caller only ever gets answers its
+    own credentials paid for, and a bogus key gets no answer another caller's key produced.
+
+    Unkeyed SHA-256, domain-separated: the digest only ever enters the (also SHA-256) cache key,
+    never the file by itself; an HMAC secret would have to be shared by every process that opens the
+    file, so it would sit beside the file and protect nothing from whoever can read it; and testing a
+    guessed key against the file also needs the exact request. Provider keys are long random strings."""
+    creds = caller_credentials(target.api_key if target.key_from_caller else None, req.extra_headers)
+    if not creds:
+        return ""
+    return hashlib.sha256(b"llmrpc cache credential scope\n" + canonical_json(creds)).hexdigest()
+
+
 @functools.lru_cache(maxsize=1024)
-def _route(provider: str, model: str, api_base: str, api_version: str | None, namespace: str) -> bytes:
+def _route(provider: str, model: str, api_base: str, api_version: str | None, namespace: str,
+           scope: str = "") -> bytes:
     """The routing half of the key: canonical JSON, newline-terminated (JSON escapes newlines, so
-    the boundary with the protobuf half is unambiguous)."""
+    the boundary with the protobuf half is unambiguous). ``scope`` enters only when set, so entries
+    made on the server's keys keep the keys they always had."""
     doc = {"v": KEY_VERSION, "namespace": namespace, "provider": provider, "provider_model": model,
            "api_base": without_credentials(api_base, keep_query=True), "api_version": api_version}
+    if scope:
+        doc["credential_scope"] = scope
     return canonical_json(doc) + b"\n"
 
 
@@ -143,7 +168,7 @@ def _stored_metadata(meta: pb.ResponseMetadata) -> pb.ResponseMetadata:
     if meta.HasField("provider_request_id"):
         out.provider_request_id = meta.provider_request_id
     if meta.HasField("api_base"):
-        out.api_base = without_credentials(meta.api_base, keep_query=False)
+        out.api_base = origin(meta.api_base)
     return out
 
 
@@ -164,6 +189,8 @@ def _as_hit(resp: pb.CompleteResponse) -> pb.CompleteResponse:
 def _mark_hit(meta: pb.ResponseMetadata) -> None:
     """Hit flags on the (already reduced) metadata of a freshly decoded entry."""
     meta.cache_hit, meta.attempts, meta.cost_usd = True, 0, 0.0
+    if meta.HasField("api_base"):  # entries stored before metadata carried only the origin
+        meta.api_base = origin(meta.api_base)
 
 
 def _present(chunk: pb.StreamCompleteResponse, include_usage: bool,

@@ -103,6 +103,9 @@ class Settings:
             document = load_document(path)
             if is_proxy_config(document):
                 proxy = parse_proxy_config(document, environ, source=path)
+                from .deployments import DeploymentTable  # here: deployments needs the request protos
+
+                DeploymentTable.from_config(proxy)  # each deployment's base, key and extras are usable
                 implied, warnings = proxy_settings(proxy)
                 values.update(implied)
                 warnings = [*proxy.warnings, *warnings]

@@ -31,6 +31,7 @@ from .errors import invalid_argument
 from .providers.base import ErrorKind, ProviderError
 from .proxy_config import ConfigError, DeploymentConfig, ProxyConfig, RouterSettings
 from .routing_strategies import choose
+from .upstream_checks import upstream_violations
 
 __all__ = [
     "MAX_REQUEST_DEPLOYMENTS",
@@ -40,6 +41,7 @@ __all__ = [
     "ModelGroup",
     "apply_extras",
     "request_table",
+    "with_credentials",
 ]
 
 MAX_REQUEST_DEPLOYMENTS = 64  # a request's own model_list is bounded like every other repeated field
@@ -83,6 +85,7 @@ class Deployment:
         p = entry.litellm_params
         extras = p.extras
         _check_extras(extras, f"{path}[{index}].litellm_params")
+        _check_credentials(p.api_base, p.api_key, p.api_version, f"{path}[{index}].litellm_params")
         return cls(
             id=entry.deployment_id(index), model_name=entry.model_name, model=p.model, api_base=p.api_base or None,
             api_key=p.api_key or None, api_version=p.api_version, rpm=p.rpm, tpm=p.tpm, timeout=p.timeout,
@@ -284,6 +287,36 @@ def _check_extras(extras: Mapping[str, Any], path: str) -> None:
             apply_extras(pb.CompleteRequest(), {key: value})
         except (TypeError, ValueError, json_format.ParseError) as exc:
             raise ConfigError(f"{path}.{key}", f"cannot be sent: {exc}") from None
+
+
+def _check_credentials(base: str | None, key: str | None, version: str | None, path: str) -> None:
+    """The rules a request's own api_base/api_key/api_version follow (they shape the upstream URL
+    and headers), for a deployment's."""
+    probe = pb.CompleteRequest()
+    if base:
+        probe.api_base = base
+    if key:
+        probe.api_key = key
+    if version:
+        probe.api_version = version
+    present = {fd.name: value for fd, value in probe.ListFields()}
+    for name, problem in upstream_violations(probe, present):
+        raise ConfigError(f"{path}.{name}", problem)
+
+
+def with_credentials(req: pb.CompleteRequest, dep: Deployment) -> pb.CompleteRequest:
+    """``req`` naming a request deployment's base, key and version (the caller's own)."""
+    if not (dep.api_base or dep.api_key or dep.api_version):
+        return req
+    out = pb.CompleteRequest()
+    out.CopyFrom(req)
+    if dep.api_base:
+        out.api_base = dep.api_base
+    if dep.api_key:
+        out.api_key = dep.api_key
+    if dep.api_version:
+        out.api_version = dep.api_version
+    return out
 
 
 def apply_extras(req: pb.CompleteRequest, extras: Mapping[str, Any]) -> pb.CompleteRequest:

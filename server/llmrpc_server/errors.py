@@ -69,6 +69,23 @@ class ServiceError(Exception):
     def __str__(self) -> str:
         return f"{self.code.name} {self.reason}: {self.message}"
 
+    def prefixed(self, prefix: str) -> ServiceError:
+        """The same error with ``prefix`` before every field it names (``request.`` in a stream)."""
+        if not prefix:
+            return self
+        details: list[ProtoMessage] = []
+        for detail in self.details:
+            if isinstance(detail, error_details_pb2.BadRequest):
+                detail = error_details_pb2.BadRequest(field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=prefix + v.field, description=v.description)
+                    for v in detail.field_violations])
+            details.append(detail)
+        meta = dict(self.metadata)
+        if "field" in meta:
+            meta["field"] = prefix + meta["field"]
+        message = prefix + self.message if "field" in self.metadata else self.message
+        return ServiceError(self.code, self.reason, message, meta, details)
+
 
 def invalid_argument(violations: Sequence[tuple[str, str]], *, reason: str = "INVALID_REQUEST",
                      metadata: Mapping[str, str] | None = None) -> ServiceError:

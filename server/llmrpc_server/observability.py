@@ -31,6 +31,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from .callbacks import CallbackDispatcher, CallRecord
 from .config import Settings
 from .counters import Counters
+from .credentials import caller_credentials
 from .errors import ServiceError
 from .keys.admission import current_key_alias
 from .metrics import GatewayMetrics
@@ -38,6 +39,7 @@ from .otel_setup import Telemetry
 from .pipeline import Backend
 from .pricing import call_cost
 from .providers.base import ProviderError
+from .redaction import redact
 from .retry import Deadline
 from .telemetry import CallTrace, current_call, request_attributes, set_response_attributes
 
@@ -249,8 +251,9 @@ class ObservedBackend:
             self._metrics.call_done(_metric_attrs(call, None, kind), time.perf_counter() - call.monotonic,
                                     None, None, None)
         if self.callbacks.wants("failure"):
-            if call.req.api_key:  # an upstream may echo the key it rejected
-                message = message.replace(call.req.api_key, "[redacted]")
+            # the pipeline already scrubbed upstream errors; this also covers the caller's own
+            # credentials in errors raised before any upstream request
+            message = redact(message, [v for _, v in caller_credentials(call.req.api_key, call.req.extra_headers)])
             self.callbacks.submit(CallRecord(
                 "failure", call.run_id, call.req, call.stream, call.started, time.time(), None,
                 error_type=kind, error_message=message, error_code=code, trace_id=_trace_id(call.span),

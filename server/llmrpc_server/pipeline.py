@@ -14,12 +14,13 @@ from llmrpc.v1 import completion_service_pb2 as pb
 
 from .config import Settings
 from .counters import DEADLINE_EXCEEDED, FALLBACKS, RETRIES, STREAM_IDLE_TIMEOUTS, STREAMS_BROKEN, Counters
-from .deployments import Candidate, DeploymentTable, ModelGroup, apply_extras, request_table
+from .deployments import Candidate, DeploymentTable, ModelGroup, apply_extras, request_table, with_credentials
 from .errors import ServiceError, from_provider_error, invalid_argument
 from .executor import Executor, UpstreamStream
 from .media import MediaInliner
 from .params import openai_name, set_params, without_params
 from .providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent, Target
+from .redaction import origin, scrub_error
 from .retry import Deadline, backoff_delay
 from .router import Route, Router
 from .telemetry import attempt_span, record_chunk, record_response
@@ -66,7 +67,7 @@ class AttemptLog:
     def metadata(self, target: Target, latency_ms: float | None, request_id: str | None) -> pb.ResponseMetadata:
         meta = pb.ResponseMetadata(
             provider=target.provider, provider_model=target.model, attempts=len(self.attempts),
-            attempt_log=self.attempts, api_base=target.api_base,
+            attempt_log=self.attempts, api_base=origin(target.api_base),
         )
         if latency_ms is not None:
             meta.upstream_latency_ms = latency_ms
@@ -149,7 +150,7 @@ class Pipeline:
         dep, model = candidate.deployment, candidate.model
         creq = apply_extras(req, dep.extras)
         if dep.caller_named:
-            creq = _with_credentials(creq, dep.api_base, dep.api_key, dep.api_version)
+            creq = with_credentials(creq, dep)
             route = self._router.resolve(creq, model)
         else:
             if req.api_base or req.api_key:
@@ -341,10 +342,14 @@ class Pipeline:
         adapter, target = route.adapter, route.target
         with attempt_span(target, req, stream=False) as span:
             call = adapter.build_request(req, target, stream=False)
-            reply = await self._executor.send(call, timeout=_time_left(deadline))
-            if not 200 <= reply.status < 300:
-                raise adapter.map_error(reply.status, reply.headers, reply.body)
-            resp = adapter.parse_response(reply.body, req, target)
+            try:
+                reply = await self._executor.send(call, timeout=_time_left(deadline))
+                if not 200 <= reply.status < 300:
+                    raise adapter.map_error(reply.status, reply.headers, reply.body)
+                resp = adapter.parse_response(reply.body, req, target)
+            except ProviderError as err:
+                scrub_error(err, call)  # before the span, logs, callbacks or the caller see it
+                raise
             record_response(span, resp)
         request_id = reply.headers.get("x-request-id") or reply.headers.get("request-id")
         return resp, reply.latency_ms, request_id
@@ -392,23 +397,27 @@ class Pipeline:
         idle = self._settings.stream_idle_timeout
         with attempt_span(target, req, stream=True) as span:
             call = adapter.build_request(req, target, stream=True, include_usage=include_usage)
-            async with self._open_stream(call, deadline) as upstream:
-                if not 200 <= upstream.status < 300:
-                    raise adapter.map_error(upstream.status, upstream.headers, await upstream.read_body())
-                request_id = upstream.headers.get("x-request-id") or upstream.headers.get("request-id")
-                if request_id:
-                    seen["request_id"] = request_id
-                state = adapter.new_stream_state(req, target, include_usage=include_usage)
-                while (events := await self._next_events(upstream, idle, deadline)) is not None:
-                    for event in events:
-                        for chunk in adapter.parse_stream_event(event, state):
-                            record_chunk(span, chunk)
-                            yield chunk
-                for chunk in adapter.finish_stream(state):
-                    record_chunk(span, chunk)
-                    yield chunk
-                if not state.finished:
-                    raise ProviderError(ErrorKind.STREAM_ERROR, "the upstream stream ended before it finished")
+            try:
+                async with self._open_stream(call, deadline) as upstream:
+                    if not 200 <= upstream.status < 300:
+                        raise adapter.map_error(upstream.status, upstream.headers, await upstream.read_body())
+                    request_id = upstream.headers.get("x-request-id") or upstream.headers.get("request-id")
+                    if request_id:
+                        seen["request_id"] = request_id
+                    state = adapter.new_stream_state(req, target, include_usage=include_usage)
+                    while (events := await self._next_events(upstream, idle, deadline)) is not None:
+                        for event in events:
+                            for chunk in adapter.parse_stream_event(event, state):
+                                record_chunk(span, chunk)
+                                yield chunk
+                    for chunk in adapter.finish_stream(state):
+                        record_chunk(span, chunk)
+                        yield chunk
+                    if not state.finished:
+                        raise ProviderError(ErrorKind.STREAM_ERROR, "the upstream stream ended before it finished")
+            except ProviderError as err:
+                scrub_error(err, call)  # before the span, logs, callbacks or the caller see it
+                raise
 
     @asynccontextmanager
     async def _open_stream(self, call: HttpCall, deadline: Deadline) -> AsyncIterator[UpstreamStream]:
@@ -486,22 +495,6 @@ def _attempt_deadline(deadline: Deadline, timeout: float | None) -> Deadline:
         return deadline
     expires = time.monotonic() + timeout
     return deadline if deadline.expires_at <= expires else Deadline(expires, "timeout")
-
-
-def _with_credentials(req: pb.CompleteRequest, base: str | None, key: str | None,
-                      version: str | None) -> pb.CompleteRequest:
-    """``req`` naming a request deployment's base, key and version (the caller's own)."""
-    if not (base or key or version):
-        return req
-    out = pb.CompleteRequest()
-    out.CopyFrom(req)
-    if base:
-        out.api_base = base
-    if key:
-        out.api_key = key
-    if version:
-        out.api_version = version
-    return out
 
 
 def _first(env: Mapping[str, str], names: tuple[str, ...]) -> str | None:

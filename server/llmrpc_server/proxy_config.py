@@ -112,12 +112,10 @@ class RouterSettings(_Section):
     timeout: float | None = Field(default=None, gt=0)
     allowed_fails: int = Field(default=3, ge=0)
     cooldown_time: float = Field(default=5.0, ge=0)
-    retry_after: float = Field(default=0.0, ge=0)
     fallbacks: list[dict[str, list[str]]] = Field(default_factory=list)
     context_window_fallbacks: list[dict[str, list[str]]] = Field(default_factory=list)
     content_policy_fallbacks: list[dict[str, list[str]]] = Field(default_factory=list)
     model_group_alias: dict[str, str] = Field(default_factory=dict)
-    enable_pre_call_checks: bool = False
     disable_cooldowns: bool = False
 
     @field_validator("model_group_alias", mode="before")
@@ -149,7 +147,6 @@ class LitellmSettings(_Section):
     callbacks: list[str] = Field(default_factory=list)
     cache: bool = False
     cache_params: CacheParams = Field(default_factory=CacheParams)
-    set_verbose: bool | None = None
 
 
 class GeneralSettings(_Section):
@@ -325,8 +322,9 @@ def proxy_settings(config: ProxyConfig) -> tuple[dict[str, Any], list[str]]:
     if failure:
         out["failure_callback"] = tuple(failure)
     if ls.cache:
-        out["cache_default"] = True
         params = ls.cache_params
+        # LiteLLM's mode "default_off" caches only the calls that ask for it.
+        out["cache_default"] = params.mode != "default_off"
         if params.ttl is not None:
             out["cache_ttl"] = params.ttl
         if params.namespace:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from .errors import invalid_argument
+from .credentials import same_base
+from .errors import ServiceError, invalid_argument
 from .providers.base import ProviderAdapter, Target
 
 __all__ = ["Route", "Router"]
@@ -65,6 +66,18 @@ class Router:
             for i, model in enumerate(getattr(req, name)):
                 self.split(model, field=f"{prefix}{name}[{i}]")
 
+    def check_api_base(self, req: pb.CompleteRequest, *, prefix: str = "") -> None:
+        """INVALID_ARGUMENT naming ``api_key`` (etc., with ``prefix``) when the request names a base
+        URL that its model or a fallback may not use as asked, before anything is sent. Only requests
+        that name a base pay for it; the pipeline resolves every model again (unprefixed) anyway."""
+        if not req.api_base:
+            return
+        for model in (req.model, *req.fallbacks, *req.context_window_fallbacks, *req.content_policy_fallbacks):
+            try:
+                self.resolve(req, model)
+            except ServiceError as err:
+                raise err.prefixed(prefix) from None
+
     def resolve(self, req: pb.CompleteRequest, model: str) -> Route:
         """Where ``model`` (the request's model or a fallback) goes for this request."""
         adapter, name = self.split(model)
@@ -72,18 +85,34 @@ class Router:
             adapter = self.adapters["mock"]
         if adapter.name == "azure" and req.HasField("deployment_id"):
             name = req.deployment_id
-        caller_key = req.api_key if req.HasField("api_key") else None
-        key = caller_key or self._first(adapter.env_keys)
-        base = (req.api_base if req.HasField("api_base") else None) or self._first(adapter.env_bases)
-        if not base and not adapter.default_base:
-            raise invalid_argument([("api_base", f"provider {adapter.name!r} needs an api_base")])
+        if name in (".", ".."):  # adapters put names in URL paths: never a dot-segment
+            raise invalid_argument([("model", f"{name!r} is not a model name")])
+        caller_key = req.api_key or None  # "" (proto3 default) is no key
+        base, key = self._base_and_key(req, adapter, caller_key)
         version = (req.api_version if req.HasField("api_version")
                    else self._env.get(f"{adapter.name.upper()}_API_VERSION"))
         target = Target(
-            provider=adapter.name, model=name, api_base=base or adapter.default_base, api_key=key,
+            provider=adapter.name, model=name, api_base=base, api_key=key,
             api_version=version, key_from_caller=caller_key is not None, requested_model=model,
         )
         return Route(adapter, target)
+
+    def _base_and_key(self, req: pb.CompleteRequest, adapter: ProviderAdapter,
+                      caller_key: str | None) -> tuple[str, str | None]:
+        """The base URL and key of a call. The server's key goes only to the base the server
+        configured for the provider (``credentials``); a caller-named base takes the caller's key."""
+        server_base = self._first(adapter.env_bases) or adapter.default_base
+        server_key = self._first(adapter.env_keys)
+        named = req.api_base if adapter.name != "mock" else ""  # the mock never leaves the process
+        if not named or (server_base and same_base(named, server_base)):
+            if not server_base:
+                raise invalid_argument([("api_base", f"provider {adapter.name!r} needs an api_base")])
+            return server_base, caller_key or server_key
+        if caller_key is None and adapter.key_required:
+            raise invalid_argument([("api_key", (
+                f"required with an api_base the server did not configure for {adapter.name!r}: the "
+                "server's own key goes only to its configured base; pass your api_key"))])
+        return named, caller_key
 
     def _first(self, names: tuple[str, ...]) -> str | None:
         for name in names:

@@ -13,11 +13,12 @@ from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 
 from .config import Settings
-from .deployments import DeploymentTable, request_table
+from .deployments import DeploymentTable, request_table, with_credentials
 from .errors import ServiceError, from_provider_error, internal_error, invalid_argument, to_status
 from .params import openai_name
 from .pipeline import Backend
 from .providers.base import ProviderError
+from .redaction import redact_chain
 from .retry import Deadline
 from .router import Route, Router
 from .validation import validate_request
@@ -61,9 +62,23 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
         groups = self._groups
         if groups is None or (groups.table is None and not req.model_list):
             self._router.check_fallbacks(req, prefix=prefix)  # the common case: no model groups at all
+            self._router.check_api_base(req, prefix=prefix)
             return
         if req.model_list:
-            request_table(req, prefix=prefix)
+            for i, dep in enumerate(request_table(req, prefix=prefix).deployments):
+                if "*" in dep.model:
+                    continue
+                try:  # the caller-base key policy, before anything is sent
+                    self._router.resolve(with_credentials(req, dep), dep.model)
+                except ServiceError as err:
+                    raise err.prefixed(f"{prefix}model_list[{i}].litellm_params.") from None
+        elif req.api_base:  # Router.check_api_base, for the names that are not model groups
+            for model in (req.model, *req.fallbacks, *req.context_window_fallbacks, *req.content_policy_fallbacks):
+                if not groups.is_group(req, model):
+                    try:
+                        self._router.resolve(req, model)
+                    except ServiceError as err:
+                        raise err.prefixed(prefix) from None
         for name in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
             for i, model in enumerate(getattr(req, name)):
                 if not groups.is_group(req, model):
@@ -122,6 +137,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
     A plain try/except in each handler rather than a context manager: it is on every call's path."""
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
+    redact_chain(exc)  # the caller, the server span's exception event and the logs see the same text
     if isinstance(exc, ServiceError):
         status = to_status(exc)
     elif isinstance(exc, ProviderError):  # raised before any attempt, e.g. a missing API key

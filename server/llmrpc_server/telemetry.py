@@ -12,10 +12,12 @@ no span at all. Prompts and completions are recorded only when the operator turn
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 from google.protobuf.message import Message
@@ -29,7 +31,7 @@ from .providers.base import ProviderError, Target
 
 __all__ = [
     "AttemptSpan", "CallTrace", "SpanStatusInterceptor", "attempt_span", "current_call", "has_field",
-    "record_chunk", "record_response", "request_attributes", "set_response_attributes",
+    "record_chunk", "record_response", "request_attributes", "server_attributes", "set_response_attributes",
 ]
 
 Attributes = dict[str, str | int | float | bool | list[str]]
@@ -107,6 +109,21 @@ def request_attributes(req: pb.CompleteRequest, model: str) -> Attributes:
     return attributes
 
 
+@functools.lru_cache(maxsize=256)
+def server_attributes(api_base: str) -> dict[str, str | int]:
+    """``server.address`` (the host alone) and ``server.port`` of an upstream: never the base URL's
+    userinfo, path or query, which may hold credentials."""
+    try:
+        parts = urlsplit(api_base)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return {}
+    out: dict[str, str | int] = {"server.address": parts.hostname} if parts.hostname else {}
+    if port is not None:
+        out["server.port"] = port
+    return out
+
+
 def has_field(msg: Message, name: str) -> bool:
     """``HasField`` with a field name known only at run time."""
     return msg.HasField(name)
@@ -132,8 +149,8 @@ def _attempt_span(call: CallTrace, target: Target, req: pb.CompleteRequest, *, s
             raise
         return
     attributes = request_attributes(req, target.model)
-    attributes.update({"gen_ai.provider.name": target.provider, "server.address": target.api_base,
-                       "gen_ai.request.stream": stream})
+    attributes.update({"gen_ai.provider.name": target.provider, "gen_ai.request.stream": stream})
+    attributes.update(server_attributes(target.api_base))
     if target.deployment:
         attributes["llmrpc.deployment"] = target.deployment
     with call.tracer.start_as_current_span(

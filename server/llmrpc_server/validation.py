@@ -13,6 +13,7 @@ from llmrpc.v1 import completion_service_pb2 as pb
 
 from .convert import has_field, struct_to_dict
 from .errors import invalid_argument
+from .upstream_checks import upstream_violations
 
 __all__ = ["ROLES", "validate_request"]
 
@@ -25,6 +26,7 @@ _SEARCH_SIZES = frozenset({"low", "medium", "high"})
 # extra_body is merged last into the upstream body: these keys would silently change the call's shape.
 _RESERVED_BODY_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
 _PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
+_MAX_MODEL = 512
 # field -> (low, high) for optional numeric knobs.
 _RANGES: dict[str, tuple[float, float]] = {
     "temperature": (0.0, 2.0),
@@ -74,8 +76,9 @@ def _violations(req: pb.CompleteRequest) -> Iterator[Violation]:
     if "extra_body" in present:
         for key in _RESERVED_BODY_KEYS.intersection(req.extra_body.fields):
             yield f"extra_body.{key}", f"{key!r} is set by the gateway; use the request field instead"
-    if "api_base" in present and not re.match(r"^https?://[^/\s]+", req.api_base):
-        yield "api_base", "must be an http:// or https:// URL"
+    if "model" in present and len(req.model) > _MAX_MODEL:
+        yield "model", f"at most {_MAX_MODEL} characters"
+    yield from upstream_violations(req, present)
 
 
 def _web_search(opts: pb.WebSearchOptions) -> Iterator[Violation]:

@@ -53,6 +53,7 @@ class RecordedRequest:
     query: dict[str, str]
     headers: dict[str, str]  # keys lower-cased
     body: bytes
+    raw_path: str = ""  # the request target's path exactly as sent (percent-encoding kept)
 
     def json(self) -> Any:
         """Decode the body as JSON (raises if the gateway sent something else)."""
@@ -439,6 +440,7 @@ class FakeUpstream:
         rec = RecordedRequest(
             method=request.method,
             path=request.path,
+            raw_path=request.raw_path.split("?", 1)[0],
             query=dict(request.query),
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,

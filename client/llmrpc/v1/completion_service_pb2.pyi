@@ -173,12 +173,17 @@ class CompleteRequest(_message.Message):
     deployment_id: _builtins.str
     """Azure deployment name (overrides the model part of "azure/...")."""
     api_base: _builtins.str
-    """Base URL of the upstream API (LiteLLM `api_base` / `base_url`)."""
+    """Base URL of the upstream API (LiteLLM `api_base` / `base_url`): http or
+    https, a host, optional port and path; no query, fragment or userinfo.
+    A base the server did not configure for the provider needs `api_key`:
+    the server's own keys go only to its configured bases.
+    """
     api_version: _builtins.str
     """API version (Azure `api-version`)."""
     api_key: _builtins.str
     """Upstream API key for this call; the server's environment is used when
-    unset. Never logged, cached or traced.
+    unset. Never logged, stored or traced; a SHA-256 of it scopes the
+    cached answers this call may read and write.
     """
     reasoning_effort: _builtins.str
     """"none", "minimal", "low", "medium", "high", "xhigh" or "max"."""
@@ -257,7 +262,10 @@ class CompleteRequest(_message.Message):
 
     @_builtins.property
     def extra_headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Extra HTTP headers for the upstream request."""
+        """Extra HTTP headers for the upstream request. Hop-by-hop, framing and
+        proxy headers are refused, and so are credential headers (authorization,
+        x-api-key, api-key, x-goog-api-key) unless `api_key` is set.
+        """
 
     @_builtins.property
     def extra_body(self) -> _struct_pb2.Struct:
@@ -880,7 +888,9 @@ class ResponseMetadata(_message.Message):
     the gateway's price table; unset when the price of the model is unknown.
     """
     api_base: _builtins.str
-    """The api_base the answer came from (no credentials)."""
+    """The origin of the upstream that answered, `scheme://host[:port]` (never
+    the base URL's credentials, path or query).
+    """
     @_builtins.property
     def attempt_log(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
         """Every attempt in order."""

@@ -4,7 +4,8 @@ This module builds requests (messages, system, tools, thinking, JSON mode); answ
 errors are decoded in :mod:`._anthropic_stream`. Decisions where LiteLLM versions differ:
 
 - Auth: the key goes in ``x-api-key`` whether it came from ``ANTHROPIC_API_KEY`` or
-  ``ANTHROPIC_AUTH_TOKEN`` (the router does not say which); Bearer users pass ``extra_headers``.
+  ``ANTHROPIC_AUTH_TOKEN`` (the router does not say which); Bearer users pass ``extra_headers`` with
+  their own ``api_key`` (a credential header is refused without one: see ``upstream_checks``).
 - ``max_tokens``: the caller's ``max_completion_tokens``, else ``max_tokens``, else 4096, or
   ``budget_tokens + 4096`` when thinking is enabled with a budget (LiteLLM 2025 rule).
 - ``reasoning_effort``: minimal/low 1024, medium 2048, high 4096, xhigh 8192, max 16384 thinking
@@ -23,6 +24,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
@@ -30,7 +32,7 @@ from llmrpc.v1 import completion_service_pb2 as pb
 from ..convert import struct_to_dict
 from . import _anthropic_stream as wire
 from .base import ErrorKind, HttpCall, ProviderError, StreamEvent, StreamState, Target
-from .common import new_completion_id, now
+from .common import join_url, new_completion_id, now
 from .openai_wire import approximate_location
 
 __all__ = [
@@ -139,10 +141,10 @@ class AnthropicAdapter:
 
 def messages_url(api_base: str) -> str:
     """``{base}/v1/messages``; a base that already names ``/v1`` or the endpoint is kept (LiteLLM)."""
-    base = api_base.rstrip("/")
-    if base.endswith("/v1/messages"):
-        return base
-    return f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
+    path = urlsplit(api_base).path.rstrip("/")
+    if path.endswith("/v1/messages"):
+        return join_url(api_base)
+    return join_url(api_base, "messages") if path.endswith("/v1") else join_url(api_base, "v1", "messages")
 
 
 def request_headers(req: pb.CompleteRequest, target: Target, betas: Iterable[str] = ()) -> dict[str, str]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
 
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from ..convert import loads
 from .base import ErrorKind, ProviderAdapter, ProviderError, StreamState, Target
+from .common import join_url, merge_headers
 from .openai import OPENAI_PARAMS, OpenAIAdapter, OpenAISpec, openai_error
 
 __all__ = ["AZURE", "AZURE_DEFAULT_API_VERSION", "AzureAdapter", "adapters"]
@@ -33,18 +33,14 @@ class AzureAdapter(OpenAIAdapter):
 
     def url(self, target: Target) -> str:
         version = target.api_version or AZURE_DEFAULT_API_VERSION
-        deployment = quote(target.model, safe="")
-        return (
-            f"{target.api_base.rstrip('/')}/openai/deployments/{deployment}/chat/completions"
-            f"?api-version={quote(version, safe='')}"
-        )
+        return join_url(target.api_base, "openai", "deployments", target.model, "chat", "completions",
+                        query={"api-version": version})
 
     def headers(self, req: pb.CompleteRequest, target: Target) -> dict[str, str]:
         headers = {"content-type": "application/json"}
         if target.api_key:
             headers["api-key"] = target.api_key
-        headers.update(req.extra_headers)
-        return headers
+        return merge_headers(headers, req.extra_headers)
 
     def adjust_chunk(
         self, chunk: pb.StreamCompleteResponse, data: dict[str, Any], state: StreamState

@@ -6,10 +6,11 @@ import email.utils
 import time
 import uuid
 from collections.abc import Mapping
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from .base import ErrorKind, ProviderError
 
-__all__ = ["classify", "new_completion_id", "now", "retry_after_seconds"]
+__all__ = ["classify", "join_url", "merge_headers", "new_completion_id", "now", "path_segment", "retry_after_seconds"]
 
 # Phrases providers use for errors that deserve their own class (LiteLLM's exception_mapping_utils).
 _CONTEXT_PHRASES = (
@@ -120,3 +121,36 @@ def new_completion_id() -> str:
 def now() -> int:
     """Unix seconds, for ``created``."""
     return int(time.time())
+
+
+def path_segment(value: str) -> str:
+    """``value`` as exactly one percent-encoded path segment: ``/``, ``?``, ``#``, ``%`` and every other
+    reserved character are encoded, so a model or deployment name can never add a segment, a query or
+    a fragment. ``.`` and ``..`` (dot-segments a server may resolve) are refused outright."""
+    if value in ("", ".", ".."):
+        raise ValueError(f"{value!r} cannot be a URL path segment")
+    return quote(value, safe="")
+
+
+def join_url(base: str, *segments: str, suffix: str = "", query: Mapping[str, str] | None = None) -> str:
+    """``base`` with ``segments`` appended to its path, each one :func:`path_segment`-encoded.
+
+    ``suffix`` is a constant of the adapter's own code appended to the last segment as is (Gemini's
+    ``:generateContent``), never caller data. ``query`` is appended to any query the base already has
+    (a server-configured base may carry one), so a base never swallows the path built after it."""
+    parts = urlsplit(base)
+    path = parts.path.rstrip("/") + "".join("/" + path_segment(s) for s in segments) + suffix
+    extra = urlencode(query or {})
+    joined = "&".join(q for q in (parts.query, extra) if q)
+    return urlunsplit((parts.scheme, parts.netloc, path, joined, ""))
+
+
+def merge_headers(headers: dict[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """``headers`` with the caller's ``extra`` headers replacing any of the same name whatever the
+    case (HTTP names are case-insensitive: a dict keyed by spelling would send both)."""
+    if not extra:
+        return headers
+    taken = {name.lower() for name in extra}
+    merged = {k: v for k, v in headers.items() if k.lower() not in taken}
+    merged.update(extra)
+    return merged

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from .base import ProviderAdapter, StreamState, Target
+from .common import join_url
 from .openai import OpenAIAdapter, OpenAISpec
 
 __all__ = ["COMPAT_PARAMS", "FAMILY", "adapters", "family_specs"]
@@ -106,15 +108,6 @@ class OpenRouterAdapter(OpenAIAdapter):
             if msg.HasField("cache_control"):
                 _move_cache_control(out, _cache_control(msg))
 
-    def headers(self, req: pb.CompleteRequest, target: Target) -> dict[str, str]:
-        """The caller's ``extra_headers`` replace the attribution headers whatever their spelling."""
-        headers = super().headers(req, target)
-        overridden = {name.lower() for name in req.extra_headers}
-        for name in self.spec.extra_headers:
-            if name.lower() in overridden and name not in req.extra_headers:
-                del headers[name]
-        return headers
-
     def adjust_chunk(
         self, chunk: pb.StreamCompleteResponse, data: dict[str, Any], state: StreamState
     ) -> pb.StreamCompleteResponse | None:
@@ -166,8 +159,9 @@ class MistralAdapter(OpenAIAdapter):
         body["messages"] = [m for m in map(_mistral_message, body["messages"]) if m is not None]
 
     def url(self, target: Target) -> str:
-        base = target.api_base.rstrip("/")
-        return f"{base if base.endswith('/v1') else base + '/v1'}/chat/completions"
+        if urlsplit(target.api_base).path.rstrip("/").endswith("/v1"):
+            return join_url(target.api_base, "chat", "completions")
+        return join_url(target.api_base, "v1", "chat", "completions")
 
 
 def _mistral_message(msg: dict[str, Any]) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
@@ -21,7 +22,7 @@ from ..convert import loads, struct_to_dict
 from ._gemini_schema import clean_schema
 from ._gemini_stream import gemini_error, parse_stream_event, response_from_gemini, usage_chunk
 from .base import ErrorKind, HttpCall, ProviderAdapter, ProviderError, StreamEvent, StreamState, Target
-from .common import now
+from .common import join_url, merge_headers, now
 
 __all__ = ["GEMINI_PARAMS", "GeminiAdapter", "adapters", "body_from_request", "media_part"]
 
@@ -88,9 +89,9 @@ class GeminiAdapter:
         headers = {"content-type": "application/json"}
         if target.api_key:
             headers["x-goog-api-key"] = target.api_key
-        headers.update(req.extra_headers)
         body = body_from_request(req, target.model)
-        return HttpCall(url=_url(target, stream), headers=headers, body=body, stream_format="sse")
+        return HttpCall(url=_url(target, stream), headers=merge_headers(headers, req.extra_headers), body=body,
+                        stream_format="sse")
 
     def new_stream_state(
         self, req: pb.CompleteRequest, target: Target, *, include_usage: bool
@@ -133,13 +134,16 @@ def adapters(env: Mapping[str, str] | None = None) -> list[ProviderAdapter]:
 
 
 def _url(target: Target, stream: bool) -> str:
-    base = target.api_base.rstrip("/")
-    if not re.search(r"/v1(beta|alpha)?$", base):
-        base += "/v1beta"
-    model = target.model
-    path = model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
-    method = "streamGenerateContent?alt=sse" if stream else "generateContent"
-    return f"{base}/{path}:{method}"
+    """``{base}[/v1beta]/models/{model}:generateContent``; the model is one encoded path segment
+    (``models/x`` and ``tunedModels/x`` names keep their collection), so it cannot change the path."""
+    version = () if re.search(r"/v1(beta|alpha)?$", urlsplit(target.api_base).path.rstrip("/")) else ("v1beta",)
+    collection, sep, name = target.model.partition("/")
+    if not (sep and collection in ("models", "tunedModels")):
+        collection, name = "models", target.model
+    if stream:
+        return join_url(target.api_base, *version, collection, name, suffix=":streamGenerateContent",
+                        query={"alt": "sse"})
+    return join_url(target.api_base, *version, collection, name, suffix=":generateContent")
 
 
 def _is_gemini_3(model: str) -> bool:

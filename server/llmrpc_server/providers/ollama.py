@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from llmrpc.v1 import chat_pb2, usage_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
@@ -15,7 +16,7 @@ from llmrpc.v1 import completion_service_pb2 as pb
 from ..convert import loads, struct_to_dict
 from ._think_tags import ThinkTagSplitter, split_think_tags
 from .base import ErrorKind, HttpCall, ProviderAdapter, ProviderError, StreamEvent, StreamState, Target
-from .common import classify, new_completion_id, now
+from .common import classify, join_url, merge_headers, new_completion_id, now
 from .openai_wire import function_to_openai
 
 __all__ = ["OLLAMA_PARAMS", "OllamaAdapter", "adapters"]
@@ -60,8 +61,7 @@ class OllamaAdapter:
         headers = {"content-type": "application/json"}
         if target.api_key:
             headers["authorization"] = f"Bearer {target.api_key}"
-        headers.update(req.extra_headers)
-        return HttpCall(url=_url(target.api_base), headers=headers, body=body,
+        return HttpCall(url=_url(target.api_base), headers=merge_headers(headers, req.extra_headers), body=body,
                         stream_format="ndjson" if stream else "sse")
 
     # ---- unary reply -----------------------------------------------------------------------------
@@ -173,8 +173,9 @@ class OllamaAdapter:
 
 
 def _url(base: str) -> str:
-    base = base.rstrip("/")
-    return base if base.endswith("/api/chat") else f"{base}/api/chat"
+    if urlsplit(base).path.rstrip("/").endswith("/api/chat"):
+        return join_url(base)
+    return join_url(base, "api", "chat")
 
 
 def _options(req: pb.CompleteRequest) -> dict[str, Any]:

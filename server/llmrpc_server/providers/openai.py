@@ -10,7 +10,7 @@ from llmrpc.v1 import completion_service_pb2 as pb
 
 from ..convert import dumps, loads
 from .base import ErrorKind, HttpCall, ProviderError, StreamEvent, StreamState, Target
-from .common import classify, new_completion_id, now
+from .common import classify, join_url, merge_headers, new_completion_id, now
 from .openai_wire import body_from_request, chunk_from_openai, response_from_openai
 
 __all__ = ["OPENAI_PARAMS", "OpenAIAdapter", "OpenAISpec", "openai_error"]
@@ -80,14 +80,13 @@ class OpenAIAdapter:
         return chunk
 
     def url(self, target: Target) -> str:
-        return f"{target.api_base.rstrip('/')}/chat/completions"
+        return join_url(target.api_base, "chat", "completions")
 
     def headers(self, req: pb.CompleteRequest, target: Target) -> dict[str, str]:
         headers = {"content-type": "application/json", **self.spec.extra_headers}
         if target.api_key:
             headers["authorization"] = f"Bearer {target.api_key}"
-        headers.update(req.extra_headers)
-        return headers
+        return merge_headers(headers, req.extra_headers)
 
     def parse_response(self, body: bytes, req: pb.CompleteRequest, target: Target) -> pb.CompleteResponse:
         data = _json_object(body)

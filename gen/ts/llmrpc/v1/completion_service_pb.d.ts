@@ -184,7 +184,10 @@ export declare type CompleteRequest = Message<"llmrpc.v1.CompleteRequest"> & {
   functionCall?: ToolChoice | undefined;
 
   /**
-   * Base URL of the upstream API (LiteLLM `api_base` / `base_url`).
+   * Base URL of the upstream API (LiteLLM `api_base` / `base_url`): http or
+   * https, a host, optional port and path; no query, fragment or userinfo.
+   * A base the server did not configure for the provider needs `api_key`:
+   * the server's own keys go only to its configured bases.
    *
    * @generated from field: optional string api_base = 24;
    */
@@ -199,7 +202,8 @@ export declare type CompleteRequest = Message<"llmrpc.v1.CompleteRequest"> & {
 
   /**
    * Upstream API key for this call; the server's environment is used when
-   * unset. Never logged, cached or traced.
+   * unset. Never logged, stored or traced; a SHA-256 of it scopes the
+   * cached answers this call may read and write.
    *
    * @generated from field: optional string api_key = 26;
    */
@@ -295,7 +299,9 @@ export declare type CompleteRequest = Message<"llmrpc.v1.CompleteRequest"> & {
   metadata?: JsonObject | undefined;
 
   /**
-   * Extra HTTP headers for the upstream request.
+   * Extra HTTP headers for the upstream request. Hop-by-hop, framing and
+   * proxy headers are refused, and so are credential headers (authorization,
+   * x-api-key, api-key, x-goog-api-key) unless `api_key` is set.
    *
    * @generated from field: map<string, string> extra_headers = 39;
    */
@@ -812,7 +818,8 @@ export declare type ResponseMetadata = Message<"llmrpc.v1.ResponseMetadata"> & {
   costUsd?: number | undefined;
 
   /**
-   * The api_base the answer came from (no credentials).
+   * The origin of the upstream that answered, `scheme://host[:port]` (never
+   * the base URL's credentials, path or query).
    *
    * @generated from field: optional string api_base = 9;
    */

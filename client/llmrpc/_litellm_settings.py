@@ -1,0 +1,107 @@
+"""The module-level settings of LiteLLM 1.108.7 (``litellm/__init__.py``: public names assigned there,
+plus ``set_verbose``, ``json_logs``, ``log_level`` and ``request_timeout``, which it imports).
+
+``llmrpc`` honours a few of them (``_settings.IMPLEMENTED``); assigning any other one warns once, so a
+setting that would silently do nothing never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+__all__ = ["LITELLM_SETTINGS"]
+
+LITELLM_SETTINGS = frozenset(
+    """
+    AZURE_DEFAULT_API_VERSION COHERE_DEFAULT_EMBEDDING_INPUT_TYPE WATSONX_DEFAULT_API_VERSION aclient_session
+    adapters add_function_to_prompt add_user_information_to_llm_headers agent_search_embedding_model
+    ai21_chat_models ai21_key ai21_models aiml_models aiohttp_trust_env aleph_alpha_key aleph_alpha_models
+    all_embedding_models allow_dynamic_callback_disabling allowed_fails amazon_nova_api_key amazon_nova_models
+    anthropic_beta_headers_url anthropic_key anthropic_models anthropic_prompt_caching_ttl
+    anthropic_sse_ping_interval_seconds anyscale_models api_base api_key api_version apply_search_free_tier
+    argilla_batch_size argilla_transformation_object assemblyai_models audit_log_callbacks autorouter_presets_url
+    aws_polly_models aws_sqs_callback_params azure_ai_models azure_anthropic_models azure_embedding_models azure_key
+    azure_llms azure_models azure_text_models banned_keywords_list baseten_key baseten_models
+    batch_line_item_callbacks bedrock_converse_models bedrock_mantle_models bedrock_models
+    bedrock_neutralize_orphaned_tool_blocks bedrock_request_metadata_fields bedrock_tool_name_mappings
+    black_forest_labs_models block_requests_for_models_without_pricing blocked_user_list blog_posts_url
+    budget_duration budget_exceeded_status_code budget_exceeded_throttle_percentage budget_rollover bytez_key cache
+    caching_with_models callback_settings callbacks cerebras_models chatgpt_models check_provider_endpoint
+    clarifai_key client_session cloudflare_api_key cloudflare_models codestral_models cohere_chat_models cohere_key
+    cohere_models cold_storage_custom_logger cometapi_key cometapi_models common_cloud_provider_auth_params
+    config_path content_policy_fallbacks context_window_fallbacks coralbricks_models cost_discount_config
+    cost_margin_config credential_list custom_prometheus_metadata_labels custom_prometheus_tags custom_prompt_dict
+    custom_provider_map darkbloom_models dashscope_models databricks_key databricks_models
+    datadog_llm_observability_params datadog_params datadog_use_v1 datarobot_key datarobot_models deepgram_models
+    deepinfra_models deepseek_models default_fallbacks default_in_memory_ttl default_internal_user_params
+    default_key_generate_params default_key_max_budget_alert_emails default_max_internal_user_budget
+    default_redis_batch_cache_expiry default_redis_ttl default_soft_budget default_team_params default_team_settings
+    disable_add_prefix_to_prompt disable_add_transform_inline_image_block disable_add_user_agent_to_request_tags
+    disable_aiohttp_transport disable_aiohttp_trust_env disable_anthropic_gemini_context_caching_transform
+    disable_copilot_system_to_assistant disable_end_user_cost_tracking
+    disable_end_user_cost_tracking_prometheus_only disable_hf_tokenizer_download disable_stop_sequence_limit
+    disable_streaming_logging disable_token_counter disable_vertex_batch_output_transformation
+    docker_model_runner_models drop_params dynamodb_table_name edenai_models elevenlabs_models email
+    enable_anthropic_prompt_caching enable_azure_ad_token_refresh
+    enable_caching_on_provider_specific_optional_params enable_end_user_cost_tracking_prometheus_only
+    enable_gemini_default_thinking_level_low enable_json_schema_validation enable_key_alias_format_validation
+    enable_loadbalancing_on_batch_endpoints enable_model_config_credential_overrides enable_preview_features
+    error_logs expose_router_debug_in_errors extra_spend_tag_headers failure_callback fal_ai_models fallbacks
+    featherless_ai_models filter_invalid_headers fireworks_ai_embedding_models fireworks_ai_models force_ipv4
+    force_redis_hash_tag_grouping forward_traceparent_to_llm_provider friendliai_models galadriel_models
+    gcs_pub_sub_use_v1 gdc_api_base gdc_key gemini_include_thoughts_default gemini_live_defer_setup gemini_models
+    generic_api_use_v1 generic_logger_headers gigachat_key gigachat_models github_copilot_models
+    global_bitbucket_config global_disable_no_log_param global_gitlab_config google_moderation_confidence_threshold
+    gradient_ai_api_key gradient_ai_models groq_key groq_models guardrail_name_config_map headers heroku_key
+    heroku_models http2 huggingface_key hyperbolic_models in_memory_llm_clients_cache inception_key inception_models
+    include_cost_in_streaming_usage infinity_key infinity_models initialized_langfuse_clients input_callback
+    internal_user_budget_duration jina_ai_models json_logs key_alias_pattern key_generation_settings
+    lambda_ai_models langfuse_default_tags langfuse_enable_update_trace_keys langsmith_batch_size lemonade_key
+    lemonade_models litellm_mode llama_api_key llama_models llamagate_models llamaguard_model_name
+    llamaguard_unsafe_content_categories llm_guard_mode log_auth_failure_key_identity log_client_error_tracebacks
+    log_level log_raw_request_response logged_real_time_event_types logging logging_callback_manager
+    longer_context_model_fallback_dict maritalk_key maritalk_models max_budget max_end_user_budget
+    max_end_user_budget_id max_fallbacks max_internal_user_budget max_tokens max_ui_session_budget max_user_budget
+    mcp_tool_search microsoft_365_copilot_models minimax_models mistral_chat_models model_alias_map model_cost
+    model_cost_map_url model_fallbacks model_group_settings model_list model_list_set models_by_provider
+    modify_params module_level_aclient module_level_client moonshot_models morph_models nadir_models
+    nebius_embedding_models nebius_key nebius_models network_mock newrelic_params nlp_cloud_key nlp_cloud_models
+    novita_api_key novita_models nscale_models num_retries num_retries_per_request nvidiaNimConfig
+    nvidiaNimEmbeddingConfig nvidia_nim_models nvidia_riva_models oci_models ollama_key ollama_models
+    openAIGPT5Config openAIGPTAudioConfig openAIGPTConfig open_ai_chat_completion_models
+    open_ai_text_completion_models openaiOSeriesConfig openai_image_generation_models openai_key openai_like_key
+    openai_moderations_model_name openai_system_messages_first openai_video_generation_models openrouter_key
+    openrouter_models organization otel_tenant_destination_mode output_parse_pii overwrite_user_with_key_hash
+    ovhcloud_embedding_models ovhcloud_key ovhcloud_models palm_models perplexity_models
+    personal_key_model_access_from_teams petals_models pointfive_params post_call_rules pre_call_rules predibase_key
+    predibase_tenant_id presidio_ad_hoc_recognizers priority_reservation priority_reservation_settings project
+    prometheus_deployment_and_latency_caller_identity prometheus_emit_input_sequence_length_label
+    prometheus_emit_rate_limit_labels prometheus_emit_stream_label
+    prometheus_end_user_metrics_cleanup_interval_seconds prometheus_end_user_metrics_max_series_per_metric
+    prometheus_end_user_metrics_ttl_seconds prometheus_exclude_labels prometheus_exclude_metrics
+    prometheus_initialize_budget_metrics prometheus_latency_buckets prometheus_metrics_cleanup_interval_seconds
+    prometheus_metrics_config prometheus_metrics_max_series_per_metric prometheus_metrics_ttl_seconds
+    prometheus_user_budget_label_include_email_alias prompt_name_config_map provider_list
+    provider_url_destination_allowed_hosts proxy_auth public_agent_groups public_mcp_hub_strict_whitelist
+    public_mcp_servers public_model_groups public_model_groups_links public_skills_index publicai_models
+    qwen_ai_platform_models qwencloud_models reasoning_auto_summary recraft_models redact_messages_in_exceptions
+    redact_user_api_key_info reducto_models replicate_key request_correlation_in_logs request_timeout
+    require_auth_for_metrics_endpoint require_managed_files retry return_response_headers
+    route_all_chat_openai_to_responses runwayml_models s3_audit_callback_params s3_callback_params safe_memory_mode
+    sambanova_embedding_models sambanova_models sap_service_key scaledown_models secret_manager_client
+    service_callback set_verbose skill_search_embedding_model skip_system_message_in_guardrail
+    skip_tool_message_in_guardrail snowflake_key snowflake_models soniox_models sse_keepalive_ping_interval_seconds
+    ssl_certificate ssl_ecdh_curve ssl_security_level ssl_verify stability_models
+    standard_logging_payload_excluded_fields store_audit_logs strip_anthropic_total_tokens success_callback
+    suppress_debug_info tag_budget_config tencent_models text_completion_codestral_models
+    text_completion_inception_models togetherai_api_key token transcribe_models turn_off_message_logging
+    upperbound_key_generate_params use_aiohttp_transport use_chat_completions_url_for_anthropic_messages use_client
+    use_litellm_proxy user_url_allowed_hosts user_url_validation v0_models validate_end_user_id_in_db
+    vector_store_index_registry vector_store_registry vector_store_search_failure_mode vercel_ai_gateway_key
+    vercel_ai_gateway_models vertexAITextEmbeddingConfig vertex_ai_ai21_models vertex_ai_image_models
+    vertex_ai_safety_settings vertex_ai_video_models vertex_anthropic_models vertex_chat_models
+    vertex_code_chat_models vertex_code_text_models vertex_deepseek_models vertex_embedding_models
+    vertex_language_models vertex_llama3_models vertex_location vertex_minimax_models vertex_mistral_models
+    vertex_moonshot_models vertex_openai_models vertex_project vertex_text_models vertex_vision_models
+    vertex_zai_models volcengine_models voyage_models wandb_key wandb_models watsonx_models xai_key xai_models
+    zai_models zerobus_params
+    """.split()
+)
