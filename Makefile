@@ -8,7 +8,7 @@ PORT ?= 50051
 PROTOGEN := tools/protogen/node_modules/.installed-stamp
 BUF := tools/protogen/node_modules/.bin/buf
 
-.PHONY: install run test lint proto proto-check protoset bench faults clean gen-ts proto-go
+.PHONY: install run test lint proto proto-check protoset bench bench-scale faults clean gen-ts proto-go
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -59,6 +59,9 @@ gen-ts: install $(PROTOGEN) ## regenerate the committed TypeScript package gen/t
 
 bench: install ## gateway vs direct upstream call, same run; then 1,000 concurrent slow streams
 	$(BIN)/python -m bench
+
+bench-scale: install ## 1 vs 2 replicas behind real Envoy: calls/s and CPU per call of every process (~1 min)
+	$(BIN)/python -m bench.bench_scale
 
 faults: install ## the fault-injection suite: upstream faults, fallbacks, timeouts
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_faults.py tests/test_fallbacks.py tests/test_timeouts.py

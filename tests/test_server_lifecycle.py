@@ -89,3 +89,56 @@ def test_health_reports_serving_for_the_service(server_process: tuple[subprocess
         health = health_pb2_grpc.HealthStub(channel)
         resp = health.Check(health_pb2.HealthCheckRequest(service="llmrpc.v1.CompletionService"), timeout=5)
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_sigterm_tells_health_watchers_not_serving_and_ends_their_streams(tmp_path: Path) -> None:
+    """A Watch (client-side health checking keeps one open per connection) sees NOT_SERVING first and
+    then ends OK, so it does not hold the draining server for its whole --grace (60 s here)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["LLMRPC_CACHE_PATH"] = str(tmp_path / "cache.sqlite")
+    proc = subprocess.Popen([sys.executable, "-m", "llmrpc_server", "--host", "127.0.0.1", "--port", str(port),
+                             "--grace", "60"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_serving(f"127.0.0.1:{port}")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="llmrpc.v1.CompletionService"), timeout=120)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            proc.send_signal(signal.SIGTERM)
+            after = [r.status for r in watch]  # ends (OK) instead of waiting out the grace period
+            assert after and set(after) == {health_pb2.HealthCheckResponse.NOT_SERVING}
+            assert watch.code() == grpc.StatusCode.OK
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def test_drain_delay_keeps_serving_calls_while_health_says_not_serving(tmp_path: Path) -> None:
+    """--drain-delay: after SIGTERM health is NOT_SERVING at once (balancers stop sending), but calls that
+    still arrive are served, not cancelled, until the delay is over."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["LLMRPC_CACHE_PATH"] = str(tmp_path / "cache.sqlite")
+    proc = subprocess.Popen([sys.executable, "-m", "llmrpc_server", "--host", "127.0.0.1", "--port", str(port),
+                             "--drain-delay", "120", "--grace", "1"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        address = f"127.0.0.1:{port}"
+        wait_serving(address)
+        proc.send_signal(signal.SIGTERM)
+        with grpc.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service="llmrpc.v1.CompletionService")
+            deadline = time.monotonic() + 30
+            while health.Check(request, timeout=5).status != health_pb2.HealthCheckResponse.NOT_SERVING:
+                assert time.monotonic() < deadline, "health never turned NOT_SERVING"
+                time.sleep(0.05)
+            resp = pb_grpc.CompletionServiceStub(channel).Complete(slow_request(0), timeout=10)
+        assert resp.choices[0].message.content.endswith("You said: slow")
+        assert proc.poll() is None  # still draining: the delay is not over
+    finally:
+        proc.kill()
+        proc.wait(10)

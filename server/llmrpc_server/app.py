@@ -2,7 +2,8 @@
 
 The server, the HTTP client pool and every channel are created inside the running loop (grpc.aio
 objects are loop-bound, grpc/grpc#32480). SIGTERM/SIGINT flip health to NOT_SERVING so load
-balancers drain, then ``server.stop(grace)`` lets in-flight calls finish and refuses new ones.
+balancers drain, keep serving for ``drain_delay`` seconds while they notice, then ``server.stop(grace)``
+lets in-flight calls finish and refuses new ones.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .caching import CachingBackend
 from .config import Settings
 from .counters import Counters
 from .executor import Executor
+from .health import DrainingHealthServicer
 from .interceptors import build_interceptors
 from .keys import KeyedBackend, SqliteLimitStore, configured_keys, state_path
 from .observability import ObservedBackend
@@ -118,7 +120,7 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     )
     service.set_backend(backend)
     add_to_server(service, server)
-    health = HealthServicer()
+    health = DrainingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
@@ -147,6 +149,12 @@ async def _serve(settings: Settings) -> None:
     if gateway.reloader is not None:
         loop.add_signal_handler(signal.SIGHUP, gateway.reloader.reload)
     await stop.wait()
+    if settings.drain_delay > 0:
+        # A balancer only stops sending calls once a health check sees NOT_SERVING; until then keep
+        # serving them, since grpc cancels the calls that arrive after server.stop() has begun.
+        await gateway.health.enter_graceful_shutdown()
+        log.info("shutting down: NOT_SERVING, still serving for %.1fs", settings.drain_delay)
+        await asyncio.sleep(settings.drain_delay)
     log.info("shutting down: draining for up to %.0fs", settings.grace)
     await gateway.stop()
 

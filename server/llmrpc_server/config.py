@@ -44,6 +44,8 @@ class Settings:
     port: int = _opt(50051, 'gRPC port')
     workers: int = _opt(1, 'server processes sharing the port (SO_REUSEPORT); 0 = one per core')
     grace: float = _opt(30.0, 'seconds in-flight calls get to finish on SIGTERM')
+    drain_delay: float = _opt(0.0, 'seconds to keep serving after SIGTERM with health NOT_SERVING, so load '
+                                   'balancers stop sending calls before new ones are refused')
     default_timeout: float = _opt(600.0, 'seconds a call may take when the caller sets no deadline/timeout')
     stream_idle_timeout: float = _opt(60.0, 'seconds a stream may go without an upstream byte')
     connect_timeout: float = _opt(10.0, 'seconds to connect to an upstream')
