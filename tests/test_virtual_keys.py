@@ -206,3 +206,18 @@ def test_reconfigure_swaps_keys_and_keeps_them_on_a_bad_section() -> None:
     assert ring.find(ALICE) is None and ring.find(BOB) is not None
     ring.reconfigure(Settings(proxy=parse_proxy_config({"keys": [{"key": BOB, "rpm_limit": "x"}]}, {})))
     assert ring.find(BOB) is not None  # the bad section was not taken
+
+
+def test_readme_keys_example_parses() -> None:
+    import yaml
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Virtual keys"):]
+    block = section[section.index("```yaml") + len("```yaml"):section.index("```\n", section.index("```yaml"))]
+    document = yaml.safe_load(block)
+    proxy = parse_proxy_config(document, {"LLMRPC_MASTER_KEY": "sk-admin-123", "INTERN_KEY": "sk-intern-123"})
+    ring = parse_keys(proxy.keys)
+    bot, intern = ring.keys
+    assert (bot.alias, bot.rpm_limit, bot.tpm_limit, bot.max_parallel_requests) == ("ci-bot", 60, 200000, 4)
+    assert bot.budget_duration == 30 * 86400 and bot.allows("anthropic/claude-sonnet-4-5")
+    assert ring.find("sk-intern-123") is intern and intern.expires is not None
