@@ -221,3 +221,20 @@ def test_readme_keys_example_parses() -> None:
     assert (bot.alias, bot.rpm_limit, bot.tpm_limit, bot.max_parallel_requests) == ("ci-bot", 60, 200000, 4)
     assert bot.budget_duration == 30 * 86400 and bot.allows("anthropic/claude-sonnet-4-5")
     assert ring.find("sk-intern-123") is intern and intern.expires is not None
+
+
+def test_discovery_filter_follows_the_current_key() -> None:
+    import contextvars
+
+    from llmrpc_server.keys import CURRENT_KEY, current_model_filter
+
+    ring = parse_keys([{"key": ALICE, "key_alias": "alice", "models": ["gpt-4o", "openai/*"]}])
+
+    def under_key() -> Any:
+        CURRENT_KEY.set(ring.keys[0])
+        return current_model_filter()
+
+    allowed = contextvars.copy_context().run(under_key)
+    assert allowed is not None
+    assert [m for m in ("gpt-4o", "openai/*", "anthropic/*", "claude") if allowed(m)] == ["gpt-4o", "openai/*"]
+    assert current_model_filter() is None  # admin or no keys: everything is listed

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Settings
-from .admission import CURRENT_KEY, KeyedBackend, current_key_alias
+from .admission import CURRENT_KEY, KeyedBackend, current_key_alias, current_model_filter
 from .interceptor import VirtualKeyInterceptor
 from .spec import KeyRing, VirtualKey, hash_key, parse_duration, parse_keys
 from .store import Decision, LimitStore, SqliteLimitStore
@@ -26,6 +26,7 @@ __all__ = [
     "VirtualKeyInterceptor",
     "configured_keys",
     "current_key_alias",
+    "current_model_filter",
     "hash_key",
     "parse_duration",
     "parse_keys",

@@ -27,7 +27,8 @@ from ..retry import Deadline
 from .spec import VirtualKey
 from .store import Decision, LimitStore, StoreUnavailable
 
-__all__ = ["CURRENT_KEY", "KeyedBackend", "budget_error", "current_key_alias", "denied_model", "limit_error"]
+__all__ = ["CURRENT_KEY", "KeyedBackend", "budget_error", "current_key_alias", "current_model_filter", "denied_model",
+           "limit_error"]
 
 CURRENT_KEY: ContextVar[VirtualKey | None] = ContextVar("llmrpc_virtual_key", default=None)
 log = logging.getLogger("llmrpc_server.keys")
@@ -40,6 +41,13 @@ def current_key_alias() -> str | None:
     """The ``key_alias`` of the virtual key the current call runs under (None: admin or no keys)."""
     key = CURRENT_KEY.get()
     return key.alias if key is not None else None
+
+
+def current_model_filter() -> Callable[[str], bool] | None:
+    """For discovery (``ListModels``, ``GetModelInfo``): a predicate that is True for the public model
+    names the current call's key may use, or None (admin, or no keys) when every name may be shown."""
+    key = CURRENT_KEY.get()
+    return key.allows if key is not None else None
 
 
 def denied_model(key: VirtualKey, req: pb.CompleteRequest) -> ServiceError | None:
