@@ -104,6 +104,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A stream received nothing from upstream for longer than the idle
     timeout (UNAVAILABLE).
     """
+    ERROR_REASON_API_BASE_NOT_ALLOWED: _ErrorReason.ValueType  # 25
+    """The server's egress policy refuses the request's `api_base`: base URLs
+    from callers are off, or its host resolves to a non-public, link-local
+    or cloud metadata address (PERMISSION_DENIED). Nothing was sent.
+    """
     ERROR_REASON_BUDGET_EXCEEDED: _ErrorReason.ValueType  # 26
     """The caller's virtual key has spent its `max_budget` (USD) within its
     current `budget_duration` window (RESOURCE_EXHAUSTED, with QuotaFailure,
@@ -208,6 +213,11 @@ ERROR_REASON_INTERNAL_ERROR: ErrorReason.ValueType  # 23
 ERROR_REASON_STREAM_IDLE_TIMEOUT: ErrorReason.ValueType  # 24
 """A stream received nothing from upstream for longer than the idle
 timeout (UNAVAILABLE).
+"""
+ERROR_REASON_API_BASE_NOT_ALLOWED: ErrorReason.ValueType  # 25
+"""The server's egress policy refuses the request's `api_base`: base URLs
+from callers are off, or its host resolves to a non-public, link-local
+or cloud metadata address (PERMISSION_DENIED). Nothing was sent.
 """
 ERROR_REASON_BUDGET_EXCEEDED: ErrorReason.ValueType  # 26
 """The caller's virtual key has spent its `max_budget` (USD) within its

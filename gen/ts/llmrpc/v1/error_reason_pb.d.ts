@@ -213,6 +213,15 @@ export enum ErrorReason {
   STREAM_IDLE_TIMEOUT = 24,
 
   /**
+   * The server's egress policy refuses the request's `api_base`: base URLs
+   * from callers are off, or its host resolves to a non-public, link-local
+   * or cloud metadata address (PERMISSION_DENIED). Nothing was sent.
+   *
+   * @generated from enum value: ERROR_REASON_API_BASE_NOT_ALLOWED = 25;
+   */
+  API_BASE_NOT_ALLOWED = 25,
+
+  /**
    * The caller's virtual key has spent its `max_budget` (USD) within its
    * current `budget_duration` window (RESOURCE_EXHAUSTED, with QuotaFailure,
    * RetryInfo when the window ends, and metadata `keyAlias`, `spend`,
