@@ -217,8 +217,8 @@ class SqliteLimitStore:
             if key.rpm_limit is not None:
                 _add(db, key.digest, "rpm", minute, MINUTE, 1.0, 1)
             if key.max_parallel_requests is not None:
-                db.execute("INSERT INTO key_leases (lease, digest, expires, pid) VALUES (?, ?, ?, ?)",
-                           (lease, key.digest, lease_expires, os.getpid()))
+                db.conn.execute("INSERT INTO key_leases (lease, digest, expires, pid) VALUES (?, ?, ?, ?)",
+                                (lease, key.digest, lease_expires, os.getpid()))
         return ADMITTED
 
     async def record(self, key: VirtualKey, now: float, lease: str, tokens: int, cost: float) -> None:
@@ -304,27 +304,33 @@ class SqliteLimitStore:
 
 
 def _check(db: Database, key: VirtualKey, now: float, minute: float) -> Decision:
-    """The first limit that refuses the call, budget first (LiteLLM checks it before rate limits)."""
+    """The first limit that refuses the call, budget first (LiteLLM checks it before rate limits).
+    One statement reads the key's current budget and minute windows."""
+    start, length = budget_window(key, now)
+    used = dict(db.conn.execute(_WINDOWS, (key.digest, start, minute)).fetchall())
     if key.max_budget is not None:
-        start, length = budget_window(key, now)
-        spent = _value(db, key.digest, "spend", start)
+        spent = float(used.get("spend", 0.0))
         if spent >= key.max_budget:
             return Decision(False, "max_budget", spent, key.max_budget, start + length - now if length else None)
     for limit, kind, allowed in (("rpm_limit", "rpm", key.rpm_limit), ("tpm_limit", "tpm", key.tpm_limit)):
         if allowed is not None:
-            used = _value(db, key.digest, kind, minute)
-            if used >= allowed:
-                return Decision(False, limit, used, allowed, minute + MINUTE - now)
+            count = float(used.get(kind, 0.0))
+            if count >= allowed:
+                return Decision(False, limit, count, allowed, minute + MINUTE - now)
     if key.max_parallel_requests is not None:
-        running = db.execute("SELECT COUNT(*) FROM key_leases WHERE digest = ? AND expires > ?",
-                             (key.digest, now)).fetchone()[0]
+        running = db.conn.execute("SELECT COUNT(*) FROM key_leases WHERE digest = ? AND expires > ?",
+                                  (key.digest, now)).fetchone()[0]
         if running >= key.max_parallel_requests:
             return Decision(False, "max_parallel_requests", running, key.max_parallel_requests)
     return ADMITTED
 
 
+_WINDOWS = ("SELECT kind, value FROM key_windows WHERE digest = ? AND "
+            "((kind = 'spend' AND start = ?) OR (kind IN ('rpm', 'tpm') AND start = ?))")
+
+
 def _value(db: Database, digest: str, kind: str, start: float) -> float:
-    row = db.execute("SELECT value FROM key_windows WHERE digest = ? AND kind = ? AND start = ?",
+    row = db.conn.execute("SELECT value FROM key_windows WHERE digest = ? AND kind = ? AND start = ?",
                      (digest, kind, start)).fetchone()
     return float(row[0]) if row else 0.0
 
