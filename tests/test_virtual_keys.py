@@ -238,3 +238,24 @@ def test_discovery_filter_follows_the_current_key() -> None:
     assert allowed is not None
     assert [m for m in ("gpt-4o", "openai/*", "anthropic/*", "claude") if allowed(m)] == ["gpt-4o", "openai/*"]
     assert current_model_filter() is None  # admin or no keys: everything is listed
+
+
+def test_server_span_carries_the_alias_not_the_key(tmp_path: Path) -> None:
+    from opentelemetry.trace import SpanKind
+
+    from tests.otel_support import Otel, TelemetryGateway
+    from tests.support import gateway_settings
+
+    otel = Otel()
+    proxy = parse_proxy_config({"keys": [{"key": ALICE, "key_alias": "alice"}]}, {})
+    settings = gateway_settings(proxy=proxy, state_path=str(tmp_path / "state.sqlite"))
+    gw = TelemetryGateway(settings, otel.telemetry()).start()
+    try:
+        with client_for(gw, ALICE) as client:
+            client.completion(model="mock/echo", messages=MESSAGES)
+        spans = otel.wait_spans()
+    finally:
+        gw.stop()
+    server = [s for s in spans if s.kind is SpanKind.SERVER]
+    assert server and (server[0].attributes or {}).get("metadata.user_api_key_alias") == "alice"
+    assert not any(ALICE in repr(dict(s.attributes or {})) for s in spans)
