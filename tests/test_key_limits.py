@@ -276,3 +276,17 @@ def test_rpm_limit_holds_across_workers(tmp_path: Path) -> None:
 
 def client_for_address(port: int, key: str) -> llmrpc.Client:
     return llmrpc.Client(f"127.0.0.1:{port}", metadata=[("authorization", f"Bearer {key}")])
+
+
+def test_an_unusable_state_file_fails_limited_keys_closed(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    keys = [{"key": KEY, "key_alias": "limited", "rpm_limit": 100},
+            {"key": "sk-unlimited-0123456789", "key_alias": "open"}]
+    with keyed_gateway(keys, str(blocker / "state.sqlite")) as gw:
+        with client_for(gw, KEY) as client, pytest.raises(llmrpc.ServiceUnavailableError) as info:
+            client.completion(model="mock/echo", messages=MESSAGES)
+        assert info.value.grpc_code == grpc.StatusCode.UNAVAILABLE and info.value.reason == "KEY_STORE_UNAVAILABLE"
+        assert "cannot be checked" in str(info.value) and KEY not in str(info.value)
+        with client_for(gw, "sk-unlimited-0123456789") as client:  # nothing to enforce: served, spend not kept
+            assert client.completion(model="mock/echo", messages=MESSAGES).choices[0].message.content

@@ -269,6 +269,7 @@ _BY_REASON: dict[str, tuple[type[_LLMRPCError], int, bool]] = {
     "QUOTA_EXCEEDED": (RateLimitError, 429, False),
     "BUDGET_EXCEEDED": (BudgetExceededError, 422, False),
     "MODEL_NOT_ALLOWED": (PermissionDeniedError, 403, False),
+    "KEY_STORE_UNAVAILABLE": (ServiceUnavailableError, 503, False),
     "PROVIDER_OVERLOADED": (InternalServerError, 529, True),
     "PROVIDER_STREAM_ERROR": (APIError, 500, True),
     "PROVIDER_BAD_RESPONSE": (APIError, 500, True),

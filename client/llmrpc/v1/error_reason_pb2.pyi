@@ -121,6 +121,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     (PERMISSION_DENIED, with ResourceInfo; metadata `model`, `field`,
     `keyAlias`). Nothing was sent upstream.
     """
+    ERROR_REASON_KEY_STORE_UNAVAILABLE: _ErrorReason.ValueType  # 28
+    """The counters behind virtual keys' limits cannot be read or written (the
+    state file is unusable or locked too long), so a call under a key with
+    limits is refused rather than run unmetered (UNAVAILABLE; retryable).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values the gateway emits
@@ -230,5 +235,10 @@ ERROR_REASON_MODEL_NOT_ALLOWED: ErrorReason.ValueType  # 27
 request-level fallback): it is outside the key's `models`
 (PERMISSION_DENIED, with ResourceInfo; metadata `model`, `field`,
 `keyAlias`). Nothing was sent upstream.
+"""
+ERROR_REASON_KEY_STORE_UNAVAILABLE: ErrorReason.ValueType  # 28
+"""The counters behind virtual keys' limits cannot be read or written (the
+state file is unusable or locked too long), so a call under a key with
+limits is refused rather than run unmetered (UNAVAILABLE; retryable).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

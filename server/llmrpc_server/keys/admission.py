@@ -108,8 +108,8 @@ def _exhausted(reason: str, key: VirtualKey, decision: Decision, message: str,
 
 def _unavailable(exc: StoreUnavailable) -> ServiceError:
     # Fail closed: a key's limits are a promise to whoever pays; answering without them breaks it.
-    return ServiceError(grpc.StatusCode.UNAVAILABLE, "INTERNAL_ERROR",
-                        f"virtual key limits cannot be checked right now: {exc}", {"retryable": "true"})
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, "KEY_STORE_UNAVAILABLE",
+                        f"virtual key limits cannot be checked right now: {exc}")
 
 
 class KeyedBackend:

@@ -240,6 +240,15 @@ export enum ErrorReason {
    * @generated from enum value: ERROR_REASON_MODEL_NOT_ALLOWED = 27;
    */
   MODEL_NOT_ALLOWED = 27,
+
+  /**
+   * The counters behind virtual keys' limits cannot be read or written (the
+   * state file is unusable or locked too long), so a call under a key with
+   * limits is refused rather than run unmetered (UNAVAILABLE; retryable).
+   *
+   * @generated from enum value: ERROR_REASON_KEY_STORE_UNAVAILABLE = 28;
+   */
+  KEY_STORE_UNAVAILABLE = 28,
 }
 
 /**
