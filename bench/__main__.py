@@ -24,7 +24,8 @@ import orjson
 from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
-from llmrpc_server._http import HttpClient
+from llmrpc_server.executor import Executor
+from llmrpc_server.providers.base import HttpCall
 
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -158,7 +159,8 @@ async def run_suite(address: str, pids: list[int], base: Baselines, calls: int) 
     req = request(0)
     stream_req = pb.StreamCompleteRequest(request=req)
     body = {"model": "bench-model", "messages": [{"role": "user", "content": "Say something."}]}
-    lean = HttpClient()
+    lean = Executor()
+    await lean.start()
     async with aiohttp.ClientSession() as http, grpc.aio.insecure_channel(address) as channel, \
             grpc.aio.insecure_channel(echo) as echo_channel, grpc.aio.insecure_channel(base.proxy) as proxy_channel:
         stub = pb_grpc.CompletionServiceStub(channel)
@@ -214,18 +216,12 @@ async def run_suite(address: str, pids: list[int], base: Baselines, calls: int) 
     return Suite(results, conc1, conc1_sync)
 
 
-DIRECT_AIOHTTP, DIRECT_LEAN = "direct HTTP (aiohttp)", "direct HTTP (llmrpc_server._http)"
+DIRECT_AIOHTTP, DIRECT_LEAN = "direct HTTP (aiohttp)", "direct HTTP (gateway executor, pyreqwest)"
 
 
-async def _lean_post(client: HttpClient, url: str, body: Mapping[str, object]) -> None:
-    resp = await client.request("POST", url, {"content-type": "application/json"}, orjson.dumps(body))
-    try:
-        data = b""
-        while chunk := await resp.read_chunk():
-            data += chunk
-        orjson.loads(data)
-    finally:
-        resp.close()
+async def _lean_post(executor: Executor, url: str, body: Mapping[str, object]) -> None:
+    reply = await executor.send(HttpCall(url, {"content-type": "application/json"}, body), timeout=30)
+    orjson.loads(reply.body)
 
 
 def blocking(channel: grpc.Channel, req: pb.CompleteRequest) -> Callable[[], Awaitable[None]]:
@@ -239,18 +235,27 @@ def blocking(channel: grpc.Channel, req: pb.CompleteRequest) -> Callable[[], Awa
 
 
 async def http_client_comparison(upstream: str, calls: int, concurrency: int = 16) -> list[str]:
-    """Why the executor has its own client: the same unary calls through httpx's default transport,
-    aiohttp and ``llmrpc_server._http``, measuring this process's CPU per call (the cost the gateway
-    would pay)."""
+    """The executor's HTTP client against the alternatives: the same unary calls through httpx's
+    default transport, aiohttp, pyreqwest alone and the gateway's executor (pyreqwest plus its limits,
+    bounded reads and per-host slots), measuring this process's CPU per call (the cost the gateway
+    would pay; pyreqwest's Tokio thread is in this process too)."""
     import httpx
+    from pyreqwest.client import ClientBuilder
 
     body = {"model": "bench-model", "messages": [{"role": "user", "content": "Say something."}]}
+    raw = orjson.dumps(body)
     url = f"{upstream}/v1/chat/completions"
     rows = []
-    lean = HttpClient()
+    executor = Executor()
+    await executor.start()
+    rq = ClientBuilder().no_proxy().build()
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=100)) as hx, aiohttp.ClientSession() as ah:
-        async def with_lean() -> None:
-            await _lean_post(lean, url, body)
+        async def with_executor() -> None:
+            await _lean_post(executor, url, body)
+
+        async def with_pyreqwest() -> None:
+            resp = await rq.post(url).header("content-type", "application/json").body_bytes(raw).build().send()
+            orjson.loads(bytes(await resp.bytes()))
 
         async def with_httpx() -> None:
             (await hx.post(url, json=body)).json()
@@ -260,14 +265,44 @@ async def http_client_comparison(upstream: str, calls: int, concurrency: int = 1
                 await resp.json()
 
         for name, call in (("httpx (default transport)", with_httpx), ("aiohttp", with_aiohttp),
-                           ("llmrpc_server._http (used)", with_lean)):
+                           ("pyreqwest", with_pyreqwest), ("gateway executor (pyreqwest, used)", with_executor)):
             cpu0 = time.process_time()
             result = await drive(name, call, concurrency, calls, None)
             cpu = (time.process_time() - cpu0) / (result.calls + 20) * 1000
             p50 = statistics.median(result.latencies) * 1000
             rate = result.calls / result.seconds
             rows.append(f"| {name:<26} | {concurrency} | {rate:8.0f} | {p50:6.2f} | {cpu:6.3f} |")
-    await lean.close()
+    await rq.close()
+    await executor.close()
+    return rows
+
+
+async def stream_throughput(upstream: str, streams: int = 200, concurrency: int = 16) -> list[str]:
+    """50-chunk SSE streams read through the executor (pyreqwest) and through aiohttp: streams/s and
+    client CPU per chunk, the same upstream."""
+    body = {"model": "bench-model", "messages": [{"role": "user", "content": "Say something."}], "stream": True}
+    url = f"{upstream}/v1/chat/completions"
+    executor = Executor(stream_idle_timeout=60)
+    await executor.start()
+    rows = []
+    async with aiohttp.ClientSession() as ah:
+        async def with_executor() -> None:
+            async with executor.stream(HttpCall(url, {"content-type": "application/json"}, body), timeout=30) as up:
+                while await up.next_events(30) is not None:
+                    pass
+
+        async def with_aiohttp() -> None:
+            async with ah.post(url, json=body) as resp:
+                async for _ in resp.content:
+                    pass
+
+        for name, call in (("aiohttp", with_aiohttp), ("gateway executor (pyreqwest, used)", with_executor)):
+            cpu0 = time.process_time()
+            result = await drive(name, call, concurrency, streams, None)
+            cpu = (time.process_time() - cpu0) / ((result.calls + 20) * 50) * 1000
+            rows.append(f"| {name:<26} | {concurrency} | {result.calls / result.seconds:8.0f} | "
+                        f"{statistics.median(result.latencies) * 1000:6.2f} | {cpu:6.4f} |")
+    await executor.close()
     return rows
 
 
@@ -302,10 +337,10 @@ def print_table(title: str, suite: Suite) -> None:
 
 
 def conc1_table(conc1: dict[str, tuple[float, float | None]]) -> str:
-    """Added p50 against both direct clients: aiohttp (the issue's reference client) and the lean
-    client, which at concurrency 1 is the faster direct call by about half a millisecond."""
+    """Added p50 against both direct clients: aiohttp (the issue's reference client) and the gateway's
+    own HTTP path (the executor on pyreqwest)."""
     aiohttp_p50, lean_p50 = conc1[DIRECT_AIOHTTP][0], conc1[DIRECT_LEAN][0]
-    rows = ["| path | p50 ms | added vs direct aiohttp, ms | added vs direct lean client, ms | server CPU ms/call |",
+    rows = ["| path | p50 ms | added vs direct aiohttp, ms | added vs direct executor, ms | server CPU ms/call |",
             "|---|---|---|---|---|"]
     for name, (p50, cpu) in conc1.items():
         rows.append(f"| {name} | {p50:.2f} | {p50 - aiohttp_p50:.2f} | {p50 - lean_p50:.2f} | "
@@ -313,11 +348,32 @@ def conc1_table(conc1: dict[str, tuple[float, float | None]]) -> str:
     return "\n".join(rows)
 
 
+def http_clients_only(calls: int) -> None:
+    """``python -m bench --http-clients``: the local upstream and the client comparison, nothing else."""
+    port = free_port()
+    upstream = start([sys.executable, str(HERE / "upstream.py"), str(port)], dict(os.environ))
+    try:
+        wait_port(port)
+        url = f"http://127.0.0.1:{port}"
+        print("| client | conc | calls/s | p50 ms | client CPU ms/call |\n|---|---|---|---|---|")
+        print("\n".join(asyncio.run(http_client_comparison(url, calls))))
+        print("\n| client | conc | streams/s | p50 ms | client CPU ms/chunk |\n|---|---|---|---|---|")
+        print("\n".join(asyncio.run(stream_throughput(url))))
+    finally:
+        upstream.terminate()
+        upstream.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2, help="processes for the multi-process run")
+    parser.add_argument("--http-clients", action="store_true",
+                        help="only the HTTP-client comparison (unary CPU per call, stream throughput)")
     args = parser.parse_args()
+    if args.http_clients:
+        http_clients_only(args.calls)
+        return
     up_port, gw_port, echo_port, proxy_port = free_port(), free_port(), free_port(), free_port()
     env = {**os.environ, "OPENAI_API_KEY": "sk-bench", "OPENAI_API_BASE": f"http://127.0.0.1:{up_port}/v1",
            "LLMRPC_CACHE_PATH": "/tmp/llmrpc-bench-cache.sqlite", "LLMRPC_NUM_RETRIES": "0"}
@@ -336,6 +392,9 @@ def main() -> None:
         print("\n### HTTP client for the executor (client CPU per call, same upstream)\n")
         print("| client | conc | calls/s | p50 ms | client CPU ms/call |\n|---|---|---|---|---|")
         print("\n".join(asyncio.run(http_client_comparison(upstream, args.calls))))
+        print("\n### streams through the executor's HTTP client (50 chunks, client CPU per chunk)\n")
+        print("| client | conc | streams/s | p50 ms | client CPU ms/chunk |\n|---|---|---|---|---|")
+        print("\n".join(asyncio.run(stream_throughput(upstream))))
         gw.terminate()
         gw.wait(30)
         multi_port = free_port()

@@ -1,8 +1,8 @@
 """Bare grpc.aio baselines: the same service answering canned messages, no gateway work at all.
 
 ``echo_server.py PORT`` answers at once. ``echo_server.py PORT URL`` is the bare proxy: each unary call
-first POSTs a fixed body to ``URL`` with the gateway's HTTP client and reads the reply (parsing
-nothing), the floor for any Python gRPC server that makes one HTTP call per request.
+first POSTs a fixed body to ``URL`` through the gateway's executor (pyreqwest) and reads the reply
+(parsing nothing), the floor for any Python gRPC server that makes one HTTP call per request.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import sys
 from collections.abc import AsyncIterator
 
 import grpc
-import orjson
 import uvloop
 from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
@@ -41,25 +40,24 @@ class Echo(pb_grpc.CompletionServiceServicer):
 
 class Proxy(Echo):
     def __init__(self, url: str) -> None:
-        from llmrpc_server._http import HttpClient
+        from llmrpc_server.executor import Executor
+        from llmrpc_server.providers.base import HttpCall
 
-        self._url = url
-        self._http = HttpClient()
-        self._body = orjson.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "Say something."}]})
+        self._executor = Executor()  # the gateway's own HTTP path (pyreqwest); started in the serving loop
+        self._call = HttpCall(url, {"content-type": "application/json"},
+                              {"model": "bench-model", "messages": [{"role": "user", "content": "Say something."}]})
 
     async def Complete(self, request: pb.CompleteRequest, context: object) -> pb.CompleteResponse:
-        resp = await self._http.request("POST", self._url, {"content-type": "application/json"}, self._body)
-        try:
-            while await resp.read_chunk():
-                pass
-        finally:
-            resp.close()
+        await self._executor.send(self._call, timeout=30)
         return ANSWER
 
 
 async def serve(port: int, upstream: str | None) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_CompletionServiceServicer_to_server(Proxy(upstream) if upstream else Echo(), server)
+    servicer = Proxy(upstream) if upstream else Echo()
+    if isinstance(servicer, Proxy):
+        await servicer._executor.start()
+    pb_grpc.add_CompletionServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()

@@ -407,3 +407,17 @@ def test_attempt_spans_name_the_deployment_never_its_key(tmp_path: Path, upstrea
         gw.stop()
     assert [dict(s.attributes or {}).get("llmrpc.deployment") for s in attempts] == ["first", "second"]
     assert not any("sk-first" in str(dict(s.attributes or {})) for s in attempts)
+
+
+def test_request_model_list_bases_follow_the_egress_policy(start: Callable[..., GatewayThread],
+                                                           upstreams: list[FakeUpstream]) -> None:
+    a, b, _ = upstreams
+    gw = start({"model_list": [deployment("configured", b, "c")]}, client_api_base="off")
+    with llmrpc.Client(gw.address) as client:
+        with pytest.raises(llmrpc.PermissionDeniedError, match="client-api-base off"):
+            client.completion(model="gpt", messages=MESSAGES, model_list=[
+                {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_base": a.url,
+                                                         "api_key": "sk-x"}}])
+        # The server's own deployment bases are configuration, not caller input: still served.
+        assert client.completion(model="configured", messages=MESSAGES)._hidden_params["model_id"] == "c"
+    assert not a.requests

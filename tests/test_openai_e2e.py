@@ -346,14 +346,19 @@ async def test_acompletion_unary_and_stream(gateway: GatewayThread, upstream: Fa
     client.close()
 
 
-def test_cancelling_a_unary_call_closes_the_upstream_request(gateway: GatewayThread, upstream: FakeUpstream) -> None:
+def test_cancelling_a_unary_call_closes_the_upstream_request_by_its_timeout(gateway: GatewayThread,
+                                                                           upstream: FakeUpstream) -> None:
+    """pyreqwest runs a request whose response head has not arrived to its end even when its caller is
+    cancelled, so the executor gives every request the call's own timeout: the upstream connection
+    closes when that passes (here 1.5 s), not when the upstream finally answers (10 s)."""
     from llmrpc.v1 import chat_pb2
     from llmrpc.v1 import completion_service_pb2 as pb
     from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 
     upstream.reset()
     upstream.enqueue(StallReply(10))
-    req = pb.CompleteRequest(model="openai/gpt-4o", messages=[chat_pb2.Message(role="user", content="x")])
+    req = pb.CompleteRequest(model="openai/gpt-4o", messages=[chat_pb2.Message(role="user", content="x")],
+                             timeout=1.5)
     with grpc.insecure_channel(gateway.address) as channel:
         future = pb_grpc.CompletionServiceStub(channel).Complete.future(req, timeout=30)
         assert upstream.wait_for(lambda: len(upstream.requests) == 1, timeout=5)

@@ -262,6 +262,7 @@ _BY_REASON: dict[str, tuple[type[_LLMRPCError], int, bool]] = {
     "PROVIDER_API_KEY_MISSING": (AuthenticationError, 401, False),
     "API_KEY_INVALID": (AuthenticationError, 401, False),
     "PROVIDER_PERMISSION_DENIED": (PermissionDeniedError, 403, False),
+    "API_BASE_NOT_ALLOWED": (PermissionDeniedError, 403, False),
     "MODEL_NOT_FOUND": (NotFoundError, 404, False),
     "PROVIDER_CONFLICT": (ConflictError, 409, False),
     "PROVIDER_UNPROCESSABLE": (UnprocessableEntityError, 422, False),

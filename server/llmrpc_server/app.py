@@ -21,11 +21,11 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from ._http_proxy import proxies_from_env
 from .cache import ResponseCache
 from .caching import CachingBackend
 from .config import Settings
 from .counters import Counters
+from .egress import proxies_from_env
 from .executor import Executor
 from .health import DrainingHealthServicer
 from .interceptors import build_interceptors
@@ -98,7 +98,9 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     tls = load_listener_tls(settings)  # first: a bad --tls-* file must fail before anything is opened
     keys = configured_keys(settings)  # ... and so must a bad keys: section
     executor = Executor(max_connections=settings.max_connections, connect_timeout=settings.connect_timeout,
-                        proxies=proxies_from_env(settings.env))
+                        proxies=proxies_from_env(settings.env),
+                        max_connections_per_host=settings.max_connections_per_host,
+                        stream_idle_timeout=settings.stream_idle_timeout)
     await executor.start()
     router = Router(default_adapters(settings.env), settings.env, settings.aliases)
     pipeline = Pipeline(router, executor, settings)

@@ -31,11 +31,12 @@ from typing import Any, Protocol
 from google.protobuf import json_format
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from ._http import HttpClient
-from ._http_proxy import proxies_from_env
 from .config import Settings
 from .convert import dumps, struct_to_dict
+from .egress import proxies_from_env
+from .executor import Executor
 from .metrics import GatewayMetrics
+from .providers.base import HttpCall
 from .providers.openai_wire import message_to_openai
 from .telemetry import has_field
 
@@ -208,24 +209,19 @@ class LunaryHandler:
         self._url = (env.get("LUNARY_API_URL") or "https://api.lunary.ai").rstrip("/") + "/v1/runs/ingest"
         self._sends_start = sends_start
         self._proxies = proxies_from_env(env)  # the same egress proxy as upstream calls
-        self._http: HttpClient | None = None
+        self._http: Executor | None = None
 
     async def __call__(self, records: Sequence[CallRecord]) -> None:
         events = [event for record in records for event in self.events(record)]
         if not events:
             return
-        if self._http is None:
-            self._http = HttpClient(max_connections=4, proxies=self._proxies)
+        if self._http is None:  # created on first use, inside the loop that runs the callbacks
+            self._http = Executor(max_connections=4, proxies=self._proxies)
+            await self._http.start()
         headers = {"authorization": f"Bearer {self._key}", "content-type": "application/json"}
-        async with asyncio.timeout(_HANDLER_TIMEOUT):
-            resp = await self._http.request("POST", self._url, headers, dumps({"events": events}))
-            try:
-                while await resp.read_chunk():
-                    pass  # drain, so the connection can be reused
-            finally:
-                resp.close()
-        if resp.status >= 300:
-            raise RuntimeError(f"lunary ingestion answered HTTP {resp.status}")
+        reply = await self._http.send(HttpCall(self._url, headers, {"events": events}), timeout=_HANDLER_TIMEOUT)
+        if reply.status >= 300:
+            raise RuntimeError(f"lunary ingestion answered HTTP {reply.status}")
 
     def events(self, record: CallRecord) -> list[dict[str, Any]]:
         """Lunary ``llm`` run events for one record: start, end or error."""

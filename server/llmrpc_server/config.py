@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ._http_proxy import proxies_from_env
+from .egress import API_BASE_MODES, EgressPolicy, proxies_from_env
 from .proxy_config import (
     ConfigError,
     ProxyConfig,
@@ -53,7 +53,7 @@ class Settings:
     drop_params: bool = _opt(False, 'drop unsupported parameters instead of rejecting them')
     max_message_mb: int = _opt(64, 'largest gRPC message accepted or sent, MiB')
     max_concurrent_rpcs: int = _opt(0, 'reject RPCs beyond this many in flight (0 = unlimited)')
-    max_connections: int = _opt(1000, 'pooled upstream connections')
+    max_connections: int = _opt(1000, 'upstream requests in flight at once, all origins together')
     fetch_media: str = _opt("public", 'download image URLs for providers that take only inline data (ollama): '
                                       'public (public addresses only), all, off')
     fetch_media_max_mb: float = _opt(20.0, 'largest image download, MiB')
@@ -84,6 +84,12 @@ class Settings:
     aliases: Mapping[str, str] = field(default_factory=dict, metadata={"help": 'model alias -> "provider/model"'})
     access_log: bool = _opt(False, 'one log line per RPC (logger llmrpc_server.access): method, model, key '
                                    '(auth token index or virtual key alias), status, duration, attempts, cache hit')
+    max_connections_per_host: int = _opt(500, 'upstream requests in flight to one origin (scheme, host, port), so one '
+                                              'slow base URL cannot take every connection; 0 = --max-connections')
+    client_api_base: str = _opt("any", 'base URLs callers name (api_base): any (not link-local/metadata addresses), '
+                                       'public (public addresses only, checked at connect), off (refused)')
+    client_api_base_allow: tuple[str, ...] = _opt((), 'URL prefixes a caller may always name as api_base, '
+                                                      'whatever --client-api-base says (comma-separated)')
     state_path: str = _opt("", 'SQLite file of virtual keys\' counters and spend, shared by the processes on a '
                                'machine ("": state.sqlite beside --cache-path)')
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # provider keys/bases snapshot
@@ -126,7 +132,14 @@ class Settings:
         settings = replace(base, **_coerce(values))
         if settings.fetch_media not in ("public", "all", "off"):
             raise ValueError(f"fetch_media must be public, all or off, not {settings.fetch_media!r}")
+        if settings.client_api_base not in API_BASE_MODES:
+            raise ValueError(f"client_api_base must be any, public or off, not {settings.client_api_base!r}")
+        settings.egress_policy()  # an unusable allow prefix is a bad setting too
         return settings
+
+    def egress_policy(self) -> EgressPolicy:
+        """The ``client_api_base`` settings as the policy the pipeline applies."""
+        return EgressPolicy(self.client_api_base, tuple(p.strip() for p in self.client_api_base_allow if p.strip()))
 
 
 # Loaded, not user-facing settings.

@@ -4,9 +4,10 @@ Why not in the adapter: adapters are pure, and this is a download, so the execut
 and this module the policy. Why a policy: a gateway that fetches URLs its callers name is a
 server-side request forgery vector (cloud metadata at 169.254.169.254, admin ports on localhost,
 the private network). So by default (``--fetch-media public``) a URL is fetched only if its host
-resolves to public addresses only, checked again on every redirect; ``all`` lifts that (local
-models and images, trusted callers) and ``off`` refuses remote URLs. The check resolves the name
-just before the request, so a DNS answer that changes in between (rebinding) is not caught.
+resolves to public addresses only, checked on every redirect when the connection is made: the
+executor resolves the name, checks every address and connects only to the addresses it checked, so a
+DNS answer that changes in between (rebinding) cannot slip through. ``all`` lifts that (local models
+and images, trusted callers) and ``off`` refuses remote URLs.
 
 Every failure is the caller's to fix: INVALID_ARGUMENT naming the content part, never an upstream
 error, and never a reason to try fallbacks.
@@ -14,15 +15,13 @@ error, and never a reason to try fallbacks.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import ipaddress
 import mimetypes
-import socket
 from urllib.parse import urljoin, urlsplit
 
 from llmrpc.v1 import completion_service_pb2 as pb
 
+from .egress import AddressCheck, EgressRefused
 from .errors import ServiceError, invalid_argument
 from .executor import Executor
 from .providers.base import ProviderAdapter, ProviderError
@@ -64,11 +63,17 @@ class MediaInliner:
         return out
 
     async def _data_url(self, url: str, path: str, deadline: Deadline) -> str:
+        check = None if self._mode == "all" else \
+            AddressCheck(path, public_only=True, lift_hint="--fetch-media all lifts that")
         for _ in range(MAX_REDIRECTS + 1):
-            await self._check_address(url, path)
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise _unusable(path, f"{url} is not an http(s) URL")
             try:
                 reply = await self._executor.fetch(url, timeout=min(FETCH_TIMEOUT, deadline.remaining()),
-                                                   max_bytes=self._max_bytes)
+                                                   max_bytes=self._max_bytes, address_check=check)
+            except EgressRefused as refused:
+                raise _unusable(path, f"{url}: {refused.message}") from None
             except ProviderError as err:
                 raise _unusable(path, f"could not download {url}: {err.message}") from err
             location = reply.headers.get("location")
@@ -80,23 +85,6 @@ class MediaInliner:
             return f"data:{_media_type(url, reply.headers.get('content-type'))};base64," \
                    f"{base64.b64encode(reply.body).decode()}"
         raise _unusable(path, f"more than {MAX_REDIRECTS} redirects from {url}")
-
-    async def _check_address(self, url: str, path: str) -> None:
-        if self._mode == "all":
-            return
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise _unusable(path, f"{url} is not an http(s) URL")
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise _unusable(path, f"could not resolve {parts.hostname}: {exc}") from exc
-        for *_, sockaddr in infos:
-            address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-            if not address.is_global:
-                raise _unusable(path, f"{url} resolves to the non-public address {address}; this gateway "
-                                      "fetches only public URLs (--fetch-media all lifts that)")
 
 
 def _media_type(url: str, content_type: str | None) -> str:

@@ -15,8 +15,9 @@ from llmrpc.v1 import completion_service_pb2 as pb
 from .config import Settings
 from .counters import DEADLINE_EXCEEDED, FALLBACKS, RETRIES, STREAM_IDLE_TIMEOUTS, STREAMS_BROKEN, Counters
 from .deployments import Candidate, DeploymentTable, ModelGroup, apply_extras, request_table, with_credentials
+from .egress import AddressCheck, EgressRefused
 from .errors import ServiceError, from_provider_error, invalid_argument
-from .executor import Executor, UpstreamStream
+from .executor import Executor, UpstreamStream, egress_refused
 from .media import MediaInliner
 from .params import openai_name, set_params, without_params
 from .providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent, Target
@@ -111,6 +112,7 @@ class Pipeline:
         self._router = router
         self._executor = executor
         self._settings = settings
+        self._egress = settings.egress_policy()
         self._media = MediaInliner(executor, settings.fetch_media, int(settings.fetch_media_max_mb * 1024 * 1024))
         self.counters = Counters()
         # The config's model groups; None without a model_list, and then no call looks anything up.
@@ -177,6 +179,9 @@ class Pipeline:
         return Route(adapter, target)
 
     def _param_policy(self, route: Route, req: pb.CompleteRequest, model: str) -> tuple[Route, pb.CompleteRequest]:
+        if route.target.base_from_caller and self._egress.refused(route.target.api_base):
+            raise egress_refused(EgressRefused("api_base", "this gateway does not accept base URLs from callers "
+                                                           "(--client-api-base off); leave api_base unset"))
         unsupported = [f for f in set_params(req) if f not in route.adapter.supported_params]
         if not unsupported:
             return route, req
@@ -207,6 +212,8 @@ class Pipeline:
                 _require_key(route)
                 creq = await self._media.inline(route.adapter, creq, deadline)
                 return await self._unary_with_retries(route, creq, deadline, log)
+            except EgressRefused as refused:
+                raise egress_refused(refused) from None
             except ProviderError as err:
                 plan = plan or FallbackPlan(req, self._settings, _primary(req, tables))
                 model = self._fallback_model(plan, err, deadline)
@@ -236,6 +243,8 @@ class Pipeline:
                 async for chunk in self._stream_with_retries(route, creq, deadline, log, include_usage):
                     yield chunk
                 return
+            except EgressRefused as refused:
+                raise egress_refused(refused) from None
             except _Committed as committed:
                 self.counters.incr(STREAMS_BROKEN, committed.error.kind.value)
                 raise self._failure(committed.error, target or log.last_target, log, deadline) from committed.error
@@ -343,7 +352,8 @@ class Pipeline:
         with attempt_span(target, req, stream=False) as span:
             call = adapter.build_request(req, target, stream=False)
             try:
-                reply = await self._executor.send(call, timeout=_time_left(deadline))
+                reply = await self._executor.send(call, timeout=_time_left(deadline),
+                                                  address_check=self._address_check(target))
                 if not 200 <= reply.status < 300:
                     raise adapter.map_error(reply.status, reply.headers, reply.body)
                 resp = adapter.parse_response(reply.body, req, target)
@@ -398,7 +408,7 @@ class Pipeline:
         with attempt_span(target, req, stream=True) as span:
             call = adapter.build_request(req, target, stream=True, include_usage=include_usage)
             try:
-                async with self._open_stream(call, deadline) as upstream:
+                async with self._open_stream(call, deadline, self._address_check(target)) as upstream:
                     if not 200 <= upstream.status < 300:
                         raise adapter.map_error(upstream.status, upstream.headers, await upstream.read_body())
                     request_id = upstream.headers.get("x-request-id") or upstream.headers.get("request-id")
@@ -420,12 +430,14 @@ class Pipeline:
                 raise
 
     @asynccontextmanager
-    async def _open_stream(self, call: HttpCall, deadline: Deadline) -> AsyncIterator[UpstreamStream]:
+    async def _open_stream(self, call: HttpCall, deadline: Deadline,
+                           check: AddressCheck | None) -> AsyncIterator[UpstreamStream]:
         """The executor's stream; waiting for the response headers counts as idle time too."""
         idle, remaining = self._settings.stream_idle_timeout, _time_left(deadline)
         opened = False
         try:
-            async with self._executor.stream(call, timeout=min(idle, remaining)) as upstream:
+            async with self._executor.stream(call, timeout=min(idle, remaining), address_check=check,
+                                             total_timeout=remaining) as upstream:
                 opened = True
                 yield upstream
         except ProviderError as err:
@@ -433,6 +445,11 @@ class Pipeline:
                 raise
             self.counters.incr(STREAM_IDLE_TIMEOUTS, "headers")
             raise ProviderError(ErrorKind.IDLE_TIMEOUT, f"no response headers within {idle:g}s") from err
+
+    def _address_check(self, target: Target) -> AddressCheck | None:
+        """The connect-time address check for a base URL the caller named (the server's own bases
+        are trusted)."""
+        return self._egress.check(target.api_base) if target.base_from_caller else None
 
     def _failure(self, err: ProviderError, target: Target | None, log: AttemptLog,
                  deadline: Deadline) -> ServiceError:

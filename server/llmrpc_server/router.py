@@ -88,31 +88,33 @@ class Router:
         if name in (".", ".."):  # adapters put names in URL paths: never a dot-segment
             raise invalid_argument([("model", f"{name!r} is not a model name")])
         caller_key = req.api_key or None  # "" (proto3 default) is no key
-        base, key = self._base_and_key(req, adapter, caller_key)
+        base, key, base_from_caller = self._base_and_key(req, adapter, caller_key)
         version = (req.api_version if req.HasField("api_version")
                    else self._env.get(f"{adapter.name.upper()}_API_VERSION"))
         target = Target(
             provider=adapter.name, model=name, api_base=base, api_key=key,
             api_version=version, key_from_caller=caller_key is not None, requested_model=model,
+            base_from_caller=base_from_caller,
         )
         return Route(adapter, target)
 
     def _base_and_key(self, req: pb.CompleteRequest, adapter: ProviderAdapter,
-                      caller_key: str | None) -> tuple[str, str | None]:
-        """The base URL and key of a call. The server's key goes only to the base the server
-        configured for the provider (``credentials``); a caller-named base takes the caller's key."""
+                      caller_key: str | None) -> tuple[str, str | None, bool]:
+        """The base URL and key of a call, and whether the base is the caller's (the egress policy
+        applies to it). The server's key goes only to the base the server configured for the
+        provider (``credentials``); a caller-named base takes the caller's key."""
         server_base = self._first(adapter.env_bases) or adapter.default_base
         server_key = self._first(adapter.env_keys)
         named = req.api_base if adapter.name != "mock" else ""  # the mock never leaves the process
         if not named or (server_base and same_base(named, server_base)):
             if not server_base:
                 raise invalid_argument([("api_base", f"provider {adapter.name!r} needs an api_base")])
-            return server_base, caller_key or server_key
+            return server_base, caller_key or server_key, False
         if caller_key is None and adapter.key_required:
             raise invalid_argument([("api_key", (
                 f"required with an api_base the server did not configure for {adapter.name!r}: the "
                 "server's own key goes only to its configured base; pass your api_key"))])
-        return named, caller_key
+        return named, caller_key, True
 
     def _first(self, names: tuple[str, ...]) -> str | None:
         for name in names:

@@ -108,6 +108,7 @@ class Target:
     api_version: str | None = None
     key_from_caller: bool = False
     requested_model: str = ""
+    base_from_caller: bool = False  # api_base came from the request: the egress policy applies
     deployment: str = ""  # the model-group deployment's id (never its key); "" outside model groups
 
 
