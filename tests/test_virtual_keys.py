@@ -259,3 +259,13 @@ def test_server_span_carries_the_alias_not_the_key(tmp_path: Path) -> None:
     server = [s for s in spans if s.kind is SpanKind.SERVER]
     assert server and (server[0].attributes or {}).get("metadata.user_api_key_alias") == "alice"
     assert not any(ALICE in repr(dict(s.attributes or {})) for s in spans)
+
+
+def test_keys_without_tls_beyond_loopback_warn_at_startup() -> None:
+    from llmrpc_server.protected import startup_warnings
+
+    proxy = parse_proxy_config({"keys": [{"key": ALICE}]}, {})
+    warnings = startup_warnings(Settings(host="0.0.0.0", proxy=proxy))
+    assert any("virtual keys without --tls-cert" in w for w in warnings)
+    assert not any("protected mode" in w for w in warnings)
+    assert startup_warnings(Settings(host="127.0.0.1", proxy=proxy)) == []

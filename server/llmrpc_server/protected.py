@@ -130,4 +130,6 @@ def startup_warnings(settings: Settings) -> list[str]:
                    "provider keys")
     if bearer_tokens(settings) and not settings.tls_cert and not binds_loopback_only(settings.host):
         out.append(f"--auth-tokens without --tls-cert: bearer tokens cross the network to {where} in cleartext")
+    elif virtual_keys_configured(settings) and not settings.tls_cert and not binds_loopback_only(settings.host):
+        out.append(f"virtual keys without --tls-cert: callers' keys cross the network to {where} in cleartext")
     return out
