@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,8 +79,10 @@ def _with_key(behavior: Callable[..., Any], key: VirtualKey, streaming: bool) ->
     if streaming:
         async def keyed_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             CURRENT_KEY.set(key)
-            async for item in behavior(request, context):
-                yield item
+            # closed with this generator (a cancelled call), not later by the GC: the key's slot frees at once
+            async with aclosing(behavior(request, context)) as items:
+                async for item in items:
+                    yield item
 
         return keyed_stream
 
