@@ -29,7 +29,8 @@ PUBLIC = {
     "BadRequestError", "UnsupportedParamsError", "ContextWindowExceededError", "ContentPolicyViolationError",
     "AuthenticationError", "PermissionDeniedError", "NotFoundError", "ConflictError",
     "UnprocessableEntityError",
-    "RateLimitError", "InternalServerError", "ServiceUnavailableError", "BadGatewayError", "Timeout",
+    "RateLimitError", "BudgetExceededError",
+    "InternalServerError", "ServiceUnavailableError", "BadGatewayError", "Timeout",
     "APITimeoutError", "APIConnectionError", "APIError", "APIResponseValidationError",
     "__version__",
 }  # fmt: skip

@@ -28,6 +28,7 @@ from .egress import proxies_from_env
 from .executor import Executor
 from .health import DrainingHealthServicer
 from .interceptors import build_interceptors
+from .keys import KeyedBackend, SqliteLimitStore, configured_keys, state_path
 from .observability import ObservedBackend
 from .otel_setup import Telemetry, configure
 from .pipeline import Backend, Pipeline
@@ -59,6 +60,7 @@ class Gateway:
     telemetry: Telemetry | None = None
     counters: Counters = field(default_factory=Counters)  # this gateway's resilience counters
     reloader: Reloader | None = None  # SIGHUP reloads the config file through it
+    limits: SqliteLimitStore | None = None  # virtual keys' counters, when keys are configured
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING first, then let in-flight calls finish within ``grace`` seconds."""
@@ -71,6 +73,8 @@ class Gateway:
             await self.observed.close()
         if self.telemetry is not None:
             self.telemetry.shutdown()
+        if self.limits is not None:
+            self.limits.close()
         await self.executor.close()
 
 
@@ -92,6 +96,7 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     """Create, wire and start everything inside the running loop (``telemetry``: the OTel providers,
     by default from the ``OTEL_*`` environment, see ``otel_setup``)."""
     tls = load_listener_tls(settings)  # first: a bad --tls-* file must fail before anything is opened
+    keys = configured_keys(settings)  # ... and so must a bad keys: section
     executor = Executor(max_connections=settings.max_connections, connect_timeout=settings.connect_timeout,
                         proxies=proxies_from_env(settings.env),
                         max_connections_per_host=settings.max_connections_per_host,
@@ -102,13 +107,16 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     cache = ResponseCache(settings.cache_path, int(settings.cache_max_mb * 1024 * 1024))
     caching = CachingBackend(pipeline, cache, pipeline, settings)
     service = CompletionService(caching, router, settings, pipeline)  # its backend is set below
-    reloader = Reloader(settings, [pipeline, caching, service])
+    reloader = Reloader(settings, [pipeline, caching, service, *([keys] if keys else [])])
     pipeline.table = reloader.table
     backend: Backend = caching
     telemetry = telemetry or configure(settings)
     backend = observed = ObservedBackend(backend, settings, telemetry, pipeline.counters)
+    limits = SqliteLimitStore(state_path(settings)) if keys else None
+    if limits is not None:
+        backend = KeyedBackend(backend, limits)  # outermost: a refused call costs nothing below it
     server = grpc.aio.server(
-        interceptors=build_interceptors(settings, telemetry.tracer_provider),
+        interceptors=build_interceptors(settings, telemetry.tracer_provider, keys),
         options=_server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
@@ -128,7 +136,7 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Gateway(server, port, health, executor, settings, caching, observed, telemetry, pipeline.counters,
-                   reloader)
+                   reloader, limits)
 
 
 async def _serve(settings: Settings) -> None:
@@ -180,6 +188,7 @@ def run(settings: Settings) -> None:
     _configure_logging(settings)
     try:
         load_listener_tls(settings)  # once, before any worker starts, so a bad file is one clear error
+        configured_keys(settings)  # likewise a bad keys: section
     except ValueError as exc:
         raise SystemExit(f"llmrpc-server: bad setting: {exc}") from None
     for warning in (*settings.config_warnings, *startup_warnings(settings)):  # once for all workers

@@ -83,13 +83,15 @@ class Settings:
         default_factory=dict, metadata={"help": "model -> models for content-policy refusals (JSON)"})
     aliases: Mapping[str, str] = field(default_factory=dict, metadata={"help": 'model alias -> "provider/model"'})
     access_log: bool = _opt(False, 'one log line per RPC (logger llmrpc_server.access): method, model, key '
-                                   '(auth token index), status, duration, attempts, cache hit')
+                                   '(auth token index or virtual key alias), status, duration, attempts, cache hit')
     max_connections_per_host: int = _opt(500, 'upstream requests in flight to one origin (scheme, host, port), so one '
                                               'slow base URL cannot take every connection; 0 = --max-connections')
     client_api_base: str = _opt("any", 'base URLs callers name (api_base): any (not link-local/metadata addresses), '
                                        'public (public addresses only, checked at connect), off (refused)')
     client_api_base_allow: tuple[str, ...] = _opt((), 'URL prefixes a caller may always name as api_base, '
                                                       'whatever --client-api-base says (comma-separated)')
+    state_path: str = _opt("", 'SQLite file of virtual keys\' counters and spend, shared by the processes on a '
+                               'machine ("": state.sqlite beside --cache-path)')
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # provider keys/bases snapshot
     proxy: ProxyConfig | None = field(default=None, repr=False)  # the LiteLLM proxy config, when the file is one
     config_warnings: tuple[str, ...] = field(default=(), repr=False)  # logged once at startup
