@@ -269,3 +269,29 @@ def test_keys_without_tls_beyond_loopback_warn_at_startup() -> None:
     assert any("virtual keys without --tls-cert" in w for w in warnings)
     assert not any("protected mode" in w for w in warnings)
     assert startup_warnings(Settings(host="127.0.0.1", proxy=proxy)) == []
+
+
+def test_list_models_and_get_model_info_through_the_server_follow_the_key(tmp_path: Path) -> None:
+    """A key sees only its ``models`` in ListModels, and GetModelInfo refuses the rest; admins see all."""
+    from llmrpc.v1 import completion_service_pb2 as pb
+    from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
+
+    keys = [{"key": ALICE, "key_alias": "alice", "models": ["mock/echo", "openai/*"]}]
+    aliases = {"fast": "mock/echo", "openai/house": "mock/echo"}
+    with keyed_gateway(keys, str(tmp_path / "state.sqlite"), env={"OPENAI_API_KEY": "sk-server"},
+                       auth_tokens=("admin-token",), aliases=aliases) as gw:
+        with client_for(gw, ALICE) as client:
+            alice_sees = {m["key"] for m in client.list_models()}
+        with client_for(gw, "admin-token") as client:
+            admin_sees = {m["key"] for m in client.list_models()}
+        with grpc.insecure_channel(gw.address) as channel:
+            stub = pb_grpc.CompletionServiceStub(channel)
+            alice = [("authorization", f"Bearer {ALICE}")]
+            assert stub.GetModelInfo(pb.GetModelInfoRequest(model="openai/gpt-4o"), metadata=alice).model_info
+            with pytest.raises(grpc.RpcError) as info:
+                stub.GetModelInfo(pb.GetModelInfoRequest(model="fast"), metadata=alice)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            admin = [("authorization", "Bearer admin-token")]
+            assert stub.GetModelInfo(pb.GetModelInfoRequest(model="fast"), metadata=admin).model_info
+    assert alice_sees == {"openai/house", "openai/*"}
+    assert {"fast", "openai/house", "openai/*"} <= admin_sees

@@ -24,11 +24,12 @@ from .cache import ResponseCache
 from .caching import CachingBackend
 from .config import Settings
 from .counters import Counters
+from .discovery import ModelFilter
 from .egress import proxies_from_env
 from .executor import Executor
 from .health import DrainingHealthServicer
 from .interceptors import build_interceptors
-from .keys import KeyedBackend, SqliteLimitStore, configured_keys, state_path
+from .keys import KeyedBackend, SqliteLimitStore, configured_keys, current_model_filter, state_path
 from .observability import ObservedBackend
 from .otel_setup import Telemetry, configure
 from .pipeline import Backend, Pipeline
@@ -78,6 +79,11 @@ class Gateway:
         await self.executor.close()
 
 
+def _key_model_filter(context: grpc.aio.ServicerContext) -> ModelFilter | None:
+    """Discovery shows a virtual key only its ``models`` (the key is set in the RPC's context)."""
+    return current_model_filter()
+
+
 def _server_options(settings: Settings) -> list[tuple[str, int]]:
     size = settings.max_message_mb * 1024 * 1024
     return [
@@ -106,7 +112,8 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     pipeline = Pipeline(router, executor, settings)
     cache = ResponseCache(settings.cache_path, int(settings.cache_max_mb * 1024 * 1024))
     caching = CachingBackend(pipeline, cache, pipeline, settings)
-    service = CompletionService(caching, router, settings, pipeline)  # its backend is set below
+    service = CompletionService(caching, router, settings, pipeline,  # its backend is set below
+                                model_filter=_key_model_filter if keys else None)
     reloader = Reloader(settings, [pipeline, caching, service, *([keys] if keys else [])])
     pipeline.table = reloader.table
     backend: Backend = caching

@@ -165,6 +165,11 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
             _require_decoded(request)
             if not request.model.strip():
                 raise invalid_argument([("model", "required: name a model such as 'openai/gpt-4o'")])
+            allowed = self._model_filter(context) if self._model_filter is not None else None
+            if allowed is not None and not allowed(request.model):
+                raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, "MODEL_NOT_ALLOWED",
+                                   f"this caller's key may not use model {request.model!r}",
+                                   {"model": request.model, "field": "model"})
             table = self._groups.table if self._groups is not None else None
             found = group_info(table, self._router, request.model) if table is not None else None
             if found is not None:  # a model group, alias or wildcard match of the proxy config
