@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,6 +11,9 @@ import pytest
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 
 from tests.support import GatewayThread, gateway_settings
+
+# LiteLLM (the parity suite's reference) must read its bundled price map, never fetch one, whoever imports it.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
 @pytest.fixture

@@ -113,7 +113,7 @@ def test_scalars_and_lists() -> None:
         fallbacks=["openai/gpt-4o-mini", "anthropic/claude-x"],
         context_window_fallbacks=["openai/gpt-4.1"],
         content_policy_fallbacks=["anthropic/claude-y"],
-        model_list=[{"model_name": "ignored"}],
+        model_list=[{"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "rpm": 10}}],
     )
     assert req.model == "openai/gpt-4o"
     assert (req.timeout, req.temperature, req.top_p, req.n) == (12.5, 0.7, 0.9, 2)
@@ -131,7 +131,9 @@ def test_scalars_and_lists() -> None:
     assert list(req.fallbacks) == ["openai/gpt-4o-mini", "anthropic/claude-x"]
     assert list(req.context_window_fallbacks) == ["openai/gpt-4.1"]
     assert list(req.content_policy_fallbacks) == ["anthropic/claude-y"]
-    assert not req.HasField("extra_body")  # model_list is dropped, not forwarded
+    assert not req.HasField("extra_body")  # model_list is its own field, not forwarded upstream
+    assert [d.model_name for d in req.model_list] == ["gpt"]
+    assert dict(req.model_list[0].litellm_params) == {"model": "openai/gpt-4o", "rpm": 10}
 
 
 def test_unset_means_unset() -> None:
@@ -222,7 +224,10 @@ def test_response_format_dict_and_pydantic() -> None:
     req = request(response_format=CalendarEvent)
     assert req.response_format.type == "json_schema"
     assert req.response_format.json_schema.name == "CalendarEvent"
-    assert struct_to_dict(req.response_format.json_schema.schema) == CalendarEvent.model_json_schema()
+    # As LiteLLM sends a pydantic class: OpenAI's strict schema, strict set.
+    assert struct_to_dict(req.response_format.json_schema.schema) == {
+        **CalendarEvent.model_json_schema(), "additionalProperties": False}
+    assert req.response_format.json_schema.strict is True
 
 
 def test_thinking_audio_prediction_cache_metadata_headers() -> None:
@@ -468,6 +473,7 @@ def test_hidden_params() -> None:
         "outcome": "RATE_LIMITED",
         "upstream_http_status": 429,
         "latency_ms": 10,
+        "deployment": None,
     }
     assert hidden["attempt_log"][1]["upstream_http_status"] is None
     bare = response_from_proto(completion_service_pb2.CompleteResponse(id="x"))._hidden_params

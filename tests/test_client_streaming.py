@@ -162,7 +162,7 @@ def test_stream_yields_converted_chunks(gateway: FakeGateway, client: llmrpc.Cli
     call = chunks[6].choices[0].delta.tool_calls
     assert call is not None and (call[0].id, call[0].index, call[0].function.name) == ("call_1", 0, "f")
     assert chunks[8].choices[0].finish_reason == "tool_calls"
-    assert chunks[9].choices == [] and chunks[9].usage is not None and chunks[9].usage.total_tokens == 14
+    assert _usage_choice(chunks[9]) and chunks[9].usage is not None and chunks[9].usage.total_tokens == 14
     for c in chunks:
         assert (
             c._hidden_params["custom_llm_provider"] == "anthropic"
@@ -273,7 +273,7 @@ async def test_async_stream(gateway: FakeGateway, client: llmrpc.Client) -> None
     )
     assert isinstance(stream, llmrpc.AsyncCustomStreamWrapper)
     chunks = [c async for c in stream]
-    assert len(chunks) == 10 and chunks[-1].choices == []
+    assert len(chunks) == 10 and _usage_choice(chunks[-1])
     assert chunks[5]._hidden_params["custom_llm_provider"] == "anthropic"
     resp = llmrpc.stream_chunk_builder(chunks)
     assert resp is not None and resp.choices[0].message.content == "Hello world"
@@ -328,7 +328,7 @@ def test_openai_validates_chunks() -> None:
         parsed = ChatCompletionChunk.model_validate(dumped)
         assert parsed.id == "chatcmpl-s"
     usage_chunk = chunk_from_proto(script()[-1], hidden).model_dump()
-    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["total_tokens"] == 14
+    assert usage_chunk["choices"] == [_EMPTY_CHOICE] and usage_chunk["usage"]["total_tokens"] == 14
     reasoning = chunk_from_proto(script()[1], hidden).model_dump()
     assert reasoning["choices"][0]["delta"]["reasoning_content"] == "Let me "
     assert "usage" not in reasoning and "logprobs" not in reasoning["choices"][0]
@@ -435,3 +435,12 @@ def test_builder_usage_last_and_choices_by_index() -> None:
     ]
     assert resp.usage.total_tokens == 5 and resp.id == "x"
     ChatCompletion.model_validate(resp.model_dump())
+
+
+# LiteLLM's usage chunk carries one empty choice, so chunk.choices[0].delta never raises.
+_EMPTY_CHOICE = {"finish_reason": None, "index": 0,
+                 "delta": {"content": None, "role": None, "function_call": None, "tool_calls": None, "refusal": None}}
+
+
+def _usage_choice(chunk: llmrpc.ModelResponseStream) -> bool:
+    return [c.model_dump() for c in chunk.choices] == [_EMPTY_CHOICE]

@@ -9,7 +9,12 @@ import llmrpc
 
 PUBLIC = {
     # functions
-    "completion", "acompletion", "get_supported_openai_params", "stream_chunk_builder",
+    "completion", "acompletion", "get_supported_openai_params", "stream_chunk_builder", "list_models",
+    # model knowledge, answered by the gateway
+    "token_counter", "get_model_info", "model_cost", "get_llm_provider", "completion_cost",
+    "supports_function_calling", "supports_parallel_function_calling", "supports_tool_choice", "supports_vision",
+    "supports_reasoning", "supports_response_schema", "supports_prompt_caching", "supports_system_messages",
+    "supports_web_search", "supports_audio_input", "supports_audio_output", "supports_pdf_input",
     # local callbacks (LiteLLM's module-level lists) and LiteLLM's other honoured module settings
     "success_callback", "failure_callback", "input_callback", "callbacks", "CustomLogger", "Cache", "cache",
     "drop_params", "num_retries", "api_base", "api_key", "api_version", "request_timeout", "set_verbose",
@@ -24,7 +29,8 @@ PUBLIC = {
     "BadRequestError", "UnsupportedParamsError", "ContextWindowExceededError", "ContentPolicyViolationError",
     "AuthenticationError", "PermissionDeniedError", "NotFoundError", "ConflictError",
     "UnprocessableEntityError",
-    "RateLimitError", "InternalServerError", "ServiceUnavailableError", "BadGatewayError", "Timeout",
+    "RateLimitError", "BudgetExceededError",
+    "InternalServerError", "ServiceUnavailableError", "BadGatewayError", "Timeout",
     "APITimeoutError", "APIConnectionError", "APIError", "APIResponseValidationError",
     "__version__",
 }  # fmt: skip

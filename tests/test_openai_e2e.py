@@ -109,7 +109,7 @@ def test_stream_with_usage_validates_as_openai_chunks(client: llmrpc.Client, ups
     for chunk in chunks:
         ChatCompletionChunk.model_validate(chunk.model_dump())
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello there"
-    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 12
+    assert chunks[-1].choices[0].finish_reason is None and chunks[-1].usage.total_tokens == 12
     assert upstream.requests[-1].json()["stream_options"] == {"include_usage": True}
     rebuilt = llmrpc.stream_chunk_builder(chunks)
     assert rebuilt.choices[0].message.content == "Hello there"

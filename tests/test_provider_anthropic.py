@@ -761,7 +761,7 @@ def test_streaming_with_usage(call: Callable[..., Any], upstream: FakeUpstream) 
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
     assert chunks[-2].choices[0].finish_reason == "stop"
     last = chunks[-1]
-    assert last.choices == []
+    assert len(last.choices) == 1 and last.choices[0].finish_reason is None
     assert (last.usage.prompt_tokens, last.usage.completion_tokens, last.usage.total_tokens) == (60, 9, 69)
     assert last.usage.prompt_tokens_details.cached_tokens == 50
     assert last.usage.cache_creation_input_tokens == 6

@@ -163,8 +163,9 @@ def test_streaming_with_usage_skips_the_prompt_filter_chunk(
     )
     assert chunks[0].choices and chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 6
-    assert sum(1 for c in chunks if not c.choices) == 1
+    assert chunks[-1].choices[0].finish_reason is None  # LiteLLM's usage chunk: one empty choice
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 6
+    assert sum(1 for c in chunks if c.usage is not None) == 1  # only the usage chunk; the filter chunk is gone
     body = upstream.requests[-1].json()
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
 

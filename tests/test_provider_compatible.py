@@ -206,8 +206,9 @@ def test_streaming_with_usage(client_for: Callable[..., llmrpc.Client], upstream
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello!"
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 6
+    assert [c.choices[0].finish_reason for c in chunks if c.usage is None][-1] == "stop"
+    assert chunks[-1].choices[0].finish_reason is None
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 6
     body = upstream.requests[-1].json()
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
 

@@ -705,14 +705,14 @@ def test_streaming_with_usage_counts_thoughts(call: Callable[..., Any], upstream
     )
     chunks = collect(call(stream=True, stream_options={"include_usage": True}, reasoning_effort="low"))
     assert all(c.id == "resp-1" for c in chunks)
-    with_choices = [c for c in chunks if c.choices]
+    with_choices = [c for c in chunks if c.usage is None]
     assert with_choices[0].choices[0].delta.role == "assistant"
     assert all(c.choices[0].delta.role is None for c in with_choices[1:])
     assert with_choices[0].choices[0].delta.reasoning_content == "pondering"
     assert "".join(c.choices[0].delta.content or "" for c in with_choices) == "Hello"
     assert with_choices[-1].choices[0].finish_reason == "stop"
     last = chunks[-1]
-    assert last.choices == []
+    assert len(last.choices) == 1 and last.choices[0].finish_reason is None
     assert (last.usage.prompt_tokens, last.usage.completion_tokens, last.usage.total_tokens) == (9, 8, 17)
     assert last.usage.completion_tokens_details.reasoning_tokens == 6
     assert upstream.requests[-1].path == "/v1beta/models/gemini-2.5-flash:streamGenerateContent"

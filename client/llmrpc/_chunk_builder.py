@@ -35,16 +35,18 @@ def stream_chunk_builder(
     name from the fragment carrying them, arguments joined, ``"{}"`` if none);
     thinking fragments merged into blocks, a signature closing its block;
     ``finish_reason`` the last seen (default ``"stop"``). ``usage`` comes from
-    the last chunk carrying one, else zeros. ``messages`` is accepted for
-    LiteLLM compatibility; the gateway always reports usage, so no tokens are counted.
+    the last chunk carrying one, else from the usage the gateway kept hidden on
+    the stream (``_hidden_params["usage"]``, as LiteLLM does when
+    ``include_usage`` was not asked for), else zeros. ``messages`` is accepted for
+    LiteLLM compatibility; no tokens are counted here.
     """
     if not chunks:
         return None
     dumped = [_as_dict(chunk) for chunk in chunks]
     states: dict[int, _ChoiceState] = {}
     usage: Any = None
-    for chunk in dumped:
-        usage = chunk.get("usage") or usage
+    for original, chunk in zip(chunks, dumped, strict=True):
+        usage = chunk.get("usage") or _hidden(original).get("usage") or usage
         for choice in chunk.get("choices") or ():
             states.setdefault(choice.get("index") or 0, _ChoiceState()).add(choice)
     first = dumped[0]
@@ -57,8 +59,14 @@ def stream_chunk_builder(
         usage=Usage.model_validate(usage) if usage else Usage(),
         service_tier=next((c["service_tier"] for c in dumped if c.get("service_tier")), None),
     )
-    response._hidden_params = dict(getattr(chunks[0], "_hidden_params", None) or {})
+    # Each chunk's hidden params hold what was known by then; the last knows the cost too.
+    response._hidden_params = {k: v for k, v in _hidden(chunks[-1]).items() if k != "usage"}
     return response
+
+
+def _hidden(chunk: Any) -> dict[str, Any]:
+    hidden = getattr(chunk, "_hidden_params", None)
+    return hidden if isinstance(hidden, dict) else {}
 
 
 def _as_dict(value: Any) -> dict[str, Any]:

@@ -289,6 +289,12 @@ class Client:
             ) from err
         return list(pb.supported_params)
 
+    def list_models(self) -> list[dict[str, Any]]:
+        """The model names this gateway serves the caller (``ListModels``); see :func:`llmrpc.list_models`."""
+        from ._discovery import list_models  # that module builds on this one
+
+        return list_models(client=self)
+
     def close(self) -> None:
         """Close every channel. Streams still open on them fail."""
         with self._lock:
@@ -406,7 +412,8 @@ def completion(
     seconds, a numeric string or an ``httpx.Timeout`` (its read timeout), as LiteLLM does.
     LiteLLM's module settings on ``llmrpc`` (``cache``, ``drop_params``, ``num_retries``,
     ``api_base``, ``api_key``, ``request_timeout``...) are the defaults of every call.
-    ``model_list`` is ignored. Errors raise :mod:`llmrpc.exceptions` classes.
+    ``model_list`` (LiteLLM's deployment list) makes the gateway route this one call over those
+    deployments, retrying on another one when one fails. Errors raise :mod:`llmrpc.exceptions` classes.
     """
     params = _collect(locals())
     return _client_for(params)._complete(params)

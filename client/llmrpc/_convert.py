@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from openai.lib._pydantic import to_strict_json_schema
 from pydantic import BaseModel
 
+from ._litellm_params import LITELLM_OWN_PARAMS
 from .exceptions import BadRequestError
 from .v1 import chat_pb2, completion_service_pb2
 
@@ -31,7 +33,7 @@ _SCALARS = frozenset(
         "presence_penalty", "frequency_penalty", "user", "seed", "parallel_tool_calls",
         "logprobs", "top_logprobs", "deployment_id", "api_version", "api_key", "api_base",
         "reasoning_effort", "service_tier", "store", "caching", "num_retries",
-        "mock_response", "drop_params",
+        "mock_response", "drop_params", "organization",
     }
 )  # fmt: skip
 _STRING_LISTS = frozenset({"modalities", "fallbacks", "context_window_fallbacks", "content_policy_fallbacks"})
@@ -41,13 +43,19 @@ _CLIENT_ONLY = frozenset(
         "model",
         "stream",
         "stream_options",
-        "model_list",
         "client",
         "extra_body",
         "base_url",
         "custom_llm_provider",
     }
 )
+# LiteLLM's other names for request fields: (alias, field), the field winning when both are set.
+_ALIASES = (("max_retries", "num_retries"), ("request_timeout", "timeout"), ("headers", "extra_headers"))
+# Arguments that need more than a copy before the request is built; most calls have none of them.
+_LITELLM_SPECIAL = frozenset(
+    {"max_retries", "request_timeout", "stream_timeout", "headers", "additional_drop_params", "mock_tool_calls"}
+)
+_MOCK_TOOL_CALLS_TEXT = "This is a mock request"  # LiteLLM's mock_response when only tool calls are mocked
 _TOOL_CHOICE_MODES = {
     "auto": chat_pb2.TOOL_CHOICE_MODE_AUTO,
     "none": chat_pb2.TOOL_CHOICE_MODE_NONE,
@@ -63,6 +71,8 @@ def build_request(params: Mapping[str, Any]) -> completion_service_pb2.CompleteR
     values = dict(params)
     if values.get("api_base") is None:  # LiteLLM takes either spelling
         values["api_base"] = values.get("base_url")
+    if not _LITELLM_SPECIAL.isdisjoint(values):
+        _litellm_kwargs(values)
     extra: dict[str, Any] = {}
     for name, value in values.items():
         if value is None or name in _CLIENT_ONLY:
@@ -74,13 +84,56 @@ def build_request(params: Mapping[str, Any]) -> completion_service_pb2.CompleteR
                 getattr(req, name).extend(value)
             elif name in _REQUEST_SETTERS:
                 _REQUEST_SETTERS[name](req, value)
+            elif name in LITELLM_OWN_PARAMS:  # LiteLLM's own (tags=, litellm_call_id=...): never sent
+                continue
             else:  # provider-specific kwargs (top_k=40), as LiteLLM forwards them
                 extra[name] = value
+    extra.pop("model_list", None)
+    if values.get("model_list"):
+        with _param("model_list"):
+            _model_list(req, values["model_list"])
     extra.update(values.get("extra_body") or {})
     if extra:
         with _param("extra_body"):
             req.extra_body.update(extra)
     return req
+
+
+def _model_list(req: completion_service_pb2.CompleteRequest, entries: Any) -> None:
+    """LiteLLM's ``model_list=[{"model_name": ..., "litellm_params": {...}, "model_info": {...}}]``:
+    the gateway routes the call over these deployments (their keys and bases are the caller's)."""
+    for i, entry in enumerate(entries):
+        item = _as_dict(entry)
+        unknown = set(item) - {"model_name", "litellm_params", "model_info"}
+        if unknown:
+            raise ValueError(f"model_list[{i}]: unknown keys {sorted(unknown)}")
+        dep = req.model_list.add(model_name=str(item.get("model_name") or ""))
+        dep.litellm_params.update(_as_dict(item.get("litellm_params") or {}))
+        dep.model_info.update(_as_dict(item.get("model_info") or {}))
+
+
+def _litellm_kwargs(values: dict[str, Any]) -> None:
+    """LiteLLM's own keyword arguments that mean something for the call, turned into request fields
+    (the rest of LiteLLM's own arguments are dropped by ``build_request``)."""
+    stream_timeout = values.pop("stream_timeout", None)
+    if values.get("stream") and values.get("timeout") is None and stream_timeout is not None:
+        values["timeout"] = stream_timeout
+    for alias, field in _ALIASES:
+        value = values.pop(alias, None)
+        if value is None:
+            continue
+        if field == "extra_headers":  # LiteLLM merges headers= under extra_headers=
+            values[field] = {**_as_dict(value), **_as_dict(values.get(field) or {})}
+        elif values.get(field) is None:
+            values[field] = value
+    for name in values.pop("additional_drop_params", None) or ():
+        if name not in ("model", "messages"):
+            values.pop(name, None)
+    calls = values.pop("mock_tool_calls", None)
+    if calls:  # LiteLLM answers from its mock with these tool calls; so does the gateway's mock
+        if values.get("mock_response") is None:
+            values["mock_response"] = _MOCK_TOOL_CALLS_TEXT
+        values["extra_body"] = {**(values.get("extra_body") or {}), "mock_tool_calls": [_as_dict(c) for c in calls]}
 
 
 def stream_options_to_proto(value: Mapping[str, Any] | None) -> completion_service_pb2.StreamOptions:
@@ -305,9 +358,10 @@ def _choice(name: str) -> _Setter:
 
 def _response_format(req: completion_service_pb2.CompleteRequest, value: Any) -> None:
     if isinstance(value, type) and issubclass(value, BaseModel):
+        # As LiteLLM (and the openai SDK's parse()) send a pydantic class: OpenAI's strict schema.
         value = {
             "type": "json_schema",
-            "json_schema": {"name": value.__name__, "schema": value.model_json_schema()},
+            "json_schema": {"schema": to_strict_json_schema(value), "name": value.__name__, "strict": True},
         }
     data = _as_dict(value)
     req.response_format.type = data.get("type") or ""

@@ -79,17 +79,23 @@ def response_from_proto(pb: completion_service_pb2.CompleteResponse) -> ModelRes
 def chunk_from_proto(
     pb: completion_service_pb2.StreamCompleteResponse, hidden: Mapping[str, Any]
 ) -> ModelResponseStream:
+    has_usage = pb.HasField("usage")
+    choices = [_streaming_choice(choice) for choice in pb.choices]
+    if not choices and has_usage:  # LiteLLM's usage chunk has one empty choice: choices[0] never fails
+        choices = [StreamingChoices(index=0, delta=Delta())]
     chunk = ModelResponseStream(
         id=pb.id,
         created=pb.created,
         model=pb.model,
         object=pb.object or "chat.completion.chunk",
         system_fingerprint=_opt(pb, "system_fingerprint"),
-        choices=[_streaming_choice(choice) for choice in pb.choices],
-        usage=usage_from_proto(pb.usage) if pb.HasField("usage") else None,
+        choices=choices,
+        usage=usage_from_proto(pb.usage) if has_usage else None,
         service_tier=_opt(pb, "service_tier"),
     )
     chunk._hidden_params = dict(hidden)
+    if pb.HasField("hidden_usage"):  # usage without include_usage: hidden, as LiteLLM keeps it
+        chunk._hidden_params["usage"] = usage_from_proto(pb.hidden_usage)
     return chunk
 
 
@@ -97,7 +103,8 @@ def hidden_params(meta: completion_service_pb2.ResponseMetadata) -> dict[str, An
     """``ResponseMetadata`` -> LiteLLM's ``_hidden_params`` keys plus the gateway's own."""
     return {
         "custom_llm_provider": meta.provider or None,
-        "model_id": None,
+        # LiteLLM's model_id is the deployment that answered (model_info.id).
+        "model_id": _opt(meta.attempt_log[-1], "deployment") if meta.attempt_log else None,
         "api_base": _opt(meta, "api_base"),
         "provider_model": meta.provider_model or None,
         "provider_request_id": _opt(meta, "provider_request_id"),
@@ -110,6 +117,7 @@ def hidden_params(meta: completion_service_pb2.ResponseMetadata) -> dict[str, An
                 "outcome": attempt.outcome,
                 "upstream_http_status": _opt(attempt, "upstream_http_status"),
                 "latency_ms": attempt.latency_ms,
+                "deployment": _opt(attempt, "deployment"),
             }
             for attempt in meta.attempt_log
         ],
@@ -118,9 +126,14 @@ def hidden_params(meta: completion_service_pb2.ResponseMetadata) -> dict[str, An
     }
 
 
+_COMPLETION_DETAILS = tuple(f for f in CompletionTokensDetailsWrapper.model_fields if f != "reasoning_tokens")
+
+
 def usage_from_proto(pb: usage_pb2.Usage) -> Usage:
-    prompt = pb.prompt_tokens_details if pb.HasField("prompt_tokens_details") else None
-    completion = pb.completion_tokens_details if pb.HasField("completion_tokens_details") else None
+    # Both details are always objects, with reasoning_tokens and cached_tokens 0 when the provider
+    # reports none (as LiteLLM's usage has them): an absent sub-message reads as all defaults.
+    prompt = pb.prompt_tokens_details
+    completion = pb.completion_tokens_details
     # A provider-reported cost appears as the extra field the upstream sent (``usage.cost``).
     extra = {"cost": pb.cost} if pb.HasField("cost") else {}
     return Usage(
@@ -128,16 +141,12 @@ def usage_from_proto(pb: usage_pb2.Usage) -> Usage:
         completion_tokens=pb.completion_tokens,
         prompt_tokens=pb.prompt_tokens,
         total_tokens=pb.total_tokens,
-        completion_tokens_details=None
-        if completion is None
-        else CompletionTokensDetailsWrapper(
-            **{f: _opt(completion, f) for f in CompletionTokensDetailsWrapper.model_fields}
+        completion_tokens_details=CompletionTokensDetailsWrapper(
+            **{f: _opt(completion, f) for f in _COMPLETION_DETAILS}, reasoning_tokens=completion.reasoning_tokens
         ),
-        prompt_tokens_details=None
-        if prompt is None
-        else PromptTokensDetailsWrapper(
+        prompt_tokens_details=PromptTokensDetailsWrapper(
             audio_tokens=_opt(prompt, "audio_tokens"),
-            cached_tokens=_opt(prompt, "cached_tokens"),
+            cached_tokens=prompt.cached_tokens,
             text_tokens=_opt(prompt, "text_tokens"),
             image_tokens=_opt(prompt, "image_tokens"),
             cache_creation_tokens=_opt(prompt, "cache_write_tokens"),

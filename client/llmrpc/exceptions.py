@@ -22,6 +22,7 @@ Every class subclasses the matching ``openai`` exception, so code written for
             ├── ConflictError                 (409)
             ├── UnprocessableEntityError      (422)
             ├── RateLimitError                (429)
+            ├── BudgetExceededError           (422, LiteLLM's; .current_cost, .max_budget)
             ├── InternalServerError           (500, or the upstream's 5xx / 529)
             ├── BadGatewayError               (502)
             └── ServiceUnavailableError       (503)
@@ -56,6 +57,7 @@ __all__ = [
     "AuthenticationError",
     "BadGatewayError",
     "BadRequestError",
+    "BudgetExceededError",
     "ConflictError",
     "ContentPolicyViolationError",
     "ContextWindowExceededError",
@@ -198,6 +200,21 @@ class RateLimitError(_LLMRPCError, openai.RateLimitError):
     default_status = 429
 
 
+class BudgetExceededError(_LLMRPCError, openai.APIStatusError):
+    """The virtual key's ``max_budget`` is spent (LiteLLM's ``BudgetExceededError``: status 422, not a
+    ``RateLimitError``, so retrying does not help). ``current_cost`` and ``max_budget`` are USD."""
+
+    default_status = 422
+    current_cost: float | None
+    max_budget: float | None
+
+    def __init__(self, message: str, model: str | None = None, llm_provider: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(message, model, llm_provider, **kwargs)
+        self.current_cost = _float_or_none(self.metadata.get("spend"))
+        self.max_budget = _float_or_none(self.metadata.get("maxBudget"))
+
+
 class InternalServerError(_LLMRPCError, openai.InternalServerError):
     default_status = 500
 
@@ -251,6 +268,9 @@ _BY_REASON: dict[str, tuple[type[_LLMRPCError], int, bool]] = {
     "PROVIDER_UNPROCESSABLE": (UnprocessableEntityError, 422, False),
     "RATE_LIMITED": (RateLimitError, 429, False),
     "QUOTA_EXCEEDED": (RateLimitError, 429, False),
+    "BUDGET_EXCEEDED": (BudgetExceededError, 422, False),
+    "MODEL_NOT_ALLOWED": (PermissionDeniedError, 403, False),
+    "KEY_STORE_UNAVAILABLE": (ServiceUnavailableError, 503, False),
     "PROVIDER_OVERLOADED": (InternalServerError, 529, True),
     "PROVIDER_STREAM_ERROR": (APIError, 500, True),
     "PROVIDER_BAD_RESPONSE": (APIError, 500, True),
@@ -373,5 +393,12 @@ def _call_attr(err: grpc.RpcError, name: str) -> Any:
 def _int_or_none(value: str | None) -> int | None:
     try:
         return int(value) if value else None
+    except ValueError:
+        return None
+
+
+def _float_or_none(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
     except ValueError:
         return None

@@ -2,10 +2,11 @@
 
     rpc=/llmrpc.v1.CompletionService/Complete model=mock/echo key=0 status=OK duration_ms=3.1 attempts=1 cache_hit=false
 
-``key`` is the index of the ``--auth-tokens`` token the caller presented (``-`` without one); it
-never holds the token. The status comes from the RPC's end (``context.add_done_callback``), so calls
-the caller cancelled or whose deadline expired are logged as CANCELLED / DEADLINE_EXCEEDED even
-though no handler code ran to the end. Off by default: the interceptor is only installed when asked.
+``key`` is the index of the ``--auth-tokens`` token the caller presented, or the ``key_alias`` of its
+virtual key (``-`` without either); it never holds the token. The status comes from the RPC's end
+(``context.add_done_callback``), so calls the caller cancelled or whose deadline expired are logged
+as CANCELLED / DEADLINE_EXCEEDED even though no handler code ran to the end. Off by default: the
+interceptor is only installed when asked.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
+
+from .keys.spec import KeyRing
 
 __all__ = ["AccessLogInterceptor", "log"]
 
@@ -47,8 +50,9 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
     """Outermost interceptor (so rejected credentials are logged too). It wraps the handler only to
     see the request's model and the response's metadata; the line is written when the RPC is done."""
 
-    def __init__(self, tokens: tuple[str, ...]) -> None:
+    def __init__(self, tokens: tuple[str, ...], keys: KeyRing | None = None) -> None:
         self._tokens = tuple(t.encode() for t in tokens)
+        self._keys = keys
 
     async def intercept_service(
         self,
@@ -81,6 +85,9 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
             for index, known in enumerate(self._tokens):
                 if hmac.compare_digest(token, known):
                     return str(index)
+            key = self._keys.find(token.decode()) if self._keys else None
+            if key is not None:
+                return _safe(key.alias)
         return "-"
 
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from llmrpc.v1 import completion_service_pb2 as pb
 
@@ -25,16 +24,19 @@ from .cache import ResponseCache
 from .caching import CachingBackend
 from .config import Settings
 from .counters import Counters
+from .discovery import ModelFilter
 from .egress import proxies_from_env
 from .executor import Executor
 from .health import DrainingHealthServicer
 from .interceptors import build_interceptors
+from .keys import KeyedBackend, SqliteLimitStore, configured_keys, current_model_filter, state_path
 from .observability import ObservedBackend
 from .otel_setup import Telemetry, configure
 from .pipeline import Backend, Pipeline
 from .pricing import load_price_table
 from .protected import startup_warnings
 from .providers import default_adapters
+from .reload import Reloader
 from .router import Router
 from .service import CompletionService, add_to_server
 from .tls import load_listener_tls
@@ -51,17 +53,20 @@ class Gateway:
 
     server: grpc.aio.Server
     port: int
-    health: HealthServicer
+    health: DrainingHealthServicer
     executor: Executor
     settings: Settings
     caching: CachingBackend | None = None
     observed: ObservedBackend | None = None
     telemetry: Telemetry | None = None
     counters: Counters = field(default_factory=Counters)  # this gateway's resilience counters
+    reloader: Reloader | None = None  # SIGHUP reloads the config file through it
+    limits: SqliteLimitStore | None = None  # virtual keys' counters, when keys are configured
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING first, then let in-flight calls finish within ``grace`` seconds."""
         await self.health.enter_graceful_shutdown()
+        await self.health.watches_ended(timeout=2.0)
         await self.server.stop(self.settings.grace if grace is None else grace)
         if self.caching is not None:
             await self.caching.close()
@@ -69,7 +74,14 @@ class Gateway:
             await self.observed.close()
         if self.telemetry is not None:
             self.telemetry.shutdown()
+        if self.limits is not None:
+            self.limits.close()
         await self.executor.close()
+
+
+def _key_model_filter(context: grpc.aio.ServicerContext) -> ModelFilter | None:
+    """Discovery shows a virtual key only its ``models`` (the key is set in the RPC's context)."""
+    return current_model_filter()
 
 
 def _server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -90,6 +102,7 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     """Create, wire and start everything inside the running loop (``telemetry``: the OTel providers,
     by default from the ``OTEL_*`` environment, see ``otel_setup``)."""
     tls = load_listener_tls(settings)  # first: a bad --tls-* file must fail before anything is opened
+    keys = configured_keys(settings)  # ... and so must a bad keys: section
     executor = Executor(max_connections=settings.max_connections, connect_timeout=settings.connect_timeout,
                         proxies=proxies_from_env(settings.env),
                         max_connections_per_host=settings.max_connections_per_host,
@@ -99,15 +112,23 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     pipeline = Pipeline(router, executor, settings)
     cache = ResponseCache(settings.cache_path, int(settings.cache_max_mb * 1024 * 1024))
     caching = CachingBackend(pipeline, cache, pipeline, settings)
+    service = CompletionService(caching, router, settings, pipeline,  # its backend is set below
+                                model_filter=_key_model_filter if keys else None)
+    reloader = Reloader(settings, [pipeline, caching, service, *([keys] if keys else [])])
+    pipeline.table = reloader.table
     backend: Backend = caching
     telemetry = telemetry or configure(settings)
     backend = observed = ObservedBackend(backend, settings, telemetry, pipeline.counters)
+    limits = SqliteLimitStore(state_path(settings)) if keys else None
+    if limits is not None:
+        backend = KeyedBackend(backend, limits)  # outermost: a refused call costs nothing below it
     server = grpc.aio.server(
-        interceptors=build_interceptors(settings, telemetry.tracer_provider),
+        interceptors=build_interceptors(settings, telemetry.tracer_provider, keys),
         options=_server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
-    add_to_server(CompletionService(backend, router, settings), server)
+    service.set_backend(backend)
+    add_to_server(service, server)
     health = DrainingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -121,12 +142,15 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health, executor, settings, caching, observed, telemetry, pipeline.counters)
+    return Gateway(server, port, health, executor, settings, caching, observed, telemetry, pipeline.counters,
+                   reloader, limits)
 
 
 async def _serve(settings: Settings) -> None:
     load_price_table()
     gateway = await start_gateway(settings)
+    if gateway.reloader is not None:  # before "listening": whoever waits for that line may send SIGHUP
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reloader.reload)
     log.info("llmrpc-server listening on %s:%d%s (pid %d)", settings.host, gateway.port,
              (" with mTLS" if settings.tls_client_ca else " with TLS") if settings.tls_cert else "", os.getpid())
     stop = asyncio.Event()
@@ -150,6 +174,7 @@ def _configure_logging(settings: Settings) -> None:
 
 def _run_worker(settings: Settings) -> None:
     _configure_logging(settings)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop's reload handler is installed
     try:
         import uvloop
 
@@ -170,9 +195,10 @@ def run(settings: Settings) -> None:
     _configure_logging(settings)
     try:
         load_listener_tls(settings)  # once, before any worker starts, so a bad file is one clear error
+        configured_keys(settings)  # likewise a bad keys: section
     except ValueError as exc:
         raise SystemExit(f"llmrpc-server: bad setting: {exc}") from None
-    for warning in startup_warnings(settings):  # once for all workers
+    for warning in (*settings.config_warnings, *startup_warnings(settings)):  # once for all workers
         log.warning("%s", warning)
     workers = settings.workers or os.cpu_count() or 1
     if workers == 1:
@@ -183,13 +209,19 @@ def run(settings: Settings) -> None:
     # spawn, never fork: no gRPC object may cross a fork (grpc/grpc#13873).
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_run_worker, args=(_worker_settings(settings, workers, i),)) for i in range(workers)]
-    for proc in procs:
-        proc.start()
     def forward(*_: object) -> None:
         for proc in procs:
             proc.terminate()
 
+    def forward_hup(*_: object) -> None:  # each worker reloads its own copy of the config
+        for proc in procs:
+            if proc.pid is not None:
+                os.kill(proc.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGHUP, forward_hup)
+    for proc in procs:
+        proc.start()
     try:
         for proc in procs:
             proc.join()

@@ -301,6 +301,10 @@ class CachingBackend:
         self._flights: dict[str, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def reconfigure(self, settings: Settings, table: object = None) -> None:
+        """A reloaded config (``reload``): cache defaults of calls that start from now on."""
+        self._settings = settings
+
     def plan(self, req: pb.CompleteRequest) -> CachePlan | None:
         """How the cache treats ``req``; None when it does not take part."""
         if not (req.caching if req.HasField("caching") else self._settings.cache_default):
@@ -314,7 +318,7 @@ class CachingBackend:
         read, store = not opts.no_cache, not opts.no_store and ttl > 0
         if not (read or store):
             return None
-        namespace = opts.namespace
+        namespace = opts.namespace or self._settings.cache_namespace
         return CachePlan(
             key=cache_key(req, route.target, namespace), namespace=namespace, read=read, store=store, ttl=ttl,
             max_age=opts.s_maxage if opts.HasField("s_maxage") else None,
@@ -341,16 +345,18 @@ class CachingBackend:
                 async for chunk in chunks:
                     yield chunk
             return
+        # Cached streams always carry their usage chunk: the service shows it to callers that asked
+        # for include_usage and hides it (StreamCompleteResponse.hidden_usage) from the others.
         stored, flight = await self._find(plan)
         if stored is not None:
-            for chunk in _replay(stored, include_usage):
+            for chunk in _replay(stored, True):
                 yield chunk
             return
         if flight is not None:
             self.cache.count("coalesced")
         leader = flight is None
         flight = flight or self._launch(plan, req, deadline, stream=True)
-        async for chunk in self._follow(flight, None if leader else deadline, include_usage, leader):
+        async for chunk in self._follow(flight, None if leader else deadline, True, leader):
             yield chunk
 
     async def _find(self, plan: CachePlan) -> tuple[Stored | None, _Flight | None]:

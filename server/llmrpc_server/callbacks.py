@@ -64,6 +64,7 @@ class CallRecord:
     error_message: str | None = None
     error_code: str | None = None
     trace_id: str | None = None
+    key_alias: str | None = None  # the caller's virtual key (its alias: never the key)
     _payloads: dict[bool, dict[str, Any]] = field(default_factory=dict)
 
     def payload(self, content: bool) -> dict[str, Any]:
@@ -77,6 +78,10 @@ def payload(record: CallRecord, *, content: bool) -> dict[str, Any]:
     """``kwargs`` as LiteLLM's custom callbacks get them, minus anything secret."""
     req = record.request
     metadata = struct_to_dict(req.metadata) if req.HasField("metadata") else {}
+    # LiteLLM's proxy puts the caller's key alias here; a caller's own value could impersonate a key
+    metadata.pop("user_api_key_alias", None)
+    if record.key_alias is not None:
+        metadata["user_api_key_alias"] = record.key_alias
     meta = record.response.metadata if record.response is not None else None
     out: dict[str, Any] = {
         "event": record.kind, "run_id": record.run_id, "call_type": "completion", "model": req.model,

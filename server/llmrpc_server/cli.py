@@ -29,11 +29,22 @@ def _cache(settings: Settings, args: argparse.Namespace) -> int:
 _COMMANDS["cache"] = _cache
 
 
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from .keys.command import keys_command
+
+    return keys_command(settings, args)
+
+
+_COMMANDS["keys"] = _keys
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmrpc-server", description="llmrpc gRPC gateway")
-    parser.add_argument("command", nargs="?", default="serve", help="serve (default), or: cache")
-    parser.add_argument("action", nargs="?", help="for `cache`: stats, clear or prune")
-    parser.add_argument("--config", help="JSON config file (also LLMRPC_CONFIG)")
+    parser.add_argument("command", nargs="?", default="serve", help="serve (default), or: cache, keys")
+    parser.add_argument("action", nargs="?", help="for `cache`: stats, clear or prune; for `keys`: new or spend")
+    parser.add_argument("--alias", help="for `keys new`: the new key's key_alias")
+    parser.add_argument("--config", help="config file: a LiteLLM proxy config.yaml, or setting names -> values "
+                                         "as JSON/YAML (also LLMRPC_CONFIG)")
     for name, kind, default, help_text in setting_fields():
         flag = "--" + name.replace("_", "-")
         if kind == "bool":

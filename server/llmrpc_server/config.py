@@ -1,5 +1,7 @@
 """Server settings: one frozen object built from flags, ``LLMRPC_*`` environment variables and
-an optional JSON config file (flags win over env, env over the file, the file over defaults)."""
+an optional config file (flags win over env, env over the file, the file over defaults). The file is
+either a flat JSON/YAML mapping of setting names, or a LiteLLM proxy config (``model_list``,
+``router_settings``, ...; see ``proxy_config``), told apart by its top-level keys."""
 
 from __future__ import annotations
 
@@ -11,6 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from .egress import API_BASE_MODES, EgressPolicy, proxies_from_env
+from .proxy_config import (
+    ConfigError,
+    ProxyConfig,
+    is_proxy_config,
+    load_document,
+    parse_proxy_config,
+    proxy_settings,
+)
 
 __all__ = ["Settings", "default_cache_path", "setting_fields"]
 
@@ -51,6 +61,7 @@ class Settings:
     cache_default: bool = _opt(False, 'cache requests that do not set `caching`')
     cache_ttl: float = _opt(86400.0, 'seconds a cache entry lives unless the request sets `ttl`')
     cache_max_mb: float = _opt(256.0, 'cache size bound, MiB; least recently used entries are evicted past it')
+    cache_namespace: str = _opt("", 'cache namespace of requests that set none')
     auth_tokens: tuple[str, ...] = _opt((), 'bearer tokens callers must present (none: protected mode applies)')
     tls_cert: str = _opt("", 'PEM certificate chain file: serve TLS (needs --tls-key)')
     tls_key: str = _opt("", 'PEM private key file of --tls-cert (unencrypted)')
@@ -72,14 +83,20 @@ class Settings:
         default_factory=dict, metadata={"help": "model -> models for content-policy refusals (JSON)"})
     aliases: Mapping[str, str] = field(default_factory=dict, metadata={"help": 'model alias -> "provider/model"'})
     access_log: bool = _opt(False, 'one log line per RPC (logger llmrpc_server.access): method, model, key '
-                                   '(auth token index), status, duration, attempts, cache hit')
+                                   '(auth token index or virtual key alias), status, duration, attempts, cache hit')
     max_connections_per_host: int = _opt(500, 'upstream requests in flight to one origin (scheme, host, port), so one '
                                               'slow base URL cannot take every connection; 0 = --max-connections')
     client_api_base: str = _opt("any", 'base URLs callers name (api_base): any (not link-local/metadata addresses), '
                                        'public (public addresses only, checked at connect), off (refused)')
     client_api_base_allow: tuple[str, ...] = _opt((), 'URL prefixes a caller may always name as api_base, '
                                                       'whatever --client-api-base says (comma-separated)')
+    state_path: str = _opt("", 'SQLite file of virtual keys\' counters and spend, shared by the processes on a '
+                               'machine ("": state.sqlite beside --cache-path)')
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # provider keys/bases snapshot
+    proxy: ProxyConfig | None = field(default=None, repr=False)  # the LiteLLM proxy config, when the file is one
+    config_warnings: tuple[str, ...] = field(default=(), repr=False)  # logged once at startup
+    config_file: str = field(default="", repr=False)  # the file loaded, read again on SIGHUP
+    flag_overrides: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the flags, kept for reloads
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None,
@@ -87,13 +104,32 @@ class Settings:
         """Defaults < config file < ``LLMRPC_*`` env < explicit overrides (CLI flags)."""
         environ = dict(os.environ if environ is None else environ)
         values: dict[str, Any] = {}
+        proxy: ProxyConfig | None = None
+        warnings: list[str] = []
         path = config_file or environ.get("LLMRPC_CONFIG")
         if path:
-            values.update(json.loads(Path(path).read_text()))
+            document = load_document(path)
+            if is_proxy_config(document):
+                proxy = parse_proxy_config(document, environ, source=path)
+                from .deployments import DeploymentTable  # here: deployments needs the request protos
+
+                DeploymentTable.from_config(proxy)  # each deployment's base, key and extras are usable
+                implied, warnings = proxy_settings(proxy)
+                values.update(implied)
+                warnings = [*proxy.warnings, *warnings]
+                # environment_variables fill the provider env snapshot; the real environment wins.
+                environ = {**proxy.environment_variables, **environ}
+            elif isinstance(document, Mapping):
+                values.update(document)
+            else:
+                raise ConfigError("", f"{path}: expected a mapping of settings or a LiteLLM proxy config")
         values.update(_from_env(environ))
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         proxies_from_env(environ)  # an unusable HTTPS_PROXY is a bad setting, reported at startup
-        settings = replace(cls(env=environ), **_coerce(values))
+        flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+        base = cls(env=environ, proxy=proxy, config_warnings=tuple(warnings), config_file=path or "",
+                   flag_overrides=flags)
+        settings = replace(base, **_coerce(values))
         if settings.fetch_media not in ("public", "all", "off"):
             raise ValueError(f"fetch_media must be public, all or off, not {settings.fetch_media!r}")
         if settings.client_api_base not in API_BASE_MODES:
@@ -106,11 +142,15 @@ class Settings:
         return EgressPolicy(self.client_api_base, tuple(p.strip() for p in self.client_api_base_allow if p.strip()))
 
 
+# Loaded, not user-facing settings.
+_INTERNAL = frozenset({"env", "proxy", "config_warnings", "config_file", "flag_overrides"})
+
+
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(Settings):
         key = f"LLMRPC_{f.name.upper()}"
-        if key in environ and f.name != "env":
+        if key in environ and f.name not in _INTERNAL:
             out[f.name] = environ[key]
     return out
 
@@ -120,7 +160,7 @@ def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
     types = {f.name: f.type for f in fields(Settings)}
     out: dict[str, Any] = {}
     for name, raw in values.items():
-        if name not in types:
+        if name not in types or name in _INTERNAL:
             raise ValueError(f"unknown setting {name!r}")
         kind = str(types[name])
         if isinstance(raw, str) and kind == "bool":
@@ -146,7 +186,7 @@ def setting_fields() -> list[tuple[str, str, Any, str]]:
     """(name, type, default, help) of every user-facing setting, for the CLI and the docs."""
     out = []
     for f in fields(Settings):
-        if f.name == "env":
+        if f.name in _INTERNAL:
             continue
         default = f.default_factory() if callable(f.default_factory) else f.default
         out.append((f.name, str(f.type), default, f.metadata.get("help", "")))

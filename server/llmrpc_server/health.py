@@ -25,8 +25,13 @@ class DrainingHealthServicer(HealthServicer):  # type: ignore[misc]  # grpc_heal
     def __init__(self) -> None:
         super().__init__()
         self._draining = asyncio.Event()
+        self._open: set[asyncio.Task[Any]] = set()  # the handlers of the watches in flight
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._open.add(handler)
+            handler.add_done_callback(self._open.discard)
         watch: asyncio.Future[Any] = asyncio.ensure_future(super().Watch(request, context))
         draining = asyncio.ensure_future(self._draining.wait())
         try:
@@ -48,3 +53,10 @@ class DrainingHealthServicer(HealthServicer):  # type: ignore[misc]  # grpc_heal
         """Every service NOT_SERVING (for good), then end the watches."""
         await super().enter_graceful_shutdown()
         self._draining.set()
+
+    async def watches_ended(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until every watch told of the shutdown has returned, so that
+        ``server.stop`` finds them finished: one still writing its last status when the server stops
+        would end CANCELLED ("Cancelling all calls") instead of OK."""
+        if self._open:
+            await asyncio.wait(set(self._open), timeout=timeout)

@@ -12,6 +12,7 @@ from opentelemetry.trace import TracerProvider
 
 from .config import Settings
 from .errors import ServiceError, to_status
+from .keys.spec import KeyRing
 from .protected import REFUSAL, bearer_tokens, is_local_peer, needs_peer_check, parse_peer
 
 __all__ = ["AuthInterceptor", "ProtectedModeInterceptor", "build_interceptors"]
@@ -134,16 +135,17 @@ def _peer_checked(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
 
 def build_interceptors(settings: Settings, tracer_provider: TracerProvider | None = None,
-                       ) -> list[grpc.aio.ServerInterceptor]:
+                       keys: KeyRing | None = None) -> list[grpc.aio.ServerInterceptor]:
     """The access log (opt-in) outermost, so that it sees every status; OTel next (so rejected calls
     are traced too; only with a tracer provider, so that tracing off costs nothing; it continues the
-    caller's W3C trace context from the metadata), then auth, or protected mode when no caller
-    authentication is configured."""
+    caller's W3C trace context from the metadata), then auth (virtual ``keys`` and admin tokens when
+    keys are configured, else the tokens alone), or protected mode when no caller authentication is
+    configured."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if settings.access_log:
         from .access_log import AccessLogInterceptor
 
-        interceptors.append(AccessLogInterceptor(bearer_tokens(settings)))
+        interceptors.append(AccessLogInterceptor(bearer_tokens(settings), keys))
     if tracer_provider is not None:
         from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
@@ -152,7 +154,11 @@ def build_interceptors(settings: Settings, tracer_provider: TracerProvider | Non
         interceptors.append(aio_server_interceptor(  # type: ignore[no-untyped-call]
             tracer_provider=tracer_provider, filter_=filters.negate(filters.health_check())))
         interceptors.append(SpanStatusInterceptor())
-    if tokens := bearer_tokens(settings):
+    if keys:
+        from .keys.interceptor import VirtualKeyInterceptor
+
+        interceptors.append(VirtualKeyInterceptor(bearer_tokens(settings), keys))
+    elif tokens := bearer_tokens(settings):
         interceptors.append(AuthInterceptor(tokens))
     if needs_peer_check(settings):
         interceptors.append(ProtectedModeInterceptor())

@@ -33,6 +33,7 @@ from .config import Settings
 from .counters import Counters
 from .credentials import caller_credentials
 from .errors import ServiceError
+from .keys.admission import current_key_alias
 from .metrics import GatewayMetrics
 from .otel_setup import Telemetry
 from .pipeline import Backend
@@ -110,13 +111,14 @@ class StreamTally:
 class _Call:
     """One call in flight: timing, ids, and its trace state."""
 
-    __slots__ = ("_run_id", "model", "monotonic", "req", "span", "started", "stream", "trace")
+    __slots__ = ("_run_id", "key_alias", "model", "monotonic", "req", "span", "started", "stream", "trace")
 
     def __init__(self, req: pb.CompleteRequest, stream: bool, trace_state: CallTrace | None) -> None:
         self.req = req
         self.stream = stream
         self.model = req.model
         self.trace = trace_state
+        self.key_alias = current_key_alias()
         self._run_id = ""
         self.started = time.time()
         self.monotonic = time.perf_counter()
@@ -206,12 +208,14 @@ class ObservedBackend:
             attributes.update({"gen_ai.request.stream": stream, "llmrpc.run_id": call.run_id})
             if req.HasField("user"):
                 attributes["user.id"] = req.user
+            if call.key_alias is not None:
+                attributes["metadata.user_api_key_alias"] = call.key_alias  # LiteLLM's attribute name
             if self._content:
                 attributes["gen_ai.input.messages"] = _messages_json(req)
             call.span.set_attributes(attributes)
         if self.callbacks.wants("input"):
             self.callbacks.submit(CallRecord("input", call.run_id, req, stream, call.started,
-                                             trace_id=_trace_id(call.span)))
+                                             trace_id=_trace_id(call.span), key_alias=call.key_alias))
         return call
 
     def _first_chunk(self, call: _Call) -> None:
@@ -233,7 +237,8 @@ class ObservedBackend:
                 meta.cost_usd if meta.HasField("cost_usd") else None)
         if self.callbacks.wants("success"):
             self.callbacks.submit(CallRecord("success", call.run_id, call.req, call.stream, call.started,
-                                             time.time(), resp, trace_id=_trace_id(call.span)))
+                                             time.time(), resp, trace_id=_trace_id(call.span),
+                                             key_alias=call.key_alias))
 
     def _failed(self, call: _Call, exc: BaseException) -> None:
         kind, code, message = _error_of(exc)
@@ -251,7 +256,8 @@ class ObservedBackend:
             message = redact(message, [v for _, v in caller_credentials(call.req.api_key, call.req.extra_headers)])
             self.callbacks.submit(CallRecord(
                 "failure", call.run_id, call.req, call.stream, call.started, time.time(), None,
-                error_type=kind, error_message=message, error_code=code, trace_id=_trace_id(call.span)))
+                error_type=kind, error_message=message, error_code=code, trace_id=_trace_id(call.span),
+                key_alias=call.key_alias))
 
 
 async def _priced(chunks: AsyncIterator[pb.StreamCompleteResponse]) -> AsyncIterator[pb.StreamCompleteResponse]:

@@ -7,11 +7,20 @@ accept, or it is rejected (INVALID_ARGUMENT, UNSUPPORTED_PARAMETER) or dropped w
 
 from __future__ import annotations
 
+from llmrpc._litellm_params import LITELLM_OWN_PARAMS
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from .convert import clear_field
 
-__all__ = ["GATEWAY_FIELDS", "openai_name", "set_params", "without_params"]
+__all__ = [
+    "ALWAYS_DROPPED",
+    "GATEWAY_FIELDS",
+    "openai_name",
+    "set_params",
+    "unforwarded_body_keys",
+    "without_body_keys",
+    "without_params",
+]
 
 GATEWAY_FIELDS = frozenset(
     {
@@ -33,8 +42,16 @@ GATEWAY_FIELDS = frozenset(
         "fallbacks",
         "context_window_fallbacks",
         "content_policy_fallbacks",
+        "model_list",
+        "organization",
     }
 )
+
+# OpenAI parameters LiteLLM never reports as unsupported: a provider without them just does not get
+# them (``user`` on Gemini), with or without drop_params.
+ALWAYS_DROPPED = frozenset({"user"})
+# extra_body keys the mock provider reads itself (LiteLLM's mock_tool_calls); dropped for every other.
+_MOCK_BODY_KEYS = frozenset({"mock_tool_calls"})
 
 # Proto field names that differ from the OpenAI parameter they carry.
 _OPENAI_NAMES = {"provider_metadata": "metadata"}
@@ -56,4 +73,22 @@ def without_params(req: pb.CompleteRequest, fields: list[str]) -> pb.CompleteReq
     copy.CopyFrom(req)
     for name in fields:
         clear_field(copy, name)
+    return copy
+
+
+def unforwarded_body_keys(req: pb.CompleteRequest, provider: str) -> list[str]:
+    """``extra_body`` keys that are LiteLLM's own arguments (``tags``, ``litellm_call_id``,
+    ``input_cost_per_token``...): LiteLLM never sends them to a provider, so neither does the gateway."""
+    keys = LITELLM_OWN_PARAMS.intersection(req.extra_body.fields)
+    if provider == "mock":
+        keys -= _MOCK_BODY_KEYS
+    return sorted(keys)
+
+
+def without_body_keys(req: pb.CompleteRequest, keys: list[str]) -> pb.CompleteRequest:
+    """A copy of ``req`` without ``keys`` in ``extra_body``."""
+    copy = pb.CompleteRequest()
+    copy.CopyFrom(req)
+    for key in keys:
+        del copy.extra_body[key]
     return copy

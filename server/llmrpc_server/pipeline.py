@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Protocol
 
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from .config import Settings
 from .counters import DEADLINE_EXCEEDED, FALLBACKS, RETRIES, STREAM_IDLE_TIMEOUTS, STREAMS_BROKEN, Counters
+from .deployments import Candidate, DeploymentTable, ModelGroup, apply_extras, request_table, with_credentials
 from .egress import AddressCheck, EgressRefused
 from .errors import ServiceError, from_provider_error, invalid_argument
 from .executor import Executor, UpstreamStream, egress_refused
 from .media import MediaInliner
-from .params import openai_name, set_params, without_params
+from .params import ALWAYS_DROPPED, openai_name, set_params, unforwarded_body_keys, without_body_keys, without_params
 from .providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent, Target
 from .redaction import origin, scrub_error
 from .retry import Deadline, backoff_delay
@@ -42,6 +44,7 @@ class AttemptLog:
 
     def __init__(self) -> None:
         self.attempts: list[pb.Attempt] = []
+        self.last_target: Target | None = None
 
     def add(self, target: Target, started: float, error: ProviderError | None = None) -> None:
         attempt = pb.Attempt(
@@ -49,13 +52,18 @@ class AttemptLog:
             outcome="ok" if error is None else error.kind.value,
             latency_ms=(time.perf_counter() - started) * 1000.0,
         )
+        if target.deployment:
+            attempt.deployment = target.deployment
+        self.last_target = target
         if error is not None and error.status is not None:
             attempt.upstream_http_status = error.status
         self.attempts.append(attempt)
 
     def summary(self) -> str:
-        """``model (provider): outcome; ...`` for a failure's ErrorInfo metadata."""
-        return "; ".join(f"{a.model} ({a.provider}): {a.outcome}" for a in self.attempts)
+        """``model (provider): outcome; ...`` for a failure's ErrorInfo metadata (``model
+        (provider, deployment id): outcome`` for a model-group deployment)."""
+        return "; ".join(f"{a.model} ({a.provider}{', ' + a.deployment if a.deployment else ''}): {a.outcome}"
+                         for a in self.attempts)
 
     def metadata(self, target: Target, latency_ms: float | None, request_id: str | None) -> pb.ResponseMetadata:
         meta = pb.ResponseMetadata(
@@ -75,8 +83,8 @@ class FallbackPlan:
     ``content_policy_fallbacks``, anything else the general ``fallbacks``; each list comes from the
     request, else from the server setting of the same name for the requested model."""
 
-    def __init__(self, req: pb.CompleteRequest, settings: Settings) -> None:
-        model = req.model
+    def __init__(self, req: pb.CompleteRequest, settings: Settings, model: str | None = None) -> None:
+        model = model or req.model  # a model_group_alias is resolved to its group first
         self._general = list(req.fallbacks) or list(settings.fallbacks.get(model, ()))
         self._lists = {
             ErrorKind.CONTEXT_WINDOW: (list(req.context_window_fallbacks)
@@ -99,26 +107,92 @@ class FallbackPlan:
 class Pipeline:
     """Runs calls. One instance per server process, created inside the serving loop."""
 
-    def __init__(self, router: Router, executor: Executor, settings: Settings) -> None:
+    def __init__(self, router: Router, executor: Executor, settings: Settings,
+                 table: DeploymentTable | None = None) -> None:
         self._router = router
         self._executor = executor
         self._settings = settings
         self._egress = settings.egress_policy()
         self._media = MediaInliner(executor, settings.fetch_media, int(settings.fetch_media_max_mb * 1024 * 1024))
         self.counters = Counters()
+        # The config's model groups; None without a model_list, and then no call looks anything up.
+        self.table = table
+
+    def reconfigure(self, settings: Settings, table: DeploymentTable | None) -> None:
+        """A reloaded config: calls that start from now on use it; calls in flight keep what they
+        read when they started (each reads ``_settings``/``table`` once, at its start)."""
+        self._settings = settings
+        self.table = table
+
+    def _tables(self, req: pb.CompleteRequest) -> tuple[DeploymentTable, ...]:
+        """Where model groups are looked up: the request's own ``model_list`` first, then the
+        config's; empty (and nothing is looked up) without either."""
+        if not req.model_list:
+            return () if self.table is None else (self.table,)
+        own = request_table(req)
+        return (own,) if self.table is None else (own, self.table)
+
+    def is_group(self, req: pb.CompleteRequest, model: str) -> bool:
+        """True when ``model`` names a model group (or alias) for this request."""
+        tables = self._tables(req)
+        return bool(tables) and _group_of(tables, model) is not None
 
     def prepare(self, req: pb.CompleteRequest, model: str) -> tuple[Route, pb.CompleteRequest]:
-        """Resolve ``model`` and apply the provider's supported-parameter policy."""
-        route = self._router.resolve(req, model)
+        """Resolve ``model`` and apply the provider's supported-parameter policy (for a model group,
+        with its first deployment: what the response cache keys on)."""
+        tables = self._tables(req)
+        group = _group_of(tables, model) if tables else None
+        if group is not None:
+            return self._prepare_deployment(req, group.candidates[0])
+        return self._param_policy(self._router.resolve(req, model), req, model)
+
+    def _prepare_deployment(self, req: pb.CompleteRequest, candidate: Candidate) -> tuple[Route, pb.CompleteRequest]:
+        """Route and request for one deployment: its extras applied; a config deployment's base and
+        key are the server's own (configured together), a request deployment's are the caller's."""
+        dep, model = candidate.deployment, candidate.model
+        creq = apply_extras(req, dep.extras)
+        if dep.caller_named:
+            creq = with_credentials(creq, dep)
+            route = self._router.resolve(creq, model)
+        else:
+            if req.api_base or req.api_key:
+                name = "api_base" if req.api_base else "api_key"
+                raise invalid_argument([(name, f"model {req.model!r} is served by the gateway's configured "
+                                               "deployments; a request cannot name their base or key")])
+            route = self._server_route(creq, model, candidate)
+        return self._param_policy(Route(route.adapter, replace(route.target, deployment=dep.id)), creq, model)
+
+    def _server_route(self, req: pb.CompleteRequest, model: str, candidate: Candidate) -> Route:
+        dep = candidate.deployment
+        adapter, name = self._router.split(model)
+        if req.HasField("mock_response"):
+            adapter = self._router.adapters["mock"]
+        env = self._settings.env
+        base = dep.api_base or _first(env, adapter.env_bases) or adapter.default_base
+        if not base:
+            raise invalid_argument([("model", f"deployment {dep.id!r} of {req.model!r} has no api_base for "
+                                              f"provider {adapter.name!r}")])
+        version = dep.api_version or env.get(f"{adapter.name.upper()}_API_VERSION")
+        target = Target(provider=adapter.name, model=name, api_base=base,
+                        api_key=dep.api_key or _first(env, adapter.env_keys), api_version=version,
+                        requested_model=model, deployment=dep.id)
+        return Route(adapter, target)
+
+    def _param_policy(self, route: Route, req: pb.CompleteRequest, model: str) -> tuple[Route, pb.CompleteRequest]:
         if route.target.base_from_caller and self._egress.refused(route.target.api_base):
             raise egress_refused(EgressRefused("api_base", "this gateway does not accept base URLs from callers "
                                                            "(--client-api-base off); leave api_base unset"))
+        if req.HasField("extra_body") and (own := unforwarded_body_keys(req, route.adapter.name)):
+            req = without_body_keys(req, own)
         unsupported = [f for f in set_params(req) if f not in route.adapter.supported_params]
         if not unsupported:
             return route, req
         drop = req.drop_params if req.HasField("drop_params") else self._settings.drop_params
-        if drop:
+        if drop or ALWAYS_DROPPED.issuperset(unsupported):
             return route, without_params(req, unsupported)
+        if not ALWAYS_DROPPED.isdisjoint(unsupported):
+            req = without_params(req, [f for f in unsupported if f in ALWAYS_DROPPED])
+            unsupported = [f for f in unsupported if f not in ALWAYS_DROPPED]
         names = ", ".join(openai_name(f) for f in unsupported)
         raise invalid_argument(
             [(f, f"{route.adapter.name} does not support parameter {openai_name(f)!r}; "
@@ -131,10 +205,14 @@ class Pipeline:
         log = AttemptLog()
         plan: FallbackPlan | None = None  # built on the first failure: most calls never need it
         model = req.model
+        tables = self._tables(req)  # read once: a reload never changes a call in flight
         while True:
             target: Target | None = None
             try:
-                route, creq = self.prepare(req, model)
+                group = _group_of(tables, model) if tables else None
+                if group is not None:
+                    return await self._group_unary(group, req, deadline, log)
+                route, creq = self._param_policy(self._router.resolve(req, model), req, model)
                 target = route.target
                 _require_key(route)
                 creq = await self._media.inline(route.adapter, creq, deadline)
@@ -142,10 +220,10 @@ class Pipeline:
             except EgressRefused as refused:
                 raise egress_refused(refused) from None
             except ProviderError as err:
-                plan = plan or FallbackPlan(req, self._settings)
+                plan = plan or FallbackPlan(req, self._settings, _primary(req, tables))
                 model = self._fallback_model(plan, err, deadline)
                 if not model:
-                    raise self._failure(err, target, log, deadline) from err
+                    raise self._failure(err, target or log.last_target, log, deadline) from err
 
     async def stream(self, req: pb.CompleteRequest, deadline: Deadline, *,
                      include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
@@ -154,10 +232,16 @@ class Pipeline:
         log = AttemptLog()
         plan: FallbackPlan | None = None  # built on the first failure: most calls never need it
         model = req.model
+        tables = self._tables(req)  # read once: a reload never changes a call in flight
         while True:
             target: Target | None = None
             try:
-                route, creq = self.prepare(req, model)
+                group = _group_of(tables, model) if tables else None
+                if group is not None:
+                    async for chunk in self._group_stream(group, req, deadline, log, include_usage):
+                        yield chunk
+                    return
+                route, creq = self._param_policy(self._router.resolve(req, model), req, model)
                 target = route.target
                 _require_key(route)
                 creq = await self._media.inline(route.adapter, creq, deadline)
@@ -168,12 +252,12 @@ class Pipeline:
                 raise egress_refused(refused) from None
             except _Committed as committed:
                 self.counters.incr(STREAMS_BROKEN, committed.error.kind.value)
-                raise self._failure(committed.error, target, log, deadline) from committed.error
+                raise self._failure(committed.error, target or log.last_target, log, deadline) from committed.error
             except ProviderError as err:
-                plan = plan or FallbackPlan(req, self._settings)
+                plan = plan or FallbackPlan(req, self._settings, _primary(req, tables))
                 model = self._fallback_model(plan, err, deadline)
                 if not model:
-                    raise self._failure(err, target, log, deadline) from err
+                    raise self._failure(err, target or log.last_target, log, deadline) from err
 
     def _retries(self, req: pb.CompleteRequest) -> int:
         return req.num_retries if req.HasField("num_retries") else self._settings.num_retries
@@ -196,6 +280,77 @@ class Pipeline:
             return resp
         raise AssertionError("unreachable: the last attempt raises or returns")
 
+    async def _group_unary(self, group: ModelGroup, req: pb.CompleteRequest, deadline: Deadline,
+                           log: AttemptLog) -> pb.CompleteResponse:
+        """Attempts over a model group: each picks a deployment by the strategy, and a retryable
+        failure retries on another deployment when one is available (at once: no backoff needed)."""
+        retries = self._retries(req)
+        for n in range(retries + 1):
+            candidate = group.pick()
+            route, creq = self._prepare_deployment(req, candidate)
+            _require_key(route)
+            creq = await self._media.inline(route.adapter, creq, deadline)
+            dep = candidate.deployment
+            started = time.perf_counter()
+            group.started(dep)
+            try:
+                attempt_deadline = _attempt_deadline(deadline, dep.timeout)
+                resp, latency, request_id = await self._unary_once(route, creq, attempt_deadline)
+            except ProviderError as err:
+                group.failed(dep, err)
+                log.add(route.target, started, err)
+                await self._pause_or_raise(err, n, retries, deadline, immediate=group.has_alternative())
+                continue
+            except BaseException:
+                group.failed(dep, None)
+                raise
+            group.succeeded(dep, time.perf_counter() - started, resp.usage.total_tokens)
+            log.add(route.target, started)
+            resp.metadata.CopyFrom(log.metadata(route.target, latency, request_id))
+            if not resp.model:
+                resp.model = route.target.model
+            return resp
+        raise AssertionError("unreachable: the last attempt raises or returns")
+
+    async def _group_stream(self, group: ModelGroup, req: pb.CompleteRequest, deadline: Deadline, log: AttemptLog,
+                            include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
+        """:meth:`_group_unary` for streams: another deployment only until the first chunk is sent."""
+        retries = self._retries(req)
+        for n in range(retries + 1):
+            candidate = group.pick()
+            route, creq = self._prepare_deployment(req, candidate)
+            _require_key(route)
+            creq = await self._media.inline(route.adapter, creq, deadline)
+            dep = candidate.deployment
+            started = time.perf_counter()
+            sent, tokens = False, 0
+            seen: dict[str, str] = {}
+            group.started(dep)
+            try:
+                attempt_deadline = _attempt_deadline(deadline, dep.stream_timeout or dep.timeout)
+                async for chunk in self._stream_once(route, creq, attempt_deadline, include_usage, seen):
+                    if not sent:
+                        log.add(route.target, started)
+                        first_chunk_ms = (time.perf_counter() - started) * 1000.0
+                        chunk.metadata.CopyFrom(log.metadata(route.target, first_chunk_ms, seen.get("request_id")))
+                        sent = True
+                    tokens = chunk.usage.total_tokens or tokens
+                    yield chunk
+                if not sent:
+                    log.add(route.target, started)
+            except ProviderError as err:
+                group.failed(dep, err)
+                if sent:
+                    raise _Committed(err) from err
+                log.add(route.target, started, err)
+                await self._pause_or_raise(err, n, retries, deadline, immediate=group.has_alternative())
+                continue
+            except BaseException:
+                group.failed(dep, None)
+                raise
+            group.succeeded(dep, time.perf_counter() - started, tokens)
+            return
+
     async def _unary_once(self, route: Route, req: pb.CompleteRequest,
                           deadline: Deadline) -> tuple[pb.CompleteResponse, float, str | None]:
         adapter, target = route.adapter, route.target
@@ -214,10 +369,13 @@ class Pipeline:
         request_id = reply.headers.get("x-request-id") or reply.headers.get("request-id")
         return resp, reply.latency_ms, request_id
 
-    async def _pause_or_raise(self, err: ProviderError, n: int, retries: int, deadline: Deadline) -> None:
+    async def _pause_or_raise(self, err: ProviderError, n: int, retries: int, deadline: Deadline,
+                              *, immediate: bool = False) -> None:
+        """Sleep before retry ``n + 1``, or raise ``err`` when it is not retryable or retries are
+        spent; ``immediate``: the retry goes to another deployment, which need not wait."""
         if not err.kind.retryable or n >= retries:
             raise err
-        delay = backoff_delay(n, err.retry_after)
+        delay = 0.0 if immediate else backoff_delay(n, err.retry_after)
         if delay >= deadline.remaining():
             raise err
         self.counters.incr(RETRIES, err.kind.value)
@@ -337,11 +495,43 @@ class _Committed(Exception):
         self.error = error
 
 
+def _group_of(tables: tuple[DeploymentTable, ...], model: str) -> ModelGroup | None:
+    for table in tables:
+        group = table.lookup(model)
+        if group is not None:
+            return group
+    return None
+
+
+def _primary(req: pb.CompleteRequest, tables: tuple[DeploymentTable, ...]) -> str:
+    """The requested model with a ``model_group_alias`` resolved: fallbacks are keyed by group."""
+    for table in tables:
+        if req.model in table.aliases:
+            return table.aliases[req.model]
+    return req.model
+
+
+def _attempt_deadline(deadline: Deadline, timeout: float | None) -> Deadline:
+    """The call's deadline, tightened by a deployment's own ``timeout`` for one attempt."""
+    if timeout is None:
+        return deadline
+    expires = time.monotonic() + timeout
+    return deadline if deadline.expires_at <= expires else Deadline(expires, "timeout")
+
+
+def _first(env: Mapping[str, str], names: tuple[str, ...]) -> str | None:
+    for name in names:
+        if env.get(name):
+            return env[name]
+    return None
+
+
 def _require_key(route: Route) -> None:
     if route.adapter.key_required and not route.target.api_key:
         names = " or ".join(route.adapter.env_keys)
         raise ProviderError(ErrorKind.API_KEY_MISSING,
-                            f"no API key for {route.adapter.name}: pass api_key or set {names}",
+                            f"no API key for {route.adapter.name}: provider keys live on the llmrpc gateway, "
+                            f"so set {names} in the gateway's environment and restart it (or pass api_key)",
                             env_vars=tuple(route.adapter.env_keys))
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "needs_peer_check",
     "parse_peer",
     "startup_warnings",
+    "virtual_keys_configured",
 ]
 
 REFUSAL = (
@@ -89,8 +90,13 @@ def bearer_tokens(settings: Settings) -> tuple[str, ...]:
 
 
 def caller_auth_configured(settings: Settings) -> bool:
-    """Callers must prove who they are: bearer tokens, or client certificates (mTLS)."""
-    return bool(bearer_tokens(settings)) or bool(settings.tls_client_ca)
+    """Callers must prove who they are: bearer tokens, virtual keys, or client certificates (mTLS)."""
+    return bool(bearer_tokens(settings)) or bool(settings.tls_client_ca) or virtual_keys_configured(settings)
+
+
+def virtual_keys_configured(settings: Settings) -> bool:
+    """The proxy config has a ``keys:`` section: every caller needs a key (or an admin token)."""
+    return settings.proxy is not None and bool(settings.proxy.keys)
 
 
 def binds_loopback_only(host: str) -> bool:
@@ -124,4 +130,6 @@ def startup_warnings(settings: Settings) -> list[str]:
                    "provider keys")
     if bearer_tokens(settings) and not settings.tls_cert and not binds_loopback_only(settings.host):
         out.append(f"--auth-tokens without --tls-cert: bearer tokens cross the network to {where} in cleartext")
+    elif virtual_keys_configured(settings) and not settings.tls_cert and not binds_loopback_only(settings.host):
+        out.append(f"virtual keys without --tls-cert: callers' keys cross the network to {where} in cleartext")
     return out

@@ -151,6 +151,8 @@ def _attempt_span(call: CallTrace, target: Target, req: pb.CompleteRequest, *, s
     attributes = request_attributes(req, target.model)
     attributes.update({"gen_ai.provider.name": target.provider, "gen_ai.request.stream": stream})
     attributes.update(server_attributes(target.api_base))
+    if target.deployment:
+        attributes["llmrpc.deployment"] = target.deployment
     with call.tracer.start_as_current_span(
         f"chat {target.model}", kind=SpanKind.CLIENT, attributes=attributes, record_exception=False,
         set_status_on_exception=False,

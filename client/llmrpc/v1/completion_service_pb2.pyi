@@ -135,6 +135,8 @@ class CompleteRequest(_message.Message):
     PREDICTION_FIELD_NUMBER: _builtins.int
     PROVIDER_METADATA_FIELD_NUMBER: _builtins.int
     WEB_SEARCH_OPTIONS_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    MODEL_LIST_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """"provider/model", e.g. "openai/gpt-4o-mini"; well-known OpenAI names
     need no prefix. Required.
@@ -206,6 +208,11 @@ class CompleteRequest(_message.Message):
     drop_params: _builtins.bool
     """Drop parameters the provider does not support instead of failing.
     Unset means the server default.
+    """
+    organization: _builtins.str
+    """The OpenAI organization to bill (LiteLLM `organization`): sent as the
+    `OpenAI-Organization` header to the `openai/` provider, ignored by
+    every other provider.
     """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_chat_pb2.Message]:
@@ -301,6 +308,15 @@ class CompleteRequest(_message.Message):
         googleSearch tool.
         """
 
+    @_builtins.property
+    def model_list(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelDeployment]:
+        """A one-call router (LiteLLM `completion(model_list=[...])`): when `model`
+        is one of these entries' `model_name`, the call goes to one of them
+        (simple shuffle), and a retryable failure moves to another. Their
+        api_base/api_key are the caller's own (the caller-base key policy
+        applies). At most 64 entries.
+        """
+
     def __init__(
         self,
         *,
@@ -350,10 +366,12 @@ class CompleteRequest(_message.Message):
         prediction: Global___Prediction | None = ...,
         provider_metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         web_search_options: Global___WebSearchOptions | None = ...,
+        organization: _builtins.str | None = ...,
+        model_list: _abc.Iterable[Global___ModelDeployment] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_api_base", b"_api_base", "_api_key", b"_api_key", "_api_version", b"_api_version", "_caching", b"_caching", "_deployment_id", b"_deployment_id", "_drop_params", b"_drop_params", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_mock_response", b"_mock_response", "_n", b"_n", "_num_retries", b"_num_retries", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_service_tier", b"_service_tier", "_store", b"_store", "_temperature", b"_temperature", "_timeout", b"_timeout", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_user", b"_user", "api_base", b"api_base", "api_key", b"api_key", "api_version", b"api_version", "audio", b"audio", "cache", b"cache", "caching", b"caching", "deployment_id", b"deployment_id", "drop_params", b"drop_params", "extra_body", b"extra_body", "frequency_penalty", b"frequency_penalty", "function_call", b"function_call", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "metadata", b"metadata", "mock_response", b"mock_response", "n", b"n", "num_retries", b"num_retries", "parallel_tool_calls", b"parallel_tool_calls", "prediction", b"prediction", "presence_penalty", b"presence_penalty", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "service_tier", b"service_tier", "store", b"store", "temperature", b"temperature", "thinking", b"thinking", "timeout", b"timeout", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user", "web_search_options", b"web_search_options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_api_base", b"_api_base", "_api_key", b"_api_key", "_api_version", b"_api_version", "_caching", b"_caching", "_deployment_id", b"_deployment_id", "_drop_params", b"_drop_params", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_mock_response", b"_mock_response", "_n", b"_n", "_num_retries", b"_num_retries", "_organization", b"_organization", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_service_tier", b"_service_tier", "_store", b"_store", "_temperature", b"_temperature", "_timeout", b"_timeout", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_user", b"_user", "api_base", b"api_base", "api_key", b"api_key", "api_version", b"api_version", "audio", b"audio", "cache", b"cache", "caching", b"caching", "deployment_id", b"deployment_id", "drop_params", b"drop_params", "extra_body", b"extra_body", "frequency_penalty", b"frequency_penalty", "function_call", b"function_call", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "metadata", b"metadata", "mock_response", b"mock_response", "n", b"n", "num_retries", b"num_retries", "organization", b"organization", "parallel_tool_calls", b"parallel_tool_calls", "prediction", b"prediction", "presence_penalty", b"presence_penalty", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "service_tier", b"service_tier", "store", b"store", "temperature", b"temperature", "thinking", b"thinking", "timeout", b"timeout", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user", "web_search_options", b"web_search_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_api_base", b"_api_base", "_api_key", b"_api_key", "_api_version", b"_api_version", "_caching", b"_caching", "_deployment_id", b"_deployment_id", "_drop_params", b"_drop_params", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_mock_response", b"_mock_response", "_n", b"_n", "_num_retries", b"_num_retries", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_service_tier", b"_service_tier", "_store", b"_store", "_temperature", b"_temperature", "_timeout", b"_timeout", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_user", b"_user", "api_base", b"api_base", "api_key", b"api_key", "api_version", b"api_version", "audio", b"audio", "cache", b"cache", "caching", b"caching", "content_policy_fallbacks", b"content_policy_fallbacks", "context_window_fallbacks", b"context_window_fallbacks", "deployment_id", b"deployment_id", "drop_params", b"drop_params", "extra_body", b"extra_body", "extra_headers", b"extra_headers", "fallbacks", b"fallbacks", "frequency_penalty", b"frequency_penalty", "function_call", b"function_call", "functions", b"functions", "logit_bias", b"logit_bias", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "messages", b"messages", "metadata", b"metadata", "mock_response", b"mock_response", "modalities", b"modalities", "model", b"model", "n", b"n", "num_retries", b"num_retries", "parallel_tool_calls", b"parallel_tool_calls", "prediction", b"prediction", "presence_penalty", b"presence_penalty", "provider_metadata", b"provider_metadata", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "service_tier", b"service_tier", "stop", b"stop", "store", b"store", "temperature", b"temperature", "thinking", b"thinking", "timeout", b"timeout", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user", "web_search_options", b"web_search_options"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_api_base", b"_api_base", "_api_key", b"_api_key", "_api_version", b"_api_version", "_caching", b"_caching", "_deployment_id", b"_deployment_id", "_drop_params", b"_drop_params", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_mock_response", b"_mock_response", "_n", b"_n", "_num_retries", b"_num_retries", "_organization", b"_organization", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_service_tier", b"_service_tier", "_store", b"_store", "_temperature", b"_temperature", "_timeout", b"_timeout", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_user", b"_user", "api_base", b"api_base", "api_key", b"api_key", "api_version", b"api_version", "audio", b"audio", "cache", b"cache", "caching", b"caching", "content_policy_fallbacks", b"content_policy_fallbacks", "context_window_fallbacks", b"context_window_fallbacks", "deployment_id", b"deployment_id", "drop_params", b"drop_params", "extra_body", b"extra_body", "extra_headers", b"extra_headers", "fallbacks", b"fallbacks", "frequency_penalty", b"frequency_penalty", "function_call", b"function_call", "functions", b"functions", "logit_bias", b"logit_bias", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "messages", b"messages", "metadata", b"metadata", "mock_response", b"mock_response", "modalities", b"modalities", "model", b"model", "model_list", b"model_list", "n", b"n", "num_retries", b"num_retries", "organization", b"organization", "parallel_tool_calls", b"parallel_tool_calls", "prediction", b"prediction", "presence_penalty", b"presence_penalty", "provider_metadata", b"provider_metadata", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "service_tier", b"service_tier", "stop", b"stop", "store", b"store", "temperature", b"temperature", "thinking", b"thinking", "timeout", b"timeout", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user", "web_search_options", b"web_search_options"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__api_base: _TypeAlias = _typing.Literal["api_base"]  # noqa: Y015
     _WhichOneofArgType__api_base: _TypeAlias = _typing.Literal["_api_base", b"_api_base"]  # noqa: Y015
@@ -381,6 +399,8 @@ class CompleteRequest(_message.Message):
     _WhichOneofArgType__n: _TypeAlias = _typing.Literal["_n", b"_n"]  # noqa: Y015
     _WhichOneofReturnType__num_retries: _TypeAlias = _typing.Literal["num_retries"]  # noqa: Y015
     _WhichOneofArgType__num_retries: _TypeAlias = _typing.Literal["_num_retries", b"_num_retries"]  # noqa: Y015
+    _WhichOneofReturnType__organization: _TypeAlias = _typing.Literal["organization"]  # noqa: Y015
+    _WhichOneofArgType__organization: _TypeAlias = _typing.Literal["_organization", b"_organization"]  # noqa: Y015
     _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
     _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
     _WhichOneofReturnType__presence_penalty: _TypeAlias = _typing.Literal["presence_penalty"]  # noqa: Y015
@@ -429,6 +449,8 @@ class CompleteRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__n) -> _WhichOneofReturnType__n | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__num_retries) -> _WhichOneofReturnType__num_retries | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__organization) -> _WhichOneofReturnType__organization | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
     @_typing.overload
@@ -784,6 +806,7 @@ class StreamCompleteResponse(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     SERVICE_TIER_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    HIDDEN_USAGE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The same id on every chunk of a stream."""
     object: _builtins.str
@@ -810,7 +833,15 @@ class StreamCompleteResponse(_message.Message):
     def metadata(self) -> Global___ResponseMetadata:
         """Set on the first chunk (provider, attempts so far, cache hit, time to
         the first upstream chunk as upstream_latency_ms) and again on the usage
-        chunk, which adds cost_usd.
+        chunk (or the chunk carrying hidden_usage), which adds cost_usd.
+        """
+
+    @_builtins.property
+    def hidden_usage(self) -> _usage_pb2.Usage:
+        """The usage the provider reported while include_usage was not requested
+        (LiteLLM keeps it hidden on the stream for stream_chunk_builder and cost
+        tracking). It rides on the last chunk with a finish_reason, or on a chunk
+        of its own without choices; `usage` stays unset.
         """
 
     def __init__(
@@ -825,10 +856,11 @@ class StreamCompleteResponse(_message.Message):
         usage: _usage_pb2.Usage | None = ...,
         service_tier: _builtins.str | None = ...,
         metadata: Global___ResponseMetadata | None = ...,
+        hidden_usage: _usage_pb2.Usage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_service_tier", b"_service_tier", "_system_fingerprint", b"_system_fingerprint", "metadata", b"metadata", "service_tier", b"service_tier", "system_fingerprint", b"system_fingerprint", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_service_tier", b"_service_tier", "_system_fingerprint", b"_system_fingerprint", "hidden_usage", b"hidden_usage", "metadata", b"metadata", "service_tier", b"service_tier", "system_fingerprint", b"system_fingerprint", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_service_tier", b"_service_tier", "_system_fingerprint", b"_system_fingerprint", "choices", b"choices", "created", b"created", "id", b"id", "metadata", b"metadata", "model", b"model", "object", b"object", "service_tier", b"service_tier", "system_fingerprint", b"system_fingerprint", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_service_tier", b"_service_tier", "_system_fingerprint", b"_system_fingerprint", "choices", b"choices", "created", b"created", "hidden_usage", b"hidden_usage", "id", b"id", "metadata", b"metadata", "model", b"model", "object", b"object", "service_tier", b"service_tier", "system_fingerprint", b"system_fingerprint", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__service_tier: _TypeAlias = _typing.Literal["service_tier"]  # noqa: Y015
     _WhichOneofArgType__service_tier: _TypeAlias = _typing.Literal["_service_tier", b"_service_tier"]  # noqa: Y015
@@ -921,6 +953,46 @@ class ResponseMetadata(_message.Message):
 Global___ResponseMetadata: _TypeAlias = ResponseMetadata  # noqa: Y015
 
 @_typing.final
+class ModelDeployment(_message.Message):
+    """One deployment of a request's `model_list` (a LiteLLM proxy config
+    `model_list` entry).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    LITELLM_PARAMS_FIELD_NUMBER: _builtins.int
+    MODEL_INFO_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    """The public model name it serves (LiteLLM `model_name`)."""
+    @_builtins.property
+    def litellm_params(self) -> _struct_pb2.Struct:
+        """LiteLLM `litellm_params`: `model` ("provider/model", required),
+        `api_base`, `api_key`, `api_version`, `rpm`, `tpm`, `timeout`,
+        `stream_timeout`, `max_retries`, `order`, `weight`; any other key is a
+        provider parameter sent like `extra_body`.
+        """
+
+    @_builtins.property
+    def model_info(self) -> _struct_pb2.Struct:
+        """LiteLLM `model_info` (`id` names the deployment in attempt logs)."""
+
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        litellm_params: _struct_pb2.Struct | None = ...,
+        model_info: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["litellm_params", b"litellm_params", "model_info", b"model_info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["litellm_params", b"litellm_params", "model_info", b"model_info", "model_name", b"model_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelDeployment: _TypeAlias = ModelDeployment  # noqa: Y015
+
+@_typing.final
 class Attempt(_message.Message):
     """One upstream attempt."""
 
@@ -931,6 +1003,7 @@ class Attempt(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     UPSTREAM_HTTP_STATUS_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model as requested ("provider/model")."""
     provider: _builtins.str
@@ -941,6 +1014,11 @@ class Attempt(_message.Message):
     """The upstream HTTP status, when one answered."""
     latency_ms: _builtins.float
     """Milliseconds the attempt took."""
+    deployment: _builtins.str
+    """The model-group deployment tried (its `model_info.id`, else
+    "model_name#index"); unset when the model was not routed through a
+    `model_list`.
+    """
     def __init__(
         self,
         *,
@@ -949,13 +1027,19 @@ class Attempt(_message.Message):
         outcome: _builtins.str = ...,
         upstream_http_status: _builtins.int | None = ...,
         latency_ms: _builtins.float = ...,
+        deployment: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_upstream_http_status", b"_upstream_http_status", "upstream_http_status", b"upstream_http_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_deployment", b"_deployment", "_upstream_http_status", b"_upstream_http_status", "deployment", b"deployment", "upstream_http_status", b"upstream_http_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upstream_http_status", b"_upstream_http_status", "latency_ms", b"latency_ms", "model", b"model", "outcome", b"outcome", "provider", b"provider", "upstream_http_status", b"upstream_http_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_deployment", b"_deployment", "_upstream_http_status", b"_upstream_http_status", "deployment", b"deployment", "latency_ms", b"latency_ms", "model", b"model", "outcome", b"outcome", "provider", b"provider", "upstream_http_status", b"upstream_http_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__deployment: _TypeAlias = _typing.Literal["deployment"]  # noqa: Y015
+    _WhichOneofArgType__deployment: _TypeAlias = _typing.Literal["_deployment", b"_deployment"]  # noqa: Y015
     _WhichOneofReturnType__upstream_http_status: _TypeAlias = _typing.Literal["upstream_http_status"]  # noqa: Y015
     _WhichOneofArgType__upstream_http_status: _TypeAlias = _typing.Literal["_upstream_http_status", b"_upstream_http_status"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__deployment) -> _WhichOneofReturnType__deployment | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__upstream_http_status) -> _WhichOneofReturnType__upstream_http_status | None: ...
 
 Global___Attempt: _TypeAlias = Attempt  # noqa: Y015
@@ -1013,3 +1097,403 @@ class GetSupportedParamsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSupportedParamsResponse: _TypeAlias = GetSupportedParamsResponse  # noqa: Y015
+
+@_typing.final
+class CountTokensRequest(_message.Message):
+    """Asks for the prompt tokens of messages or of a text."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """"provider/model" (picks the tokenizer; any name works)."""
+    text: _builtins.str
+    """A plain text to count instead of messages."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_chat_pb2.Message]:
+        """The messages to count, as in a CompleteRequest (role, content, tool
+        calls, names); ignored when `text` is set.
+        """
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_chat_pb2.Tool]:
+        """Tool definitions counted with the messages."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        messages: _abc.Iterable[_chat_pb2.Message] | None = ...,
+        text: _builtins.str | None = ...,
+        tools: _abc.Iterable[_chat_pb2.Tool] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "messages", b"messages", "model", b"model", "text", b"text", "tools", b"tools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__text: _TypeAlias = _typing.Literal["text"]  # noqa: Y015
+    _WhichOneofArgType__text: _TypeAlias = _typing.Literal["_text", b"_text"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__text) -> _WhichOneofReturnType__text | None: ...
+
+Global___CountTokensRequest: _TypeAlias = CountTokensRequest  # noqa: Y015
+
+@_typing.final
+class CountTokensResponse(_message.Message):
+    """The prompt tokens counted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    TOKENIZER_FIELD_NUMBER: _builtins.int
+    prompt_tokens: _builtins.int
+    """Tokens the prompt takes, message framing included (OpenAI's chat
+    format: 3 per message, 1 per name, 3 to prime the reply).
+    """
+    tokenizer: _builtins.str
+    """The tokenizer used, e.g. "o200k_base" or "cl100k_base". Models that are
+    not OpenAI's are counted with cl100k_base, as LiteLLM does, so their
+    counts are estimates.
+    """
+    def __init__(
+        self,
+        *,
+        prompt_tokens: _builtins.int = ...,
+        tokenizer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompt_tokens", b"prompt_tokens", "tokenizer", b"tokenizer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountTokensResponse: _TypeAlias = CountTokensResponse  # noqa: Y015
+
+@_typing.final
+class GetModelInfoRequest(_message.Message):
+    """Asks what is known about a model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """"provider/model", a bare well-known name ("gpt-4o", "claude-..."), or a
+    model name, alias or wildcard match of the server's proxy config.
+    """
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelInfoRequest: _TypeAlias = GetModelInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetModelInfoResponse(_message.Message):
+    """What is known about a model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_INFO_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model_info(self) -> Global___ModelInfo:
+        """The model's information."""
+
+    def __init__(
+        self,
+        *,
+        model_info: Global___ModelInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model_info", b"model_info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_info", b"model_info"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelInfoResponse: _TypeAlias = GetModelInfoResponse  # noqa: Y015
+
+@_typing.final
+class ModelInfo(_message.Message):
+    """A model's provider, prices, limits and capabilities (LiteLLM
+    `get_model_info()` keys). Unknown values are unset.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PROVIDER_MODEL_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    MAX_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    INPUT_COST_PER_TOKEN_FIELD_NUMBER: _builtins.int
+    OUTPUT_COST_PER_TOKEN_FIELD_NUMBER: _builtins.int
+    CACHE_READ_INPUT_TOKEN_COST_FIELD_NUMBER: _builtins.int
+    CACHE_CREATION_INPUT_TOKEN_COST_FIELD_NUMBER: _builtins.int
+    SEARCH_COST_PER_REQUEST_FIELD_NUMBER: _builtins.int
+    SUPPORTS_FUNCTION_CALLING_FIELD_NUMBER: _builtins.int
+    SUPPORTS_PARALLEL_FUNCTION_CALLING_FIELD_NUMBER: _builtins.int
+    SUPPORTS_TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    SUPPORTS_VISION_FIELD_NUMBER: _builtins.int
+    SUPPORTS_REASONING_FIELD_NUMBER: _builtins.int
+    SUPPORTS_RESPONSE_SCHEMA_FIELD_NUMBER: _builtins.int
+    SUPPORTS_PROMPT_CACHING_FIELD_NUMBER: _builtins.int
+    SUPPORTS_SYSTEM_MESSAGES_FIELD_NUMBER: _builtins.int
+    SUPPORTS_WEB_SEARCH_FIELD_NUMBER: _builtins.int
+    SUPPORTS_AUDIO_INPUT_FIELD_NUMBER: _builtins.int
+    SUPPORTS_AUDIO_OUTPUT_FIELD_NUMBER: _builtins.int
+    SUPPORTS_PDF_INPUT_FIELD_NUMBER: _builtins.int
+    SUPPORTED_OPENAI_PARAMS_FIELD_NUMBER: _builtins.int
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    ALIAS_OF_FIELD_NUMBER: _builtins.int
+    WILDCARD_FIELD_NUMBER: _builtins.int
+    CONFIG_MODEL_INFO_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The model as asked for."""
+    provider: _builtins.str
+    """The provider prefix (LiteLLM `litellm_provider`), e.g. "anthropic"."""
+    provider_model: _builtins.str
+    """The model name sent upstream."""
+    mode: _builtins.str
+    """"chat" for every model served by CompletionService."""
+    max_input_tokens: _builtins.int
+    """Largest prompt in tokens (context window)."""
+    max_output_tokens: _builtins.int
+    """Largest completion in tokens."""
+    max_tokens: _builtins.int
+    """Largest prompt plus completion in tokens (LiteLLM `max_tokens`)."""
+    input_cost_per_token: _builtins.float
+    """USD per prompt token."""
+    output_cost_per_token: _builtins.float
+    """USD per completion token."""
+    cache_read_input_token_cost: _builtins.float
+    """USD per prompt token read from the provider's prompt cache."""
+    cache_creation_input_token_cost: _builtins.float
+    """USD per prompt token written to the provider's prompt cache."""
+    search_cost_per_request: _builtins.float
+    """USD per web search request."""
+    supports_function_calling: _builtins.bool
+    """Tool (function) calling."""
+    supports_parallel_function_calling: _builtins.bool
+    """Several tool calls in one reply."""
+    supports_tool_choice: _builtins.bool
+    """`tool_choice`."""
+    supports_vision: _builtins.bool
+    """Image input."""
+    supports_reasoning: _builtins.bool
+    """Reasoning / thinking output."""
+    supports_response_schema: _builtins.bool
+    """`response_format` with a JSON schema."""
+    supports_prompt_caching: _builtins.bool
+    """Prompt caching (cached prompt tokens are billed differently)."""
+    supports_system_messages: _builtins.bool
+    """A system message."""
+    supports_web_search: _builtins.bool
+    """`web_search_options`."""
+    supports_audio_input: _builtins.bool
+    """Audio input."""
+    supports_audio_output: _builtins.bool
+    """Audio output."""
+    supports_pdf_input: _builtins.bool
+    """PDF input."""
+    alias_of: _builtins.str
+    """For an alias (`model_group_alias`, or the server's `aliases`): the
+    model group or "provider/model" it stands for.
+    """
+    wildcard: _builtins.bool
+    """True when `key` is a wildcard pattern ("anthropic/*"): any name it
+    matches may be used.
+    """
+    @_builtins.property
+    def supported_openai_params(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The OpenAI parameters the provider accepts, sorted."""
+
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """For a model group of the proxy config: its deployments' ids
+        (`model_info.id`, else "model_name#index"), in config order. The
+        provider, limits and prices above are those of the first deployment,
+        overridden by the keys its config `model_info` sets.
+        """
+
+    @_builtins.property
+    def config_model_info(self) -> _struct_pb2.Struct:
+        """The config's own `model_info` of the group's first deployment (never
+        its litellm_params: no base or key is listed).
+        """
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        provider_model: _builtins.str = ...,
+        mode: _builtins.str = ...,
+        max_input_tokens: _builtins.int | None = ...,
+        max_output_tokens: _builtins.int | None = ...,
+        max_tokens: _builtins.int | None = ...,
+        input_cost_per_token: _builtins.float | None = ...,
+        output_cost_per_token: _builtins.float | None = ...,
+        cache_read_input_token_cost: _builtins.float | None = ...,
+        cache_creation_input_token_cost: _builtins.float | None = ...,
+        search_cost_per_request: _builtins.float | None = ...,
+        supports_function_calling: _builtins.bool | None = ...,
+        supports_parallel_function_calling: _builtins.bool | None = ...,
+        supports_tool_choice: _builtins.bool | None = ...,
+        supports_vision: _builtins.bool | None = ...,
+        supports_reasoning: _builtins.bool | None = ...,
+        supports_response_schema: _builtins.bool | None = ...,
+        supports_prompt_caching: _builtins.bool | None = ...,
+        supports_system_messages: _builtins.bool | None = ...,
+        supports_web_search: _builtins.bool | None = ...,
+        supports_audio_input: _builtins.bool | None = ...,
+        supports_audio_output: _builtins.bool | None = ...,
+        supports_pdf_input: _builtins.bool | None = ...,
+        supported_openai_params: _abc.Iterable[_builtins.str] | None = ...,
+        deployments: _abc.Iterable[_builtins.str] | None = ...,
+        alias_of: _builtins.str | None = ...,
+        wildcard: _builtins.bool = ...,
+        config_model_info: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_alias_of", b"_alias_of", "_cache_creation_input_token_cost", b"_cache_creation_input_token_cost", "_cache_read_input_token_cost", b"_cache_read_input_token_cost", "_input_cost_per_token", b"_input_cost_per_token", "_max_input_tokens", b"_max_input_tokens", "_max_output_tokens", b"_max_output_tokens", "_max_tokens", b"_max_tokens", "_output_cost_per_token", b"_output_cost_per_token", "_search_cost_per_request", b"_search_cost_per_request", "_supports_audio_input", b"_supports_audio_input", "_supports_audio_output", b"_supports_audio_output", "_supports_function_calling", b"_supports_function_calling", "_supports_parallel_function_calling", b"_supports_parallel_function_calling", "_supports_pdf_input", b"_supports_pdf_input", "_supports_prompt_caching", b"_supports_prompt_caching", "_supports_reasoning", b"_supports_reasoning", "_supports_response_schema", b"_supports_response_schema", "_supports_system_messages", b"_supports_system_messages", "_supports_tool_choice", b"_supports_tool_choice", "_supports_vision", b"_supports_vision", "_supports_web_search", b"_supports_web_search", "alias_of", b"alias_of", "cache_creation_input_token_cost", b"cache_creation_input_token_cost", "cache_read_input_token_cost", b"cache_read_input_token_cost", "config_model_info", b"config_model_info", "input_cost_per_token", b"input_cost_per_token", "max_input_tokens", b"max_input_tokens", "max_output_tokens", b"max_output_tokens", "max_tokens", b"max_tokens", "output_cost_per_token", b"output_cost_per_token", "search_cost_per_request", b"search_cost_per_request", "supports_audio_input", b"supports_audio_input", "supports_audio_output", b"supports_audio_output", "supports_function_calling", b"supports_function_calling", "supports_parallel_function_calling", b"supports_parallel_function_calling", "supports_pdf_input", b"supports_pdf_input", "supports_prompt_caching", b"supports_prompt_caching", "supports_reasoning", b"supports_reasoning", "supports_response_schema", b"supports_response_schema", "supports_system_messages", b"supports_system_messages", "supports_tool_choice", b"supports_tool_choice", "supports_vision", b"supports_vision", "supports_web_search", b"supports_web_search"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_alias_of", b"_alias_of", "_cache_creation_input_token_cost", b"_cache_creation_input_token_cost", "_cache_read_input_token_cost", b"_cache_read_input_token_cost", "_input_cost_per_token", b"_input_cost_per_token", "_max_input_tokens", b"_max_input_tokens", "_max_output_tokens", b"_max_output_tokens", "_max_tokens", b"_max_tokens", "_output_cost_per_token", b"_output_cost_per_token", "_search_cost_per_request", b"_search_cost_per_request", "_supports_audio_input", b"_supports_audio_input", "_supports_audio_output", b"_supports_audio_output", "_supports_function_calling", b"_supports_function_calling", "_supports_parallel_function_calling", b"_supports_parallel_function_calling", "_supports_pdf_input", b"_supports_pdf_input", "_supports_prompt_caching", b"_supports_prompt_caching", "_supports_reasoning", b"_supports_reasoning", "_supports_response_schema", b"_supports_response_schema", "_supports_system_messages", b"_supports_system_messages", "_supports_tool_choice", b"_supports_tool_choice", "_supports_vision", b"_supports_vision", "_supports_web_search", b"_supports_web_search", "alias_of", b"alias_of", "cache_creation_input_token_cost", b"cache_creation_input_token_cost", "cache_read_input_token_cost", b"cache_read_input_token_cost", "config_model_info", b"config_model_info", "deployments", b"deployments", "input_cost_per_token", b"input_cost_per_token", "key", b"key", "max_input_tokens", b"max_input_tokens", "max_output_tokens", b"max_output_tokens", "max_tokens", b"max_tokens", "mode", b"mode", "output_cost_per_token", b"output_cost_per_token", "provider", b"provider", "provider_model", b"provider_model", "search_cost_per_request", b"search_cost_per_request", "supported_openai_params", b"supported_openai_params", "supports_audio_input", b"supports_audio_input", "supports_audio_output", b"supports_audio_output", "supports_function_calling", b"supports_function_calling", "supports_parallel_function_calling", b"supports_parallel_function_calling", "supports_pdf_input", b"supports_pdf_input", "supports_prompt_caching", b"supports_prompt_caching", "supports_reasoning", b"supports_reasoning", "supports_response_schema", b"supports_response_schema", "supports_system_messages", b"supports_system_messages", "supports_tool_choice", b"supports_tool_choice", "supports_vision", b"supports_vision", "supports_web_search", b"supports_web_search", "wildcard", b"wildcard"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__alias_of: _TypeAlias = _typing.Literal["alias_of"]  # noqa: Y015
+    _WhichOneofArgType__alias_of: _TypeAlias = _typing.Literal["_alias_of", b"_alias_of"]  # noqa: Y015
+    _WhichOneofReturnType__cache_creation_input_token_cost: _TypeAlias = _typing.Literal["cache_creation_input_token_cost"]  # noqa: Y015
+    _WhichOneofArgType__cache_creation_input_token_cost: _TypeAlias = _typing.Literal["_cache_creation_input_token_cost", b"_cache_creation_input_token_cost"]  # noqa: Y015
+    _WhichOneofReturnType__cache_read_input_token_cost: _TypeAlias = _typing.Literal["cache_read_input_token_cost"]  # noqa: Y015
+    _WhichOneofArgType__cache_read_input_token_cost: _TypeAlias = _typing.Literal["_cache_read_input_token_cost", b"_cache_read_input_token_cost"]  # noqa: Y015
+    _WhichOneofReturnType__input_cost_per_token: _TypeAlias = _typing.Literal["input_cost_per_token"]  # noqa: Y015
+    _WhichOneofArgType__input_cost_per_token: _TypeAlias = _typing.Literal["_input_cost_per_token", b"_input_cost_per_token"]  # noqa: Y015
+    _WhichOneofReturnType__max_input_tokens: _TypeAlias = _typing.Literal["max_input_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_input_tokens: _TypeAlias = _typing.Literal["_max_input_tokens", b"_max_input_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__max_output_tokens: _TypeAlias = _typing.Literal["max_output_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_output_tokens: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__output_cost_per_token: _TypeAlias = _typing.Literal["output_cost_per_token"]  # noqa: Y015
+    _WhichOneofArgType__output_cost_per_token: _TypeAlias = _typing.Literal["_output_cost_per_token", b"_output_cost_per_token"]  # noqa: Y015
+    _WhichOneofReturnType__search_cost_per_request: _TypeAlias = _typing.Literal["search_cost_per_request"]  # noqa: Y015
+    _WhichOneofArgType__search_cost_per_request: _TypeAlias = _typing.Literal["_search_cost_per_request", b"_search_cost_per_request"]  # noqa: Y015
+    _WhichOneofReturnType__supports_audio_input: _TypeAlias = _typing.Literal["supports_audio_input"]  # noqa: Y015
+    _WhichOneofArgType__supports_audio_input: _TypeAlias = _typing.Literal["_supports_audio_input", b"_supports_audio_input"]  # noqa: Y015
+    _WhichOneofReturnType__supports_audio_output: _TypeAlias = _typing.Literal["supports_audio_output"]  # noqa: Y015
+    _WhichOneofArgType__supports_audio_output: _TypeAlias = _typing.Literal["_supports_audio_output", b"_supports_audio_output"]  # noqa: Y015
+    _WhichOneofReturnType__supports_function_calling: _TypeAlias = _typing.Literal["supports_function_calling"]  # noqa: Y015
+    _WhichOneofArgType__supports_function_calling: _TypeAlias = _typing.Literal["_supports_function_calling", b"_supports_function_calling"]  # noqa: Y015
+    _WhichOneofReturnType__supports_parallel_function_calling: _TypeAlias = _typing.Literal["supports_parallel_function_calling"]  # noqa: Y015
+    _WhichOneofArgType__supports_parallel_function_calling: _TypeAlias = _typing.Literal["_supports_parallel_function_calling", b"_supports_parallel_function_calling"]  # noqa: Y015
+    _WhichOneofReturnType__supports_pdf_input: _TypeAlias = _typing.Literal["supports_pdf_input"]  # noqa: Y015
+    _WhichOneofArgType__supports_pdf_input: _TypeAlias = _typing.Literal["_supports_pdf_input", b"_supports_pdf_input"]  # noqa: Y015
+    _WhichOneofReturnType__supports_prompt_caching: _TypeAlias = _typing.Literal["supports_prompt_caching"]  # noqa: Y015
+    _WhichOneofArgType__supports_prompt_caching: _TypeAlias = _typing.Literal["_supports_prompt_caching", b"_supports_prompt_caching"]  # noqa: Y015
+    _WhichOneofReturnType__supports_reasoning: _TypeAlias = _typing.Literal["supports_reasoning"]  # noqa: Y015
+    _WhichOneofArgType__supports_reasoning: _TypeAlias = _typing.Literal["_supports_reasoning", b"_supports_reasoning"]  # noqa: Y015
+    _WhichOneofReturnType__supports_response_schema: _TypeAlias = _typing.Literal["supports_response_schema"]  # noqa: Y015
+    _WhichOneofArgType__supports_response_schema: _TypeAlias = _typing.Literal["_supports_response_schema", b"_supports_response_schema"]  # noqa: Y015
+    _WhichOneofReturnType__supports_system_messages: _TypeAlias = _typing.Literal["supports_system_messages"]  # noqa: Y015
+    _WhichOneofArgType__supports_system_messages: _TypeAlias = _typing.Literal["_supports_system_messages", b"_supports_system_messages"]  # noqa: Y015
+    _WhichOneofReturnType__supports_tool_choice: _TypeAlias = _typing.Literal["supports_tool_choice"]  # noqa: Y015
+    _WhichOneofArgType__supports_tool_choice: _TypeAlias = _typing.Literal["_supports_tool_choice", b"_supports_tool_choice"]  # noqa: Y015
+    _WhichOneofReturnType__supports_vision: _TypeAlias = _typing.Literal["supports_vision"]  # noqa: Y015
+    _WhichOneofArgType__supports_vision: _TypeAlias = _typing.Literal["_supports_vision", b"_supports_vision"]  # noqa: Y015
+    _WhichOneofReturnType__supports_web_search: _TypeAlias = _typing.Literal["supports_web_search"]  # noqa: Y015
+    _WhichOneofArgType__supports_web_search: _TypeAlias = _typing.Literal["_supports_web_search", b"_supports_web_search"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__alias_of) -> _WhichOneofReturnType__alias_of | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cache_creation_input_token_cost) -> _WhichOneofReturnType__cache_creation_input_token_cost | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cache_read_input_token_cost) -> _WhichOneofReturnType__cache_read_input_token_cost | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__input_cost_per_token) -> _WhichOneofReturnType__input_cost_per_token | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_input_tokens) -> _WhichOneofReturnType__max_input_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_output_tokens) -> _WhichOneofReturnType__max_output_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__output_cost_per_token) -> _WhichOneofReturnType__output_cost_per_token | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__search_cost_per_request) -> _WhichOneofReturnType__search_cost_per_request | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__supports_audio_input) -> _WhichOneofReturnType__supports_audio_input | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__supports_audio_output) -> _WhichOneofReturnType__supports_audio_output | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__supports_function_calling) -> _WhichOneofReturnType__supports_function_calling | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__supports_parallel_function_calling) -> _WhichOneofReturnType__supports_parallel_function_calling | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__supports_pdf_input) -> _WhichOneofReturnType__supports_pdf_input | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__supports_prompt_caching) -> _WhichOneofReturnType__supports_prompt_caching | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__supports_reasoning) -> _WhichOneofReturnType__supports_reasoning | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__supports_response_schema) -> _WhichOneofReturnType__supports_response_schema | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__supports_system_messages) -> _WhichOneofReturnType__supports_system_messages | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__supports_tool_choice) -> _WhichOneofReturnType__supports_tool_choice | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__supports_vision) -> _WhichOneofReturnType__supports_vision | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__supports_web_search) -> _WhichOneofReturnType__supports_web_search | None: ...
+
+Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    """Asks for the model names the caller may use."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    """The model names the caller may use."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]:
+        """One entry per public name, config model groups first (config order),
+        then aliases, then "provider/*" for each provider the server holds a
+        key or base for.
+        """
+
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___ModelInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015

@@ -53,6 +53,21 @@ class CompletionServiceStub:
                 request_serializer=llmrpc_dot_v1_dot_completion__service__pb2.GetSupportedParamsRequest.SerializeToString,
                 response_deserializer=llmrpc_dot_v1_dot_completion__service__pb2.GetSupportedParamsResponse.FromString,
                 _registered_method=True)
+        self.CountTokens = channel.unary_unary(
+                '/llmrpc.v1.CompletionService/CountTokens',
+                request_serializer=llmrpc_dot_v1_dot_completion__service__pb2.CountTokensRequest.SerializeToString,
+                response_deserializer=llmrpc_dot_v1_dot_completion__service__pb2.CountTokensResponse.FromString,
+                _registered_method=True)
+        self.GetModelInfo = channel.unary_unary(
+                '/llmrpc.v1.CompletionService/GetModelInfo',
+                request_serializer=llmrpc_dot_v1_dot_completion__service__pb2.GetModelInfoRequest.SerializeToString,
+                response_deserializer=llmrpc_dot_v1_dot_completion__service__pb2.GetModelInfoResponse.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/llmrpc.v1.CompletionService/ListModels',
+                request_serializer=llmrpc_dot_v1_dot_completion__service__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=llmrpc_dot_v1_dot_completion__service__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class CompletionServiceServicer:
@@ -86,6 +101,31 @@ class CompletionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountTokens(self, request, context):
+        """Counts the prompt tokens of messages (or a text) for a model, offline
+        (LiteLLM `token_counter`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelInfo(self, request, context):
+        """What the gateway knows about a model: provider, prices, limits and
+        capabilities (LiteLLM `get_model_info`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """The public model names this caller may use (config model groups,
+        aliases, wildcards), each with what GetModelInfo says about it (LiteLLM
+        proxy `/v1/models` and `/model/info`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CompletionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -103,6 +143,21 @@ def add_CompletionServiceServicer_to_server(servicer, server):
                     servicer.GetSupportedParams,
                     request_deserializer=llmrpc_dot_v1_dot_completion__service__pb2.GetSupportedParamsRequest.FromString,
                     response_serializer=llmrpc_dot_v1_dot_completion__service__pb2.GetSupportedParamsResponse.SerializeToString,
+            ),
+            'CountTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountTokens,
+                    request_deserializer=llmrpc_dot_v1_dot_completion__service__pb2.CountTokensRequest.FromString,
+                    response_serializer=llmrpc_dot_v1_dot_completion__service__pb2.CountTokensResponse.SerializeToString,
+            ),
+            'GetModelInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelInfo,
+                    request_deserializer=llmrpc_dot_v1_dot_completion__service__pb2.GetModelInfoRequest.FromString,
+                    response_serializer=llmrpc_dot_v1_dot_completion__service__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=llmrpc_dot_v1_dot_completion__service__pb2.ListModelsRequest.FromString,
+                    response_serializer=llmrpc_dot_v1_dot_completion__service__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -190,6 +245,87 @@ class CompletionService:
             '/llmrpc.v1.CompletionService/GetSupportedParams',
             llmrpc_dot_v1_dot_completion__service__pb2.GetSupportedParamsRequest.SerializeToString,
             llmrpc_dot_v1_dot_completion__service__pb2.GetSupportedParamsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmrpc.v1.CompletionService/CountTokens',
+            llmrpc_dot_v1_dot_completion__service__pb2.CountTokensRequest.SerializeToString,
+            llmrpc_dot_v1_dot_completion__service__pb2.CountTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmrpc.v1.CompletionService/GetModelInfo',
+            llmrpc_dot_v1_dot_completion__service__pb2.GetModelInfoRequest.SerializeToString,
+            llmrpc_dot_v1_dot_completion__service__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmrpc.v1.CompletionService/ListModels',
+            llmrpc_dot_v1_dot_completion__service__pb2.ListModelsRequest.SerializeToString,
+            llmrpc_dot_v1_dot_completion__service__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,19 @@ class CompletionServiceStub:
     """Lists the OpenAI parameters the provider behind a model accepts
     (LiteLLM `get_supported_openai_params`).
     """
+    CountTokens: _grpc.UnaryUnaryMultiCallable[_completion_service_pb2.CountTokensRequest, _completion_service_pb2.CountTokensResponse]
+    """Counts the prompt tokens of messages (or a text) for a model, offline
+    (LiteLLM `token_counter`).
+    """
+    GetModelInfo: _grpc.UnaryUnaryMultiCallable[_completion_service_pb2.GetModelInfoRequest, _completion_service_pb2.GetModelInfoResponse]
+    """What the gateway knows about a model: provider, prices, limits and
+    capabilities (LiteLLM `get_model_info`).
+    """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_completion_service_pb2.ListModelsRequest, _completion_service_pb2.ListModelsResponse]
+    """The public model names this caller may use (config model groups,
+    aliases, wildcards), each with what GetModelInfo says about it (LiteLLM
+    proxy `/v1/models` and `/model/info`).
+    """
 
 @_typing.type_check_only
 class CompletionServiceAsyncStub(CompletionServiceStub):
@@ -70,6 +83,19 @@ class CompletionServiceAsyncStub(CompletionServiceStub):
     GetSupportedParams: _aio.UnaryUnaryMultiCallable[_completion_service_pb2.GetSupportedParamsRequest, _completion_service_pb2.GetSupportedParamsResponse]  # type: ignore[assignment]
     """Lists the OpenAI parameters the provider behind a model accepts
     (LiteLLM `get_supported_openai_params`).
+    """
+    CountTokens: _aio.UnaryUnaryMultiCallable[_completion_service_pb2.CountTokensRequest, _completion_service_pb2.CountTokensResponse]  # type: ignore[assignment]
+    """Counts the prompt tokens of messages (or a text) for a model, offline
+    (LiteLLM `token_counter`).
+    """
+    GetModelInfo: _aio.UnaryUnaryMultiCallable[_completion_service_pb2.GetModelInfoRequest, _completion_service_pb2.GetModelInfoResponse]  # type: ignore[assignment]
+    """What the gateway knows about a model: provider, prices, limits and
+    capabilities (LiteLLM `get_model_info`).
+    """
+    ListModels: _aio.UnaryUnaryMultiCallable[_completion_service_pb2.ListModelsRequest, _completion_service_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """The public model names this caller may use (config model groups,
+    aliases, wildcards), each with what GetModelInfo says about it (LiteLLM
+    proxy `/v1/models` and `/model/info`).
     """
 
 class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -107,6 +133,37 @@ class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_completion_service_pb2.GetSupportedParamsResponse, _abc.Awaitable[_completion_service_pb2.GetSupportedParamsResponse]]:
         """Lists the OpenAI parameters the provider behind a model accepts
         (LiteLLM `get_supported_openai_params`).
+        """
+
+    @_abc_1.abstractmethod
+    def CountTokens(
+        self,
+        request: _completion_service_pb2.CountTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_completion_service_pb2.CountTokensResponse, _abc.Awaitable[_completion_service_pb2.CountTokensResponse]]:
+        """Counts the prompt tokens of messages (or a text) for a model, offline
+        (LiteLLM `token_counter`).
+        """
+
+    @_abc_1.abstractmethod
+    def GetModelInfo(
+        self,
+        request: _completion_service_pb2.GetModelInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_completion_service_pb2.GetModelInfoResponse, _abc.Awaitable[_completion_service_pb2.GetModelInfoResponse]]:
+        """What the gateway knows about a model: provider, prices, limits and
+        capabilities (LiteLLM `get_model_info`).
+        """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _completion_service_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_completion_service_pb2.ListModelsResponse, _abc.Awaitable[_completion_service_pb2.ListModelsResponse]]:
+        """The public model names this caller may use (config model groups,
+        aliases, wildcards), each with what GetModelInfo says about it (LiteLLM
+        proxy `/v1/models` and `/model/info`).
         """
 
 def add_CompletionServiceServicer_to_server(servicer: CompletionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

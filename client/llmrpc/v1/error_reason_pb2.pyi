@@ -109,6 +109,23 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     from callers are off, or its host resolves to a non-public, link-local
     or cloud metadata address (PERMISSION_DENIED). Nothing was sent.
     """
+    ERROR_REASON_BUDGET_EXCEEDED: _ErrorReason.ValueType  # 26
+    """The caller's virtual key has spent its `max_budget` (USD) within its
+    current `budget_duration` window (RESOURCE_EXHAUSTED, with QuotaFailure,
+    RetryInfo when the window ends, and metadata `keyAlias`, `spend`,
+    `maxBudget`). Nothing was sent upstream.
+    """
+    ERROR_REASON_MODEL_NOT_ALLOWED: _ErrorReason.ValueType  # 27
+    """The caller's virtual key may not use the requested model (or a
+    request-level fallback): it is outside the key's `models`
+    (PERMISSION_DENIED, with ResourceInfo; metadata `model`, `field`,
+    `keyAlias`). Nothing was sent upstream.
+    """
+    ERROR_REASON_KEY_STORE_UNAVAILABLE: _ErrorReason.ValueType  # 28
+    """The counters behind virtual keys' limits cannot be read or written (the
+    state file is unusable or locked too long), so a call under a key with
+    limits is refused rather than run unmetered (UNAVAILABLE; retryable).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values the gateway emits
@@ -206,5 +223,22 @@ ERROR_REASON_API_BASE_NOT_ALLOWED: ErrorReason.ValueType  # 25
 """The server's egress policy refuses the request's `api_base`: base URLs
 from callers are off, or its host resolves to a non-public, link-local
 or cloud metadata address (PERMISSION_DENIED). Nothing was sent.
+"""
+ERROR_REASON_BUDGET_EXCEEDED: ErrorReason.ValueType  # 26
+"""The caller's virtual key has spent its `max_budget` (USD) within its
+current `budget_duration` window (RESOURCE_EXHAUSTED, with QuotaFailure,
+RetryInfo when the window ends, and metadata `keyAlias`, `spend`,
+`maxBudget`). Nothing was sent upstream.
+"""
+ERROR_REASON_MODEL_NOT_ALLOWED: ErrorReason.ValueType  # 27
+"""The caller's virtual key may not use the requested model (or a
+request-level fallback): it is outside the key's `models`
+(PERMISSION_DENIED, with ResourceInfo; metadata `model`, `field`,
+`keyAlias`). Nothing was sent upstream.
+"""
+ERROR_REASON_KEY_STORE_UNAVAILABLE: ErrorReason.ValueType  # 28
+"""The counters behind virtual keys' limits cannot be read or written (the
+state file is unusable or locked too long), so a call under a key with
+limits is refused rather than run unmetered (UNAVAILABLE; retryable).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

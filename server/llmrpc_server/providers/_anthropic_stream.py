@@ -21,6 +21,7 @@ from llmrpc.v1 import chat_pb2, usage_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from ..convert import loads
+from ..tokens import count_text
 from .base import ErrorKind, ProviderError, StreamEvent, StreamState
 from .common import classify, new_completion_id, now
 
@@ -104,8 +105,10 @@ def usage_numbers(data: Any) -> dict[str, int]:
     return out
 
 
-def usage_from_anthropic(numbers: Mapping[str, int]) -> usage_pb2.Usage:
-    """OpenAI-shaped usage; ``prompt_tokens`` counts cache reads and writes (Anthropic's doesn't)."""
+def usage_from_anthropic(numbers: Mapping[str, int], reasoning: str = "") -> usage_pb2.Usage:
+    """OpenAI-shaped usage; ``prompt_tokens`` counts cache reads and writes (Anthropic's doesn't).
+    ``reasoning_tokens`` is what Anthropic reports, else (as LiteLLM does) the tokens of the thinking
+    text ``reasoning``, capped at the completion; ``text_tokens`` the rest of the completion."""
     read = numbers.get("cache_read_input_tokens")
     write = numbers.get("cache_creation_input_tokens")
     prompt = numbers.get("input_tokens", 0) + (read or 0) + (write or 0)
@@ -120,7 +123,11 @@ def usage_from_anthropic(numbers: Mapping[str, int]) -> usage_pb2.Usage:
         usage.prompt_tokens_details.cache_write_tokens = write
         usage.cache_creation_input_tokens = write
     if "thinking_tokens" in numbers:
-        usage.completion_tokens_details.reasoning_tokens = numbers["thinking_tokens"]
+        thinking = min(max(numbers["thinking_tokens"], 0), completion)
+    else:
+        thinking = min(count_text(reasoning), completion) if reasoning else 0
+    usage.completion_tokens_details.reasoning_tokens = thinking
+    usage.completion_tokens_details.text_tokens = completion - thinking
     if "web_search_requests" in numbers:
         usage.server_tool_use.web_search_requests = numbers["web_search_requests"]
     return usage
@@ -148,7 +155,8 @@ def response_from_anthropic(data: dict[str, Any], json_wrapped: bool | None) -> 
     if raw:
         choice.provider_finish_reason = raw
     if "usage" in data:
-        resp.usage.CopyFrom(usage_from_anthropic(usage_numbers(data["usage"])))
+        thoughts = resp.choices[0].message.reasoning_content
+        resp.usage.CopyFrom(usage_from_anthropic(usage_numbers(data["usage"]), thoughts))
     return resp
 
 
@@ -220,6 +228,7 @@ class _Stream:
     json_used: bool = False
     stop_reason: str | None = None
     finish_sent: bool = False
+    thoughts: list[str] = field(default_factory=list)  # thinking text, for the reasoning-token estimate
 
 
 def init_stream(state: StreamState, json_wrapped: bool | None) -> None:
@@ -328,6 +337,7 @@ def _thinking_chunk(state: StreamState, text: str, signature: Any = None) -> pb.
     delta = chat_pb2.Delta(thinking_blocks=[block])
     if text:
         delta.reasoning_content = text
+        _s(state).thoughts.append(text)
     return _chunk(state, delta)
 
 
@@ -405,11 +415,11 @@ def _on_message_delta(data: dict[str, Any], state: StreamState) -> _Chunks:
 def _on_message_stop(data: dict[str, Any], state: StreamState) -> _Chunks:
     state.finished = True
     chunks = [] if _s(state).finish_sent else [_finish_chunk(state)]
-    if state.include_usage:
-        chunks.append(pb.StreamCompleteResponse(
-            id=state.id, object="chat.completion.chunk", created=state.created, model=state.model,
-            usage=usage_from_anthropic(state.usage),
-        ))
+    # Usage always: the service hides it unless include_usage was asked for.
+    chunks.append(pb.StreamCompleteResponse(
+        id=state.id, object="chat.completion.chunk", created=state.created, model=state.model,
+        usage=usage_from_anthropic(state.usage, "".join(_s(state).thoughts)),
+    ))
     return chunks
 
 

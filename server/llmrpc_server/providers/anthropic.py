@@ -30,6 +30,7 @@ from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from ..convert import struct_to_dict
+from ..tokens import preload_tokenizer
 from . import _anthropic_stream as wire
 from .base import ErrorKind, HttpCall, ProviderError, StreamEvent, StreamState, Target
 from .common import join_url, new_completion_id, now
@@ -107,6 +108,8 @@ class AnthropicAdapter:
             body["stream"] = True
         if req.HasField("extra_body"):
             body.update(struct_to_dict(req.extra_body))
+        if "thinking" in body:  # its reasoning tokens may be counted: load the tokenizer while the model thinks
+            preload_tokenizer()
         headers = request_headers(req, target, betas)
         return HttpCall(url=messages_url(target.api_base), headers=headers, body=body)
 

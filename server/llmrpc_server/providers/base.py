@@ -109,6 +109,7 @@ class Target:
     key_from_caller: bool = False
     requested_model: str = ""
     base_from_caller: bool = False  # api_base came from the request: the egress policy applies
+    deployment: str = ""  # the model-group deployment's id (never its key); "" outside model groups
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,11 +21,12 @@ from .openai import OpenAIAdapter, OpenAISpec
 __all__ = ["COMPAT_PARAMS", "FAMILY", "adapters", "family_specs"]
 
 # OpenAI chat parameters a generic compatible host understands (OpenAI-only ones left out:
-# modalities, audio, service_tier, store, prediction, metadata, reasoning_effort).
+# modalities, audio, service_tier, store, prediction, metadata, reasoning_effort). Not `user`: LiteLLM
+# does not send it to these hosts (and drops it silently, as the gateway does).
 COMPAT_PARAMS = frozenset(
     {
         "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens", "presence_penalty",
-        "frequency_penalty", "logit_bias", "user", "response_format", "seed", "tools", "tool_choice",
+        "frequency_penalty", "logit_bias", "response_format", "seed", "tools", "tool_choice",
         "parallel_tool_calls", "logprobs", "top_logprobs", "functions", "function_call",
     }
 )

@@ -116,7 +116,7 @@ class GeminiAdapter:
         return parse_stream_event(event, state)
 
     def finish_stream(self, state: StreamState) -> Iterable[pb.StreamCompleteResponse]:
-        if state.finished and state.include_usage:
+        if state.finished:  # usage always: the service hides it unless include_usage was asked for
             return (usage_chunk(state),)
         return ()
 

@@ -123,14 +123,28 @@ def _echo(messages: list[dict[str, Any]]) -> str:
 
 
 def _completion(content: str, body: dict[str, Any], n: int) -> dict[str, Any]:
+    choices: list[dict[str, Any]] = [
+        {"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+        for i in range(n)
+    ]
+    calls = body.get("mock_tool_calls")
+    if isinstance(calls, list) and calls:  # LiteLLM's mock_tool_calls: the first choice calls them
+        choices[0]["message"]["tool_calls"] = [_mock_tool_call(i, c) for i, c in enumerate(calls)]
     return {
         "id": new_completion_id(), "object": "chat.completion", "created": now(), "model": body.get("model"),
-        "system_fingerprint": None,
-        "choices": [
-            {"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
-            for i in range(n)
-        ],
-        "usage": _MOCK_USAGE,
+        "system_fingerprint": None, "choices": choices, "usage": _MOCK_USAGE,
+    }
+
+
+def _mock_tool_call(index: int, call: Any) -> dict[str, Any]:
+    data: dict[str, Any] = call if isinstance(call, dict) else {}
+    raw = data.get("function")
+    function: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    arguments = function.get("arguments", "")
+    return {
+        "id": str(data.get("id") or f"call_mock_{index}"), "type": "function",
+        "function": {"name": str(function.get("name") or ""),
+                     "arguments": arguments if isinstance(arguments, str) else dumps(arguments).decode()},
     }
 
 

@@ -149,12 +149,10 @@ class OllamaAdapter:
         if data.get("done_reason"):
             choice.provider_finish_reason = str(data["done_reason"])
         _mark_role(chunk, state)
-        chunks = [chunk]
-        if state.include_usage:
-            usage_chunk = _chunk(state)
-            usage_chunk.usage.CopyFrom(_usage(data))
-            chunks.append(usage_chunk)
-        return chunks
+        # Usage always: the service hides it unless include_usage was asked for.
+        usage_chunk = _chunk(state)
+        usage_chunk.usage.CopyFrom(_usage(data))
+        return [chunk, usage_chunk]
 
     def finish_stream(self, state: StreamState) -> Iterable[pb.StreamCompleteResponse]:
         return ()

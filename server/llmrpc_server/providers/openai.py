@@ -86,6 +86,8 @@ class OpenAIAdapter:
         headers = {"content-type": "application/json", **self.spec.extra_headers}
         if target.api_key:
             headers["authorization"] = f"Bearer {target.api_key}"
+        if self.name == "openai" and req.HasField("organization"):  # as the openai SDK sends it
+            headers["openai-organization"] = req.organization
         return merge_headers(headers, req.extra_headers)
 
     def parse_response(self, body: bytes, req: pb.CompleteRequest, target: Target) -> pb.CompleteResponse:
@@ -114,12 +116,8 @@ class OpenAIAdapter:
         )
         if adjusted is None:
             return ()
-        chunk = adjusted
-        if chunk.HasField("usage") and not state.include_usage:
-            chunk.ClearField("usage")
-            if not chunk.choices:
-                return ()
-        return (chunk,)
+        # Usage is passed on even when the caller did not ask for it: the service hides it then.
+        return (adjusted,)
 
     def finish_stream(self, state: StreamState) -> Iterable[pb.StreamCompleteResponse]:
         return ()

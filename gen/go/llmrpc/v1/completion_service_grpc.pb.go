@@ -29,6 +29,16 @@ type CompletionServiceClient interface {
 	// Lists the OpenAI parameters the provider behind a model accepts
 	// (LiteLLM `get_supported_openai_params`).
 	GetSupportedParams(ctx context.Context, in *GetSupportedParamsRequest, opts ...grpc.CallOption) (*GetSupportedParamsResponse, error)
+	// Counts the prompt tokens of messages (or a text) for a model, offline
+	// (LiteLLM `token_counter`).
+	CountTokens(ctx context.Context, in *CountTokensRequest, opts ...grpc.CallOption) (*CountTokensResponse, error)
+	// What the gateway knows about a model: provider, prices, limits and
+	// capabilities (LiteLLM `get_model_info`).
+	GetModelInfo(ctx context.Context, in *GetModelInfoRequest, opts ...grpc.CallOption) (*GetModelInfoResponse, error)
+	// The public model names this caller may use (config model groups,
+	// aliases, wildcards), each with what GetModelInfo says about it (LiteLLM
+	// proxy `/v1/models` and `/model/info`).
+	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 }
 
 type completionServiceClient struct {
@@ -89,6 +99,33 @@ func (c *completionServiceClient) GetSupportedParams(ctx context.Context, in *Ge
 	return out, nil
 }
 
+func (c *completionServiceClient) CountTokens(ctx context.Context, in *CountTokensRequest, opts ...grpc.CallOption) (*CountTokensResponse, error) {
+	out := new(CountTokensResponse)
+	err := c.cc.Invoke(ctx, "/llmrpc.v1.CompletionService/CountTokens", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *completionServiceClient) GetModelInfo(ctx context.Context, in *GetModelInfoRequest, opts ...grpc.CallOption) (*GetModelInfoResponse, error) {
+	out := new(GetModelInfoResponse)
+	err := c.cc.Invoke(ctx, "/llmrpc.v1.CompletionService/GetModelInfo", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *completionServiceClient) ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error) {
+	out := new(ListModelsResponse)
+	err := c.cc.Invoke(ctx, "/llmrpc.v1.CompletionService/ListModels", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CompletionServiceServer is the server API for CompletionService service.
 // All implementations must embed UnimplementedCompletionServiceServer
 // for forward compatibility
@@ -102,6 +139,16 @@ type CompletionServiceServer interface {
 	// Lists the OpenAI parameters the provider behind a model accepts
 	// (LiteLLM `get_supported_openai_params`).
 	GetSupportedParams(context.Context, *GetSupportedParamsRequest) (*GetSupportedParamsResponse, error)
+	// Counts the prompt tokens of messages (or a text) for a model, offline
+	// (LiteLLM `token_counter`).
+	CountTokens(context.Context, *CountTokensRequest) (*CountTokensResponse, error)
+	// What the gateway knows about a model: provider, prices, limits and
+	// capabilities (LiteLLM `get_model_info`).
+	GetModelInfo(context.Context, *GetModelInfoRequest) (*GetModelInfoResponse, error)
+	// The public model names this caller may use (config model groups,
+	// aliases, wildcards), each with what GetModelInfo says about it (LiteLLM
+	// proxy `/v1/models` and `/model/info`).
+	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	mustEmbedUnimplementedCompletionServiceServer()
 }
 
@@ -117,6 +164,15 @@ func (UnimplementedCompletionServiceServer) StreamComplete(*StreamCompleteReques
 }
 func (UnimplementedCompletionServiceServer) GetSupportedParams(context.Context, *GetSupportedParamsRequest) (*GetSupportedParamsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetSupportedParams not implemented")
+}
+func (UnimplementedCompletionServiceServer) CountTokens(context.Context, *CountTokensRequest) (*CountTokensResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CountTokens not implemented")
+}
+func (UnimplementedCompletionServiceServer) GetModelInfo(context.Context, *GetModelInfoRequest) (*GetModelInfoResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetModelInfo not implemented")
+}
+func (UnimplementedCompletionServiceServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListModels not implemented")
 }
 func (UnimplementedCompletionServiceServer) mustEmbedUnimplementedCompletionServiceServer() {}
 
@@ -188,6 +244,60 @@ func _CompletionService_GetSupportedParams_Handler(srv interface{}, ctx context.
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CompletionService_CountTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CountTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CompletionServiceServer).CountTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/llmrpc.v1.CompletionService/CountTokens",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CompletionServiceServer).CountTokens(ctx, req.(*CountTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CompletionService_GetModelInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetModelInfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CompletionServiceServer).GetModelInfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/llmrpc.v1.CompletionService/GetModelInfo",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CompletionServiceServer).GetModelInfo(ctx, req.(*GetModelInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CompletionService_ListModels_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListModelsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CompletionServiceServer).ListModels(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/llmrpc.v1.CompletionService/ListModels",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CompletionServiceServer).ListModels(ctx, req.(*ListModelsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _CompletionService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "llmrpc.v1.CompletionService",
 	HandlerType: (*CompletionServiceServer)(nil),
@@ -199,6 +309,18 @@ var _CompletionService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetSupportedParams",
 			Handler:    _CompletionService_GetSupportedParams_Handler,
+		},
+		{
+			MethodName: "CountTokens",
+			Handler:    _CompletionService_CountTokens_Handler,
+		},
+		{
+			MethodName: "GetModelInfo",
+			Handler:    _CompletionService_GetModelInfo_Handler,
+		},
+		{
+			MethodName: "ListModels",
+			Handler:    _CompletionService_ListModels_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -359,6 +359,26 @@ export declare type CompleteRequest = Message<"llmrpc.v1.CompleteRequest"> & {
    * @generated from field: llmrpc.v1.WebSearchOptions web_search_options = 46;
    */
   webSearchOptions?: WebSearchOptions | undefined;
+
+  /**
+   * The OpenAI organization to bill (LiteLLM `organization`): sent as the
+   * `OpenAI-Organization` header to the `openai/` provider, ignored by
+   * every other provider.
+   *
+   * @generated from field: optional string organization = 60;
+   */
+  organization?: string | undefined;
+
+  /**
+   * A one-call router (LiteLLM `completion(model_list=[...])`): when `model`
+   * is one of these entries' `model_name`, the call goes to one of them
+   * (simple shuffle), and a retryable failure moves to another. Their
+   * api_base/api_key are the caller's own (the caller-base key policy
+   * applies). At most 64 entries.
+   *
+   * @generated from field: repeated llmrpc.v1.ModelDeployment model_list = 70;
+   */
+  modelList: ModelDeployment[];
 };
 
 /**
@@ -728,11 +748,21 @@ export declare type StreamCompleteResponse = Message<"llmrpc.v1.StreamCompleteRe
   /**
    * Set on the first chunk (provider, attempts so far, cache hit, time to
    * the first upstream chunk as upstream_latency_ms) and again on the usage
-   * chunk, which adds cost_usd.
+   * chunk (or the chunk carrying hidden_usage), which adds cost_usd.
    *
    * @generated from field: llmrpc.v1.ResponseMetadata metadata = 9;
    */
   metadata?: ResponseMetadata | undefined;
+
+  /**
+   * The usage the provider reported while include_usage was not requested
+   * (LiteLLM keeps it hidden on the stream for stream_chunk_builder and cost
+   * tracking). It rides on the last chunk with a finish_reason, or on a chunk
+   * of its own without choices; `usage` stays unset.
+   *
+   * @generated from field: llmrpc.v1.Usage hidden_usage = 20;
+   */
+  hiddenUsage?: Usage | undefined;
 };
 
 /**
@@ -822,6 +852,44 @@ export declare type ResponseMetadata = Message<"llmrpc.v1.ResponseMetadata"> & {
 export declare const ResponseMetadataSchema: GenMessage<ResponseMetadata>;
 
 /**
+ * One deployment of a request's `model_list` (a LiteLLM proxy config
+ * `model_list` entry).
+ *
+ * @generated from message llmrpc.v1.ModelDeployment
+ */
+export declare type ModelDeployment = Message<"llmrpc.v1.ModelDeployment"> & {
+  /**
+   * The public model name it serves (LiteLLM `model_name`).
+   *
+   * @generated from field: string model_name = 1;
+   */
+  modelName: string;
+
+  /**
+   * LiteLLM `litellm_params`: `model` ("provider/model", required),
+   * `api_base`, `api_key`, `api_version`, `rpm`, `tpm`, `timeout`,
+   * `stream_timeout`, `max_retries`, `order`, `weight`; any other key is a
+   * provider parameter sent like `extra_body`.
+   *
+   * @generated from field: google.protobuf.Struct litellm_params = 2;
+   */
+  litellmParams?: JsonObject | undefined;
+
+  /**
+   * LiteLLM `model_info` (`id` names the deployment in attempt logs).
+   *
+   * @generated from field: google.protobuf.Struct model_info = 3;
+   */
+  modelInfo?: JsonObject | undefined;
+};
+
+/**
+ * Describes the message llmrpc.v1.ModelDeployment.
+ * Use `create(ModelDeploymentSchema)` to create a new message.
+ */
+export declare const ModelDeploymentSchema: GenMessage<ModelDeployment>;
+
+/**
  * One upstream attempt.
  *
  * @generated from message llmrpc.v1.Attempt
@@ -861,6 +929,15 @@ export declare type Attempt = Message<"llmrpc.v1.Attempt"> & {
    * @generated from field: double latency_ms = 5;
    */
   latencyMs: number;
+
+  /**
+   * The model-group deployment tried (its `model_info.id`, else
+   * "model_name#index"); unset when the model was not routed through a
+   * `model_list`.
+   *
+   * @generated from field: optional string deployment = 6;
+   */
+  deployment?: string | undefined;
 };
 
 /**
@@ -924,6 +1001,378 @@ export declare type GetSupportedParamsResponse = Message<"llmrpc.v1.GetSupported
 export declare const GetSupportedParamsResponseSchema: GenMessage<GetSupportedParamsResponse>;
 
 /**
+ * Asks for the prompt tokens of messages or of a text.
+ *
+ * @generated from message llmrpc.v1.CountTokensRequest
+ */
+export declare type CountTokensRequest = Message<"llmrpc.v1.CountTokensRequest"> & {
+  /**
+   * "provider/model" (picks the tokenizer; any name works).
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * The messages to count, as in a CompleteRequest (role, content, tool
+   * calls, names); ignored when `text` is set.
+   *
+   * @generated from field: repeated llmrpc.v1.Message messages = 2;
+   */
+  messages: Message$1[];
+
+  /**
+   * A plain text to count instead of messages.
+   *
+   * @generated from field: optional string text = 3;
+   */
+  text?: string | undefined;
+
+  /**
+   * Tool definitions counted with the messages.
+   *
+   * @generated from field: repeated llmrpc.v1.Tool tools = 4;
+   */
+  tools: Tool[];
+};
+
+/**
+ * Describes the message llmrpc.v1.CountTokensRequest.
+ * Use `create(CountTokensRequestSchema)` to create a new message.
+ */
+export declare const CountTokensRequestSchema: GenMessage<CountTokensRequest>;
+
+/**
+ * The prompt tokens counted.
+ *
+ * @generated from message llmrpc.v1.CountTokensResponse
+ */
+export declare type CountTokensResponse = Message<"llmrpc.v1.CountTokensResponse"> & {
+  /**
+   * Tokens the prompt takes, message framing included (OpenAI's chat
+   * format: 3 per message, 1 per name, 3 to prime the reply).
+   *
+   * @generated from field: int32 prompt_tokens = 1;
+   */
+  promptTokens: number;
+
+  /**
+   * The tokenizer used, e.g. "o200k_base" or "cl100k_base". Models that are
+   * not OpenAI's are counted with cl100k_base, as LiteLLM does, so their
+   * counts are estimates.
+   *
+   * @generated from field: string tokenizer = 2;
+   */
+  tokenizer: string;
+};
+
+/**
+ * Describes the message llmrpc.v1.CountTokensResponse.
+ * Use `create(CountTokensResponseSchema)` to create a new message.
+ */
+export declare const CountTokensResponseSchema: GenMessage<CountTokensResponse>;
+
+/**
+ * Asks what is known about a model.
+ *
+ * @generated from message llmrpc.v1.GetModelInfoRequest
+ */
+export declare type GetModelInfoRequest = Message<"llmrpc.v1.GetModelInfoRequest"> & {
+  /**
+   * "provider/model", a bare well-known name ("gpt-4o", "claude-..."), or a
+   * model name, alias or wildcard match of the server's proxy config.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+};
+
+/**
+ * Describes the message llmrpc.v1.GetModelInfoRequest.
+ * Use `create(GetModelInfoRequestSchema)` to create a new message.
+ */
+export declare const GetModelInfoRequestSchema: GenMessage<GetModelInfoRequest>;
+
+/**
+ * What is known about a model.
+ *
+ * @generated from message llmrpc.v1.GetModelInfoResponse
+ */
+export declare type GetModelInfoResponse = Message<"llmrpc.v1.GetModelInfoResponse"> & {
+  /**
+   * The model's information.
+   *
+   * @generated from field: llmrpc.v1.ModelInfo model_info = 1;
+   */
+  modelInfo?: ModelInfo | undefined;
+};
+
+/**
+ * Describes the message llmrpc.v1.GetModelInfoResponse.
+ * Use `create(GetModelInfoResponseSchema)` to create a new message.
+ */
+export declare const GetModelInfoResponseSchema: GenMessage<GetModelInfoResponse>;
+
+/**
+ * A model's provider, prices, limits and capabilities (LiteLLM
+ * `get_model_info()` keys). Unknown values are unset.
+ *
+ * @generated from message llmrpc.v1.ModelInfo
+ */
+export declare type ModelInfo = Message<"llmrpc.v1.ModelInfo"> & {
+  /**
+   * The model as asked for.
+   *
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * The provider prefix (LiteLLM `litellm_provider`), e.g. "anthropic".
+   *
+   * @generated from field: string provider = 2;
+   */
+  provider: string;
+
+  /**
+   * The model name sent upstream.
+   *
+   * @generated from field: string provider_model = 3;
+   */
+  providerModel: string;
+
+  /**
+   * "chat" for every model served by CompletionService.
+   *
+   * @generated from field: string mode = 4;
+   */
+  mode: string;
+
+  /**
+   * Largest prompt in tokens (context window).
+   *
+   * @generated from field: optional int32 max_input_tokens = 5;
+   */
+  maxInputTokens?: number | undefined;
+
+  /**
+   * Largest completion in tokens.
+   *
+   * @generated from field: optional int32 max_output_tokens = 6;
+   */
+  maxOutputTokens?: number | undefined;
+
+  /**
+   * Largest prompt plus completion in tokens (LiteLLM `max_tokens`).
+   *
+   * @generated from field: optional int32 max_tokens = 7;
+   */
+  maxTokens?: number | undefined;
+
+  /**
+   * USD per prompt token.
+   *
+   * @generated from field: optional double input_cost_per_token = 8;
+   */
+  inputCostPerToken?: number | undefined;
+
+  /**
+   * USD per completion token.
+   *
+   * @generated from field: optional double output_cost_per_token = 9;
+   */
+  outputCostPerToken?: number | undefined;
+
+  /**
+   * USD per prompt token read from the provider's prompt cache.
+   *
+   * @generated from field: optional double cache_read_input_token_cost = 10;
+   */
+  cacheReadInputTokenCost?: number | undefined;
+
+  /**
+   * USD per prompt token written to the provider's prompt cache.
+   *
+   * @generated from field: optional double cache_creation_input_token_cost = 11;
+   */
+  cacheCreationInputTokenCost?: number | undefined;
+
+  /**
+   * USD per web search request.
+   *
+   * @generated from field: optional double search_cost_per_request = 12;
+   */
+  searchCostPerRequest?: number | undefined;
+
+  /**
+   * Tool (function) calling.
+   *
+   * @generated from field: optional bool supports_function_calling = 13;
+   */
+  supportsFunctionCalling?: boolean | undefined;
+
+  /**
+   * Several tool calls in one reply.
+   *
+   * @generated from field: optional bool supports_parallel_function_calling = 14;
+   */
+  supportsParallelFunctionCalling?: boolean | undefined;
+
+  /**
+   * `tool_choice`.
+   *
+   * @generated from field: optional bool supports_tool_choice = 15;
+   */
+  supportsToolChoice?: boolean | undefined;
+
+  /**
+   * Image input.
+   *
+   * @generated from field: optional bool supports_vision = 16;
+   */
+  supportsVision?: boolean | undefined;
+
+  /**
+   * Reasoning / thinking output.
+   *
+   * @generated from field: optional bool supports_reasoning = 17;
+   */
+  supportsReasoning?: boolean | undefined;
+
+  /**
+   * `response_format` with a JSON schema.
+   *
+   * @generated from field: optional bool supports_response_schema = 18;
+   */
+  supportsResponseSchema?: boolean | undefined;
+
+  /**
+   * Prompt caching (cached prompt tokens are billed differently).
+   *
+   * @generated from field: optional bool supports_prompt_caching = 19;
+   */
+  supportsPromptCaching?: boolean | undefined;
+
+  /**
+   * A system message.
+   *
+   * @generated from field: optional bool supports_system_messages = 20;
+   */
+  supportsSystemMessages?: boolean | undefined;
+
+  /**
+   * `web_search_options`.
+   *
+   * @generated from field: optional bool supports_web_search = 21;
+   */
+  supportsWebSearch?: boolean | undefined;
+
+  /**
+   * Audio input.
+   *
+   * @generated from field: optional bool supports_audio_input = 22;
+   */
+  supportsAudioInput?: boolean | undefined;
+
+  /**
+   * Audio output.
+   *
+   * @generated from field: optional bool supports_audio_output = 23;
+   */
+  supportsAudioOutput?: boolean | undefined;
+
+  /**
+   * PDF input.
+   *
+   * @generated from field: optional bool supports_pdf_input = 24;
+   */
+  supportsPdfInput?: boolean | undefined;
+
+  /**
+   * The OpenAI parameters the provider accepts, sorted.
+   *
+   * @generated from field: repeated string supported_openai_params = 25;
+   */
+  supportedOpenaiParams: string[];
+
+  /**
+   * For a model group of the proxy config: its deployments' ids
+   * (`model_info.id`, else "model_name#index"), in config order. The
+   * provider, limits and prices above are those of the first deployment,
+   * overridden by the keys its config `model_info` sets.
+   *
+   * @generated from field: repeated string deployments = 40;
+   */
+  deployments: string[];
+
+  /**
+   * For an alias (`model_group_alias`, or the server's `aliases`): the
+   * model group or "provider/model" it stands for.
+   *
+   * @generated from field: optional string alias_of = 41;
+   */
+  aliasOf?: string | undefined;
+
+  /**
+   * True when `key` is a wildcard pattern ("anthropic/*"): any name it
+   * matches may be used.
+   *
+   * @generated from field: bool wildcard = 42;
+   */
+  wildcard: boolean;
+
+  /**
+   * The config's own `model_info` of the group's first deployment (never
+   * its litellm_params: no base or key is listed).
+   *
+   * @generated from field: google.protobuf.Struct config_model_info = 43;
+   */
+  configModelInfo?: JsonObject | undefined;
+};
+
+/**
+ * Describes the message llmrpc.v1.ModelInfo.
+ * Use `create(ModelInfoSchema)` to create a new message.
+ */
+export declare const ModelInfoSchema: GenMessage<ModelInfo>;
+
+/**
+ * Asks for the model names the caller may use.
+ *
+ * @generated from message llmrpc.v1.ListModelsRequest
+ */
+export declare type ListModelsRequest = Message<"llmrpc.v1.ListModelsRequest"> & {
+};
+
+/**
+ * Describes the message llmrpc.v1.ListModelsRequest.
+ * Use `create(ListModelsRequestSchema)` to create a new message.
+ */
+export declare const ListModelsRequestSchema: GenMessage<ListModelsRequest>;
+
+/**
+ * The model names the caller may use.
+ *
+ * @generated from message llmrpc.v1.ListModelsResponse
+ */
+export declare type ListModelsResponse = Message<"llmrpc.v1.ListModelsResponse"> & {
+  /**
+   * One entry per public name, config model groups first (config order),
+   * then aliases, then "provider/*" for each provider the server holds a
+   * key or base for.
+   *
+   * @generated from field: repeated llmrpc.v1.ModelInfo models = 1;
+   */
+  models: ModelInfo[];
+};
+
+/**
+ * Describes the message llmrpc.v1.ListModelsResponse.
+ * Use `create(ListModelsResponseSchema)` to create a new message.
+ */
+export declare const ListModelsResponseSchema: GenMessage<ListModelsResponse>;
+
+/**
  * One completion() contract in front of every LLM provider. Models are named
  * LiteLLM-style, "provider/model" (e.g. "openai/gpt-4o", "anthropic/claude-x",
  * "mock/echo"). Errors are google.rpc.Status with exactly one ErrorInfo
@@ -964,6 +1413,40 @@ export declare const CompletionService: GenService<{
     methodKind: "unary";
     input: typeof GetSupportedParamsRequestSchema;
     output: typeof GetSupportedParamsResponseSchema;
+  },
+  /**
+   * Counts the prompt tokens of messages (or a text) for a model, offline
+   * (LiteLLM `token_counter`).
+   *
+   * @generated from rpc llmrpc.v1.CompletionService.CountTokens
+   */
+  countTokens: {
+    methodKind: "unary";
+    input: typeof CountTokensRequestSchema;
+    output: typeof CountTokensResponseSchema;
+  },
+  /**
+   * What the gateway knows about a model: provider, prices, limits and
+   * capabilities (LiteLLM `get_model_info`).
+   *
+   * @generated from rpc llmrpc.v1.CompletionService.GetModelInfo
+   */
+  getModelInfo: {
+    methodKind: "unary";
+    input: typeof GetModelInfoRequestSchema;
+    output: typeof GetModelInfoResponseSchema;
+  },
+  /**
+   * The public model names this caller may use (config model groups,
+   * aliases, wildcards), each with what GetModelInfo says about it (LiteLLM
+   * proxy `/v1/models` and `/model/info`).
+   *
+   * @generated from rpc llmrpc.v1.CompletionService.ListModels
+   */
+  listModels: {
+    methodKind: "unary";
+    input: typeof ListModelsRequestSchema;
+    output: typeof ListModelsResponseSchema;
   },
 }>;
 

@@ -220,6 +220,35 @@ export enum ErrorReason {
    * @generated from enum value: ERROR_REASON_API_BASE_NOT_ALLOWED = 25;
    */
   API_BASE_NOT_ALLOWED = 25,
+
+  /**
+   * The caller's virtual key has spent its `max_budget` (USD) within its
+   * current `budget_duration` window (RESOURCE_EXHAUSTED, with QuotaFailure,
+   * RetryInfo when the window ends, and metadata `keyAlias`, `spend`,
+   * `maxBudget`). Nothing was sent upstream.
+   *
+   * @generated from enum value: ERROR_REASON_BUDGET_EXCEEDED = 26;
+   */
+  BUDGET_EXCEEDED = 26,
+
+  /**
+   * The caller's virtual key may not use the requested model (or a
+   * request-level fallback): it is outside the key's `models`
+   * (PERMISSION_DENIED, with ResourceInfo; metadata `model`, `field`,
+   * `keyAlias`). Nothing was sent upstream.
+   *
+   * @generated from enum value: ERROR_REASON_MODEL_NOT_ALLOWED = 27;
+   */
+  MODEL_NOT_ALLOWED = 27,
+
+  /**
+   * The counters behind virtual keys' limits cannot be read or written (the
+   * state file is unusable or locked too long), so a call under a key with
+   * limits is refused rather than run unmetered (UNAVAILABLE; retryable).
+   *
+   * @generated from enum value: ERROR_REASON_KEY_STORE_UNAVAILABLE = 28;
+   */
+  KEY_STORE_UNAVAILABLE = 28,
 }
 
 /**
