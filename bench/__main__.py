@@ -27,6 +27,8 @@ from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 from llmrpc_server.executor import Executor
 from llmrpc_server.providers.base import HttpCall
 
+from bench.aiohttp_executor import Executor as AiohttpExecutor
+
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -219,7 +221,7 @@ async def run_suite(address: str, pids: list[int], base: Baselines, calls: int) 
 DIRECT_AIOHTTP, DIRECT_LEAN = "direct HTTP (aiohttp)", "direct HTTP (gateway executor, pyreqwest)"
 
 
-async def _lean_post(executor: Executor, url: str, body: Mapping[str, object]) -> None:
+async def _lean_post(executor: Executor | AiohttpExecutor, url: str, body: Mapping[str, object]) -> None:
     reply = await executor.send(HttpCall(url, {"content-type": "application/json"}, body), timeout=30)
     orjson.loads(reply.body)
 
@@ -234,11 +236,14 @@ def blocking(channel: grpc.Channel, req: pb.CompleteRequest) -> Callable[[], Awa
     return call
 
 
-async def http_client_comparison(upstream: str, calls: int, concurrency: int = 16) -> list[str]:
+async def http_client_comparison(upstream: str, calls: int, concurrency: int = 16, rounds: int = 1) -> list[str]:
     """The executor's HTTP client against the alternatives: the same unary calls through httpx's
-    default transport, aiohttp, pyreqwest alone and the gateway's executor (pyreqwest plus its limits,
-    bounded reads and per-host slots), measuring this process's CPU per call (the cost the gateway
-    would pay; pyreqwest's Tokio thread is in this process too)."""
+    default transport, aiohttp, pyreqwest alone, the gateway's executor (pyreqwest plus its limits,
+    bounded reads and per-host slots) and the same executor on aiohttp (``bench/aiohttp_executor.py``),
+    measuring this process's
+    CPU per call (the cost the gateway would pay; pyreqwest's Tokio thread is in this process too).
+    ``rounds`` > 1 repeats every client, in reversed order each other round, because this shared VM
+    drifts between back-to-back runs."""
     import httpx
     from pyreqwest.client import ClientBuilder
 
@@ -246,12 +251,16 @@ async def http_client_comparison(upstream: str, calls: int, concurrency: int = 1
     raw = orjson.dumps(body)
     url = f"{upstream}/v1/chat/completions"
     rows = []
-    executor = Executor()
+    executor, candidate = Executor(), AiohttpExecutor()
     await executor.start()
+    await candidate.start()
     rq = ClientBuilder().no_proxy().build()
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=100)) as hx, aiohttp.ClientSession() as ah:
         async def with_executor() -> None:
             await _lean_post(executor, url, body)
+
+        async def with_candidate() -> None:
+            await _lean_post(candidate, url, body)
 
         async def with_pyreqwest() -> None:
             resp = await rq.post(url).header("content-type", "application/json").body_bytes(raw).build().send()
@@ -264,46 +273,66 @@ async def http_client_comparison(upstream: str, calls: int, concurrency: int = 1
             async with ah.post(url, json=body) as resp:
                 await resp.json()
 
-        for name, call in (("httpx (default transport)", with_httpx), ("aiohttp", with_aiohttp),
-                           ("pyreqwest", with_pyreqwest), ("gateway executor (pyreqwest, used)", with_executor)):
-            cpu0 = time.process_time()
-            result = await drive(name, call, concurrency, calls, None)
-            cpu = (time.process_time() - cpu0) / (result.calls + 20) * 1000
-            p50 = statistics.median(result.latencies) * 1000
-            rate = result.calls / result.seconds
-            rows.append(f"| {name:<26} | {concurrency} | {rate:8.0f} | {p50:6.2f} | {cpu:6.3f} |")
+        clients = [("httpx (default transport)", with_httpx), ("aiohttp", with_aiohttp),
+                   ("pyreqwest", with_pyreqwest), ("executor on pyreqwest (used)", with_executor),
+                   ("executor on aiohttp (candidate)", with_candidate)]
+        for turn in range(rounds):
+            rows += [f"| {name:<30} | {turn + 1} | {row}" for name, row in await _compare(
+                clients if turn % 2 == 0 else clients[::-1], concurrency, calls)]
     await rq.close()
     await executor.close()
+    await candidate.close()
     return rows
 
 
-async def stream_throughput(upstream: str, streams: int = 200, concurrency: int = 16) -> list[str]:
-    """50-chunk SSE streams read through the executor (pyreqwest) and through aiohttp: streams/s and
-    client CPU per chunk, the same upstream."""
+async def _compare(clients: list[tuple[str, Callable[[], Awaitable[None]]]], concurrency: int,
+                   calls: int) -> list[tuple[str, str]]:
+    """Each client in turn: (name, "conc | calls/s | p50 ms | client CPU ms/call |")."""
+    rows = []
+    for name, call in clients:
+        cpu0 = time.process_time()
+        result = await drive(name, call, concurrency, calls, None)
+        cpu = (time.process_time() - cpu0) / (result.calls + 20) * 1000
+        p50 = statistics.median(result.latencies) * 1000
+        rate = result.calls / result.seconds
+        rows.append((name, f"{concurrency} | {rate:8.0f} | {p50:6.2f} | {cpu:6.3f} |"))
+    return sorted(rows)
+
+
+async def stream_throughput(upstream: str, streams: int = 200, concurrency: int = 16, rounds: int = 1) -> list[str]:
+    """50-chunk SSE streams read through the executor (on pyreqwest, and the candidate on aiohttp) and
+    through aiohttp alone: streams/s and client CPU per chunk, the same upstream, ``rounds`` times."""
     body = {"model": "bench-model", "messages": [{"role": "user", "content": "Say something."}], "stream": True}
     url = f"{upstream}/v1/chat/completions"
-    executor = Executor(stream_idle_timeout=60)
+    executor, candidate = Executor(stream_idle_timeout=60), AiohttpExecutor(stream_idle_timeout=60)
     await executor.start()
+    await candidate.start()
     rows = []
     async with aiohttp.ClientSession() as ah:
-        async def with_executor() -> None:
-            async with executor.stream(HttpCall(url, {"content-type": "application/json"}, body), timeout=30) as up:
-                while await up.next_events(30) is not None:
-                    pass
+        def through(ex: Executor | AiohttpExecutor) -> Callable[[], Awaitable[None]]:
+            async def read() -> None:
+                async with ex.stream(HttpCall(url, {"content-type": "application/json"}, body), timeout=30) as up:
+                    while await up.next_events(30) is not None:
+                        pass
+            return read
 
         async def with_aiohttp() -> None:
             async with ah.post(url, json=body) as resp:
                 async for _ in resp.content:
                     pass
 
-        for name, call in (("aiohttp", with_aiohttp), ("gateway executor (pyreqwest, used)", with_executor)):
-            cpu0 = time.process_time()
-            result = await drive(name, call, concurrency, streams, None)
-            cpu = (time.process_time() - cpu0) / ((result.calls + 20) * 50) * 1000
-            rows.append(f"| {name:<26} | {concurrency} | {result.calls / result.seconds:8.0f} | "
-                        f"{statistics.median(result.latencies) * 1000:6.2f} | {cpu:6.4f} |")
+        clients = [("aiohttp", with_aiohttp), ("executor on pyreqwest (used)", through(executor)),
+                   ("executor on aiohttp (candidate)", through(candidate))]
+        for turn in range(rounds):
+            for name, call in clients if turn % 2 == 0 else clients[::-1]:
+                cpu0 = time.process_time()
+                result = await drive(name, call, concurrency, streams, None)
+                cpu = (time.process_time() - cpu0) / ((result.calls + 20) * 50) * 1000
+                rows.append(f"| {name:<30} | {turn + 1} | {concurrency} | {result.calls / result.seconds:8.0f} | "
+                            f"{statistics.median(result.latencies) * 1000:6.2f} | {cpu:6.4f} |")
     await executor.close()
-    return rows
+    await candidate.close()
+    return sorted(rows)
 
 
 def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -348,17 +377,17 @@ def conc1_table(conc1: dict[str, tuple[float, float | None]]) -> str:
     return "\n".join(rows)
 
 
-def http_clients_only(calls: int) -> None:
+def http_clients_only(calls: int, rounds: int) -> None:
     """``python -m bench --http-clients``: the local upstream and the client comparison, nothing else."""
     port = free_port()
     upstream = start([sys.executable, str(HERE / "upstream.py"), str(port)], dict(os.environ))
     try:
         wait_port(port)
         url = f"http://127.0.0.1:{port}"
-        print("| client | conc | calls/s | p50 ms | client CPU ms/call |\n|---|---|---|---|---|")
-        print("\n".join(asyncio.run(http_client_comparison(url, calls))))
-        print("\n| client | conc | streams/s | p50 ms | client CPU ms/chunk |\n|---|---|---|---|---|")
-        print("\n".join(asyncio.run(stream_throughput(url))))
+        print("| client | round | conc | calls/s | p50 ms | client CPU ms/call |\n|---|---|---|---|---|---|")
+        print("\n".join(asyncio.run(http_client_comparison(url, calls, rounds=rounds))))
+        print("\n| client | round | conc | streams/s | p50 ms | client CPU ms/chunk |\n|---|---|---|---|---|---|")
+        print("\n".join(asyncio.run(stream_throughput(url, rounds=rounds))))
     finally:
         upstream.terminate()
         upstream.wait(30)
@@ -368,11 +397,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2, help="processes for the multi-process run")
+    parser.add_argument("--rounds", type=int, default=3, help="--http-clients: rounds, each client in turn")
     parser.add_argument("--http-clients", action="store_true",
                         help="only the HTTP-client comparison (unary CPU per call, stream throughput)")
     args = parser.parse_args()
     if args.http_clients:
-        http_clients_only(args.calls)
+        http_clients_only(args.calls, args.rounds)
         return
     up_port, gw_port, echo_port, proxy_port = free_port(), free_port(), free_port(), free_port()
     env = {**os.environ, "OPENAI_API_KEY": "sk-bench", "OPENAI_API_BASE": f"http://127.0.0.1:{up_port}/v1",
@@ -390,10 +420,10 @@ def main() -> None:
         results = asyncio.run(run_suite(f"127.0.0.1:{gw_port}", [gw.pid], base, args.calls))
         print_table("one gateway process", results)
         print("\n### HTTP client for the executor (client CPU per call, same upstream)\n")
-        print("| client | conc | calls/s | p50 ms | client CPU ms/call |\n|---|---|---|---|---|")
+        print("| client | round | conc | calls/s | p50 ms | client CPU ms/call |\n|---|---|---|---|---|---|")
         print("\n".join(asyncio.run(http_client_comparison(upstream, args.calls))))
         print("\n### streams through the executor's HTTP client (50 chunks, client CPU per chunk)\n")
-        print("| client | conc | streams/s | p50 ms | client CPU ms/chunk |\n|---|---|---|---|---|")
+        print("| client | round | conc | streams/s | p50 ms | client CPU ms/chunk |\n|---|---|---|---|---|---|")
         print("\n".join(asyncio.run(stream_throughput(upstream))))
         gw.terminate()
         gw.wait(30)
