@@ -292,7 +292,7 @@ def test_prometheus_with_workers_serves_every_workers_metrics(tmp_path: Any) -> 
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
-        listening, deadline = 0, time.monotonic() + 30
+        listening, deadline = 0, time.monotonic() + 90
         while listening < 2:  # both workers, not just the first to bind: calls must be able to reach each
             assert time.monotonic() < deadline, "the workers did not both start"
             ready, _, _ = select.select([proc.stderr], [], [], 1.0)
