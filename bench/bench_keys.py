@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -118,8 +119,12 @@ def layer(calls: int) -> dict[str, float]:
             resp.metadata.cost_usd = 1e-6
             return resp
 
-        def stream(self, req: pb.CompleteRequest, deadline: Deadline, *, include_usage: bool) -> Any:
-            raise NotImplementedError
+        async def stream(self, req: pb.CompleteRequest, deadline: Deadline, *,
+                         include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
+            """One usage chunk (the Backend protocol asks for both; this bench times unary calls)."""
+            chunk = pb.StreamCompleteResponse(model="echo")
+            chunk.usage.total_tokens = 12
+            yield chunk
 
     key = VirtualKey(digest=hash_key(KEY), alias="bench", rpm_limit=10**9, tpm_limit=10**12, max_budget=1e9,
                      budget_duration=86400, max_parallel_requests=1000)

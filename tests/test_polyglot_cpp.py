@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.polyglot import Scenario, build_example, check_output, ensure_toolchain, run_example, scenario
+from tests.polyglot_native import Scenario, build_example, check_output, ensure_toolchain, run_example, scenario
 
 # The first run installs the toolchain and compiles the stubs; later runs reuse .polyglot-build.
 pytestmark = pytest.mark.timeout(900)

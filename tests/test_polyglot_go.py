@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.polyglot import Scenario, build_example, check_output, ensure_toolchain, run_example, scenario
+from tests.polyglot_native import Scenario, build_example, check_output, ensure_toolchain, run_example, scenario
 
 # The first run installs the toolchain and compiles (gRPC itself, for Go); later runs reuse .polyglot-build.
 pytestmark = pytest.mark.timeout(900)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.polyglot_support import CITATIONS, WEATHER_SCHEMA, handler, npm_install
+from tests.polyglot_js import CITATIONS, WEATHER_SCHEMA, handler, npm_install
 from tests.support import GatewayThread, gateway_settings
 from tests.upstreams import FakeUpstream
 
