@@ -32,9 +32,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
 from aiohttp.resolver import ThreadedResolver
 from google.rpc import error_details_pb2
-from llmrpc_server.convert import dumps
 from llmrpc_server.egress import AddressCheck, EgressRefused
 from llmrpc_server.errors import ServiceError
+from llmrpc_server.proto_json import dumps
 from llmrpc_server.providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent
 from llmrpc_server.providers.mock import MOCK_SCHEME, MockReply, answer
 from llmrpc_server.sse import make_decoder

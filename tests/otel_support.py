@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from llmrpc_server.app import start_gateway
 from llmrpc_server.config import Settings
-from llmrpc_server.otel_setup import Telemetry
+from llmrpc_server.observability.otel import Telemetry
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider

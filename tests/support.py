@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmrpc.v1 import completion_service_pb2_grpc
 from llmrpc_server.app import Gateway, start_gateway
 from llmrpc_server.config import Settings
-from llmrpc_server.counters import Counters
+from llmrpc_server.observability.counters import Counters
 
 T = TypeVar("T")
 

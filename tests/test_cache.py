@@ -23,8 +23,8 @@ from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 from llmrpc_server.accumulate import accumulate, split
-from llmrpc_server.cache import MEMO_SECONDS, SqliteStore
-from llmrpc_server.caching import CachingBackend, cache_key, credential_scope
+from llmrpc_server.cache.backend import CachingBackend, cache_key, credential_scope
+from llmrpc_server.cache.store import MEMO_SECONDS, SqliteStore
 from llmrpc_server.providers.base import Target
 
 from tests.support import GatewayThread

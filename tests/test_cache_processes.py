@@ -107,7 +107,7 @@ def test_opening_a_fresh_file_at_once_never_disables_the_cache(tmp_path: Path) -
     # loser at once instead of waiting. Separate connections in threads race the same way.
     from threading import Barrier
 
-    from llmrpc_server.cache import SqliteStore
+    from llmrpc_server.cache.store import SqliteStore
 
     for attempt in range(40):
         path = str(tmp_path / f"fresh-{attempt}.sqlite")

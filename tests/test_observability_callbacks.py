@@ -181,7 +181,7 @@ def test_raising_and_sleeping_callbacks_do_not_touch_the_call(start_gateway: Cal
 
 
 def test_unknown_callback_or_missing_lunary_key_fail_at_start() -> None:
-    from llmrpc_server.callbacks import CallbackDispatcher
+    from llmrpc_server.observability.callbacks import CallbackDispatcher
 
     from tests.support import gateway_settings
 

@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 from llmrpc_server.interceptors import build_interceptors
-from llmrpc_server.otel_setup import configure
+from llmrpc_server.observability.otel import configure
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import llmrpc
 import pytest
+from llmrpc_server.providers.chat_json import usage_from_openai
 from llmrpc_server.providers.compatible import adapters, family_specs
 from llmrpc_server.providers.openai import OpenAISpec
-from llmrpc_server.providers.openai_wire import usage_from_openai
 
 from tests.support import GatewayThread
 from tests.upstreams import FakeUpstream, SSEReply, dumps

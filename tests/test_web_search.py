@@ -10,7 +10,7 @@ from typing import Any
 import llmrpc
 import pytest
 from llmrpc.v1 import completion_service_pb2 as pb
-from llmrpc_server.providers.openai_wire import web_search_to_openai
+from llmrpc_server.providers.chat_json import web_search_to_openai
 
 from tests.support import GatewayThread, gateway_settings
 from tests.upstreams import FakeUpstream, JSONReply, SSEReply

@@ -20,19 +20,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from .cache import ResponseCache
-from .caching import CachingBackend
+from .backend import Backend
+from .cache.backend import CachingBackend
+from .cache.store import ResponseCache
 from .config import Settings
-from .counters import Counters
 from .discovery import ModelFilter
 from .egress import proxies_from_env
 from .executor import Executor
 from .health import DrainingHealthServicer
 from .interceptors import build_interceptors
 from .keys import KeyedBackend, SqliteLimitStore, configured_keys, current_model_filter, state_path
-from .observability import ObservedBackend
-from .otel_setup import Telemetry, configure
-from .pipeline import Backend, Pipeline
+from .observability.backend import ObservedBackend
+from .observability.counters import Counters
+from .observability.otel import Telemetry, configure
+from .pipeline import Pipeline
 from .pricing import load_price_table
 from .protected import startup_warnings
 from .providers import default_adapters

@@ -21,7 +21,7 @@ _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {}
 
 
 def _cache(settings: Settings, args: argparse.Namespace) -> int:
-    from .cache import cache_command  # imported on use: serving does not need the CLI's code path
+    from .cache.store import cache_command  # imported on use: serving does not need the CLI's code path
 
     return cache_command(settings, args)
 

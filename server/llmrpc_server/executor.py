@@ -39,9 +39,9 @@ from pyreqwest.proxy import ProxyBuilder
 from pyreqwest.request import StreamRequest
 from pyreqwest.response import Response
 
-from .convert import dumps
 from .egress import AddressCheck, EgressRefused
 from .errors import ServiceError
+from .proto_json import dumps
 from .providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent
 from .providers.mock import MOCK_SCHEME, MockReply, answer
 from .sse import make_decoder

@@ -149,7 +149,7 @@ def build_interceptors(settings: Settings, tracer_provider: TracerProvider | Non
     if tracer_provider is not None:
         from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
-        from .telemetry import SpanStatusInterceptor
+        from .observability.spans import SpanStatusInterceptor
 
         interceptors.append(aio_server_interceptor(  # type: ignore[no-untyped-call]
             tracer_provider=tracer_provider, filter_=filters.negate(filters.health_check())))

@@ -25,9 +25,9 @@ from genai_prices import data_snapshot
 from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from .convert import struct_to_dict
 from .params import openai_name
 from .pricing import PRICE_PROVIDERS
+from .proto_json import struct_to_dict
 from .providers.base import ProviderAdapter
 from .tokens import encoder, encoding_name
 

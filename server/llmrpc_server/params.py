@@ -10,7 +10,7 @@ from __future__ import annotations
 from llmrpc._litellm_params import LITELLM_OWN_PARAMS
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from .convert import clear_field
+from .proto_json import clear_field
 
 __all__ = [
     "ALWAYS_DROPPED",

@@ -8,35 +8,31 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Protocol
 
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from .config import Settings
-from .counters import DEADLINE_EXCEEDED, FALLBACKS, RETRIES, STREAM_IDLE_TIMEOUTS, STREAMS_BROKEN, Counters
 from .deployments import Candidate, DeploymentTable, ModelGroup, apply_extras, request_table, with_credentials
 from .egress import AddressCheck, EgressRefused
 from .errors import ServiceError, from_provider_error, invalid_argument
 from .executor import Executor, UpstreamStream, egress_refused
 from .media import MediaInliner
+from .observability.counters import (
+    DEADLINE_EXCEEDED,
+    FALLBACKS,
+    RETRIES,
+    STREAM_IDLE_TIMEOUTS,
+    STREAMS_BROKEN,
+    Counters,
+)
+from .observability.spans import attempt_span, record_chunk, record_response
 from .params import ALWAYS_DROPPED, openai_name, set_params, unforwarded_body_keys, without_body_keys, without_params
 from .providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent, Target
 from .redaction import origin, scrub_error
 from .retry import Deadline, backoff_delay
 from .router import Route, Router
-from .telemetry import attempt_span, record_chunk, record_response
 
-__all__ = ["AttemptLog", "Backend", "FallbackPlan", "Pipeline"]
-
-
-class Backend(Protocol):
-    """What the service calls. :class:`Pipeline` is the innermost backend; caching and
-    observability wrap it with the same interface (``app.start_gateway`` composes them)."""
-
-    async def complete(self, req: pb.CompleteRequest, deadline: Deadline) -> pb.CompleteResponse: ...
-
-    def stream(self, req: pb.CompleteRequest, deadline: Deadline, *,
-               include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]: ...
+__all__ = ["AttemptLog", "FallbackPlan", "Pipeline"]
 
 
 class AttemptLog:

@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError, Message
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 
+from .backend import Backend
 from .config import Settings
 from .deployments import DeploymentTable, request_table, with_credentials
 from .discovery import ModelFilter, group_info, list_models
@@ -20,7 +21,6 @@ from .errors import ServiceError, from_provider_error, internal_error, invalid_a
 from .hidden_usage import UsageHider
 from .model_info import count_tokens, model_info
 from .params import openai_name
-from .pipeline import Backend
 from .providers.base import ProviderError
 from .redaction import redact_chain
 from .retry import Deadline

@@ -11,8 +11,8 @@ from typing import Any
 from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from .convert import has_field, struct_to_dict
 from .errors import invalid_argument
+from .proto_json import has_field, struct_to_dict
 from .upstream_checks import upstream_violations
 
 __all__ = ["ROLES", "validate_request"]

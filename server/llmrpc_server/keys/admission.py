@@ -21,8 +21,8 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
+from ..backend import Backend
 from ..errors import ServiceError
-from ..pipeline import Backend
 from ..retry import Deadline
 from .spec import VirtualKey
 from .store import Decision, LimitStore, StoreUnavailable

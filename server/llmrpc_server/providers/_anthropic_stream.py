@@ -20,7 +20,7 @@ from typing import Any
 from llmrpc.v1 import chat_pb2, usage_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from ..convert import loads
+from ..proto_json import loads
 from ..tokens import count_text
 from .base import ErrorKind, ProviderError, StreamEvent, StreamState
 from .common import classify, new_completion_id, now

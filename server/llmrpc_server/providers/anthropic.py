@@ -29,12 +29,12 @@ from urllib.parse import urlsplit
 from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from ..convert import struct_to_dict
+from ..proto_json import struct_to_dict
 from ..tokens import preload_tokenizer
 from . import _anthropic_stream as wire
 from .base import ErrorKind, HttpCall, ProviderError, StreamEvent, StreamState, Target
+from .chat_json import approximate_location
 from .common import join_url, new_completion_id, now
-from .openai_wire import approximate_location
 
 __all__ = [
     "ANTHROPIC_PARAMS",

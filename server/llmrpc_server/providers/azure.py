@@ -8,7 +8,7 @@ from typing import Any
 
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from ..convert import loads
+from ..proto_json import loads
 from .base import ErrorKind, ProviderAdapter, ProviderError, StreamState, Target
 from .common import join_url, merge_headers
 from .openai import OPENAI_PARAMS, OpenAIAdapter, OpenAISpec, openai_error

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from ..convert import loads, struct_to_dict
+from ..proto_json import loads, struct_to_dict
 from ._gemini_schema import clean_schema
 from ._gemini_stream import gemini_error, parse_stream_event, response_from_gemini, usage_chunk
 from .base import ErrorKind, HttpCall, ProviderAdapter, ProviderError, StreamEvent, StreamState, Target

@@ -12,7 +12,7 @@ from typing import Any
 
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from ..convert import dumps
+from ..proto_json import dumps
 from .base import HttpCall, Target
 from .common import new_completion_id, now
 from .openai import OPENAI_PARAMS, OpenAIAdapter, OpenAISpec

@@ -13,11 +13,11 @@ from urllib.parse import urlsplit
 from llmrpc.v1 import chat_pb2, usage_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from ..convert import loads, struct_to_dict
+from ..proto_json import loads, struct_to_dict
 from ._think_tags import ThinkTagSplitter, split_think_tags
 from .base import ErrorKind, HttpCall, ProviderAdapter, ProviderError, StreamEvent, StreamState, Target
+from .chat_json import function_to_openai
 from .common import classify, join_url, merge_headers, new_completion_id, now
-from .openai_wire import function_to_openai
 
 __all__ = ["OLLAMA_PARAMS", "OllamaAdapter", "adapters"]
 

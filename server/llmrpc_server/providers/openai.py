@@ -8,10 +8,10 @@ from typing import Any
 
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from ..convert import dumps, loads
+from ..proto_json import dumps, loads
 from .base import ErrorKind, HttpCall, ProviderError, StreamEvent, StreamState, Target
+from .chat_json import body_from_request, chunk_from_openai, response_from_openai
 from .common import classify, join_url, merge_headers, new_completion_id, now
-from .openai_wire import body_from_request, chunk_from_openai, response_from_openai
 
 __all__ = ["OPENAI_PARAMS", "OpenAIAdapter", "OpenAISpec", "openai_error"]
 
@@ -62,7 +62,7 @@ class OpenAIAdapter:
                 body["stream_options"] = {"include_usage": True}
         self.adjust_body(body, req, target)
         if req.HasField("extra_body"):
-            from ..convert import struct_to_dict
+            from ..proto_json import struct_to_dict
 
             body.update(struct_to_dict(req.extra_body))
         return HttpCall(url=self.url(target), headers=self.headers(req, target), body=body)

@@ -38,17 +38,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from .accumulate import accumulate, split
-from .cache import CacheEntry, ResponseCache
-from .config import Settings
-from .convert import canonical_json
-from .credentials import caller_credentials
-from .errors import ServiceError, from_provider_error
-from .pipeline import Backend
-from .providers.base import ErrorKind, ProviderError, Target
-from .redaction import origin
-from .retry import Deadline
-from .router import Route
+from ..accumulate import accumulate, split
+from ..backend import Backend
+from ..config import Settings
+from ..credentials import caller_credentials
+from ..errors import ServiceError, from_provider_error
+from ..proto_json import canonical_json
+from ..providers.base import ErrorKind, ProviderError, Target
+from ..redaction import origin
+from ..retry import Deadline
+from ..router import Route
+from .store import CacheEntry, ResponseCache
 
 __all__ = ["EXCLUDED_FIELDS", "CachePlan", "CachingBackend", "cache_key", "credential_scope", "decode_stream",
            "encode_stream"]

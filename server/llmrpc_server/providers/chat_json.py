@@ -13,7 +13,7 @@ from typing import Any
 from llmrpc.v1 import chat_pb2, usage_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
-from ..convert import struct_to_dict
+from ..proto_json import struct_to_dict
 from .common import new_completion_id
 
 __all__ = [
@@ -280,7 +280,7 @@ def _args(arguments: Any) -> str:
         return ""
     if isinstance(arguments, str):
         return arguments
-    from ..convert import dumps
+    from ..proto_json import dumps
 
     return dumps(arguments).decode()
 

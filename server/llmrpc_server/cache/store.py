@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
-from .config import Settings
+from ..config import Settings
 
 __all__ = ["CacheEntry", "ResponseCache", "SqliteStore", "cache_command"]
 

@@ -28,20 +28,20 @@ from llmrpc.v1 import completion_service_pb2 as pb
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
+from ..backend import Backend
+from ..config import Settings
+from ..credentials import caller_credentials
+from ..errors import ServiceError
+from ..keys.admission import current_key_alias
+from ..pricing import call_cost
+from ..providers.base import ProviderError
+from ..redaction import redact
+from ..retry import Deadline
 from .callbacks import CallbackDispatcher, CallRecord
-from .config import Settings
 from .counters import Counters
-from .credentials import caller_credentials
-from .errors import ServiceError
-from .keys.admission import current_key_alias
 from .metrics import GatewayMetrics
-from .otel_setup import Telemetry
-from .pipeline import Backend
-from .pricing import call_cost
-from .providers.base import ProviderError
-from .redaction import redact
-from .retry import Deadline
-from .telemetry import CallTrace, current_call, request_attributes, set_response_attributes
+from .otel import Telemetry
+from .spans import CallTrace, current_call, request_attributes, set_response_attributes
 
 __all__ = ["ObservedBackend"]
 
@@ -335,15 +335,15 @@ def _trace_id(span: Span) -> str | None:
 
 def _messages_json(req: pb.CompleteRequest) -> str:
     """``gen_ai.input.messages`` (semantic-conventions shape: role and parts)."""
-    from .convert import dumps
-    from .providers.openai_wire import message_to_openai
+    from ..proto_json import dumps
+    from ..providers.chat_json import message_to_openai
 
     return dumps([_semconv_message(message_to_openai(m)) for m in req.messages]).decode()
 
 
 def _outputs_json(resp: pb.CompleteResponse) -> str:
-    from .convert import dumps
-    from .providers.openai_wire import message_to_openai
+    from ..proto_json import dumps
+    from ..providers.chat_json import message_to_openai
 
     out = []
     for choice in resp.choices:

@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 
-from .config import Settings
+from ..config import Settings
 
 __all__ = ["Telemetry", "configure"]
 

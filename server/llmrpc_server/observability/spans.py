@@ -26,8 +26,8 @@ from llmrpc.v1 import usage_pb2
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode, Tracer
 
+from ..providers.base import ProviderError, Target
 from .metrics import GatewayMetrics
-from .providers.base import ProviderError, Target
 
 __all__ = [
     "AttemptSpan", "CallTrace", "SpanStatusInterceptor", "attempt_span", "current_call", "has_field",
