@@ -176,7 +176,7 @@ class Pipeline:
         if route.target.base_from_caller and self._egress.refused(route.target.api_base):
             raise egress_refused(EgressRefused("api_base", "this gateway does not accept base URLs from callers "
                                                            "(--client-api-base off); leave api_base unset"))
-        if req.HasField("extra_body") and (own := unforwarded_body_keys(req, route.adapter.name)):
+        if req.HasField("extra_body") and (own := unforwarded_body_keys(req, route.adapter.litellm_body_keys)):
             req = without_body_keys(req, own)
         unsupported = [f for f in set_params(req) if f not in route.adapter.supported_params]
         if not unsupported:

@@ -188,6 +188,7 @@ class UpstreamStream(Protocol):
     async def next_events(self, timeout: float) -> list[StreamEvent] | None: ...
 
 
+@runtime_checkable
 class Transport(Protocol):
     """An in-process upstream the executor hands calls to instead of the network (httpx's
     ``MockTransport``): mounted for the URL scheme of the adapter's ``default_base``."""
@@ -222,6 +223,8 @@ class ProviderAdapter(Protocol[S]):
       adapter whatever model it names (the mock takes LiteLLM's ``mock_response``).
       ``priced_as_requested``: cost is that of the provider the requested model names, not this
       adapter's (the mock, so cost tracking can be tested offline).
+      ``litellm_body_keys``: LiteLLM's own arguments, never sent upstream, that this adapter's upstream
+      does take from ``extra_body`` (the mock's ``mock_tool_calls``).
     """
 
     name: str
@@ -234,6 +237,7 @@ class ProviderAdapter(Protocol[S]):
     transport: Transport | None = None
     answers_field: str | None = None
     priced_as_requested: bool = False
+    litellm_body_keys: frozenset[str] = frozenset()
 
     def build_request(
         self, req: pb.CompleteRequest, target: Target, *, stream: bool, include_usage: bool = False

@@ -49,6 +49,7 @@ class MockAdapter(OpenAIAdapter):
 
     answers_field = "mock_response"  # LiteLLM: mock_response answers whatever the model
     priced_as_requested = True
+    litellm_body_keys = frozenset({"mock_tool_calls"})  # LiteLLM's own argument, answered by the mock
 
     def __init__(self) -> None:
         self.transport = MockTransport()
