@@ -407,7 +407,6 @@ def _on_message_delta(data: dict[str, Any], state: _State) -> _Chunks:
 def _on_message_stop(data: dict[str, Any], state: _State) -> _Chunks:
     state.finished = True
     chunks = [] if state.own.finish_sent else [_finish_chunk(state)]
-    # Usage always: the service hides it unless include_usage was asked for.
     chunks.append(pb.StreamCompleteResponse(
         id=state.id, object="chat.completion.chunk", created=state.created, model=state.model,
         usage=usage_from_anthropic(state.own.usage, "".join(state.own.thoughts)),
