@@ -21,7 +21,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -35,8 +35,7 @@ from google.rpc import error_details_pb2
 from llmrpc_server.egress import AddressCheck, EgressRefused
 from llmrpc_server.errors import ServiceError
 from llmrpc_server.proto_json import dumps
-from llmrpc_server.providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent
-from llmrpc_server.providers.mock import MOCK_SCHEME, MockReply, answer
+from llmrpc_server.providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent, Transport
 from llmrpc_server.sse import make_decoder
 from yarl import URL
 
@@ -108,7 +107,9 @@ class Executor:
 
     def __init__(self, *, max_connections: int = 1000, connect_timeout: float = 10.0,
                  max_response_bytes: int = 64 * 1024 * 1024, proxies: Mapping[str, str] | None = None,
-                 max_connections_per_host: int = 0, stream_idle_timeout: float | None = None) -> None:
+                 max_connections_per_host: int = 0, stream_idle_timeout: float | None = None,
+                 transports: Mapping[str, Transport] | None = None) -> None:
+        self._transports = dict(transports or {})
         self._proxies = dict(proxies or {})
         self._no_proxy = _NoProxy(self._proxies.get("no", ""))
         self._idle = stream_idle_timeout
@@ -150,11 +151,10 @@ class Executor:
     async def send(self, call: HttpCall, *, timeout: float, address_check: AddressCheck | None = None,
                    ) -> UpstreamReply:
         """One unary request; the whole exchange is bounded by ``timeout`` seconds."""
+        if (transport := self._transports.get(call.url.partition("://")[0])) is not None:
+            mounted = await transport.send(call, timeout=timeout)
+            return UpstreamReply(mounted.status, mounted.headers, mounted.body, mounted.latency_ms)
         started = time.perf_counter()
-        if call.url.startswith(MOCK_SCHEME):
-            reply = answer(call)
-            await _mock_delay(reply, timeout)
-            return UpstreamReply(reply.status, reply.headers, reply.body, _ms_since(started))
         try:
             async with asyncio.timeout(timeout), self._open(call.method, call.url, call.headers, dumps(call.body),
                                                             address_check) as resp:
@@ -181,12 +181,11 @@ class Executor:
                      ) -> AsyncIterator[UpstreamStream]:
         """Open a streamed request; ``timeout`` bounds the wait for response headers, and the caller's
         ``next_events`` timeouts every read (leaving the context, by cancellation too, ends the request)."""
-        started = time.perf_counter()
-        if call.url.startswith(MOCK_SCHEME):
-            reply = answer(call)
-            await _mock_delay(reply, timeout)
-            yield _MockStream(reply, _ms_since(started))
+        if (transport := self._transports.get(call.url.partition("://")[0])) is not None:
+            async with transport.stream(call, timeout=timeout) as mounted:
+                yield mounted
             return
+        started = time.perf_counter()
         opened = self._open(call.method, call.url, call.headers, dumps(call.body), address_check)
         try:
             async with asyncio.timeout(timeout):
@@ -343,36 +342,6 @@ class _HttpStream:
             raise ProviderError(ErrorKind.BAD_RESPONSE,
                                 f"upstream stream sent over {self._limit} bytes without completing an event")
         return events
-
-
-@dataclass
-class _MockStream:
-    reply: MockReply
-    latency_ms: float
-    status: int = 0
-    headers: Mapping[str, str] = field(default_factory=dict)
-    _sent: bool = False
-
-    def __post_init__(self) -> None:
-        self.status = self.reply.status
-        self.headers = self.reply.headers
-
-    async def read_body(self) -> bytes:
-        return self.reply.body
-
-    async def next_events(self, timeout: float) -> list[StreamEvent] | None:
-        if self._sent:
-            return None
-        self._sent = True
-        return [StreamEvent(data=e) for e in self.reply.events]
-
-
-async def _mock_delay(reply: MockReply, timeout: float) -> None:
-    if reply.delay > timeout:
-        await asyncio.sleep(timeout)
-        raise ProviderError(ErrorKind.TIMEOUT, f"mock upstream did not answer within {timeout:.3g}s")
-    if reply.delay:
-        await asyncio.sleep(reply.delay)
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -1072,7 +1072,7 @@ def test_map_error_never_raises_on_garbage() -> None:
 def test_bad_stream_json_is_a_bad_response() -> None:
     adapter = AnthropicAdapter()
     target = Target(provider="anthropic", model="claude-x", api_base="http://x", api_key="k")
-    state = adapter.new_stream_state(pb.CompleteRequest(model=MODEL), target, include_usage=False)
+    state = adapter.new_stream_state(pb.CompleteRequest(model=MODEL), target)
     with pytest.raises(ProviderError) as info:
         list(adapter.parse_stream_event(StreamEvent("{nope", "content_block_delta"), state))
     assert info.value.kind is ErrorKind.BAD_RESPONSE

@@ -1127,8 +1127,8 @@ def test_clean_schema_edge_cases() -> None:
     assert "additionalProperties" in source  # the input is not modified
 
 
-def _state(include_usage: bool = True) -> StreamState:
-    return StreamState(id="", created=1, model="gemini-2.5-flash", include_usage=include_usage)
+def _state() -> StreamState[wire.GeminiStream]:
+    return StreamState(id="", created=1, model="gemini-2.5-flash", own=wire.GeminiStream())
 
 
 def test_stream_event_parsing_without_the_gateway() -> None:

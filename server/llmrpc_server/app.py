@@ -36,7 +36,7 @@ from .observability.otel import Telemetry, configure
 from .pipeline import Pipeline
 from .pricing import load_price_table
 from .protected import startup_warnings
-from .providers import default_adapters
+from .providers import default_adapters, transports
 from .reload import Reloader
 from .router import Router
 from .service import CompletionService, add_to_server
@@ -104,12 +104,13 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     by default from the ``OTEL_*`` environment, see ``otel_setup``)."""
     tls = load_listener_tls(settings)  # first: a bad --tls-* file must fail before anything is opened
     keys = configured_keys(settings)  # ... and so must a bad keys: section
+    adapters = default_adapters(settings.env)
     executor = Executor(max_connections=settings.max_connections, connect_timeout=settings.connect_timeout,
                         proxies=proxies_from_env(settings.env),
                         max_connections_per_host=settings.max_connections_per_host,
-                        stream_idle_timeout=settings.stream_idle_timeout)
+                        stream_idle_timeout=settings.stream_idle_timeout, transports=transports(adapters))
     await executor.start()
-    router = Router(default_adapters(settings.env), settings.env, settings.aliases)
+    router = Router(adapters, settings.env, settings.aliases)
     pipeline = Pipeline(router, executor, settings)
     cache = ResponseCache(settings.cache_path, int(settings.cache_max_mb * 1024 * 1024))
     caching = CachingBackend(pipeline, cache, pipeline, settings)

@@ -3,7 +3,8 @@
 Adapters build :class:`HttpCall` objects; the executor sends them with pyreqwest (Rust reqwest and
 hyper: HTTP/1.1 framing, 1xx interim responses, HTTP/2 where TLS offers it, gzip/br/zstd/deflate,
 proxies) and turns every transport failure into a :class:`ProviderError` in
-:func:`map_transport_error`. ``mock://`` URLs are answered in-process by the mock upstream.
+:func:`map_transport_error`. A URL whose scheme has a mounted :class:`~.providers.base.Transport`
+(an in-process upstream an adapter brings, such as the mock's) goes to that transport instead.
 
 Limits, all enforced here: a response head over hyper's bound (~400 KiB or 100 headers) fails the
 call; a body may not exceed ``max_response_bytes`` *decoded*, counted chunk by chunk while it is
@@ -25,10 +26,9 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache, partial
-from typing import Protocol
 from urllib.parse import urlsplit
 
 import grpc
@@ -42,8 +42,15 @@ from pyreqwest.response import Response
 from .egress import AddressCheck, EgressRefused
 from .errors import ServiceError
 from .proto_json import dumps
-from .providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent
-from .providers.mock import MOCK_SCHEME, MockReply, answer
+from .providers.base import (
+    ErrorKind,
+    HttpCall,
+    ProviderError,
+    StreamEvent,
+    Transport,
+    UpstreamReply,
+    UpstreamStream,
+)
 from .sse import make_decoder
 
 __all__ = ["Executor", "UpstreamReply", "UpstreamStream", "egress_refused", "map_transport_error"]
@@ -53,35 +60,16 @@ _KEEPALIVE = timedelta(seconds=15)  # idle pooled connections are closed after t
 _PINNED_CLIENTS = 32  # clients pinned to checked addresses kept for reuse (least recently used evicted)
 
 
-@dataclass(slots=True)
-class UpstreamReply:
-    """A whole upstream HTTP response."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-    latency_ms: float
-
-
-class UpstreamStream(Protocol):
-    """An upstream response being streamed."""
-
-    status: int
-    headers: Mapping[str, str]
-    latency_ms: float
-
-    async def read_body(self) -> bytes: ...
-
-    async def next_events(self, timeout: float) -> list[StreamEvent] | None: ...
-
-
 class Executor:
     """Sends :class:`HttpCall` objects. Create and close it inside the serving event loop: the HTTP
-    client's Tokio runtime belongs to this process and must never cross a fork."""
+    client's Tokio runtime belongs to this process and must never cross a fork. ``transports``: the
+    in-process upstreams to use instead of the network, by URL scheme (``providers.transports``)."""
 
     def __init__(self, *, max_connections: int = 1000, connect_timeout: float = 10.0,
                  max_response_bytes: int = 64 * 1024 * 1024, proxies: Mapping[str, str] | None = None,
-                 max_connections_per_host: int = 0, stream_idle_timeout: float | None = None) -> None:
+                 max_connections_per_host: int = 0, stream_idle_timeout: float | None = None,
+                 transports: Mapping[str, Transport] | None = None) -> None:
+        self._transports = dict(transports or {})
         self._proxies = dict(proxies or {})
         self._idle = stream_idle_timeout
         self._max_connections = max_connections
@@ -121,11 +109,9 @@ class Executor:
     async def send(self, call: HttpCall, *, timeout: float, address_check: AddressCheck | None = None,
                    ) -> UpstreamReply:
         """One unary request; the whole exchange is bounded by ``timeout`` seconds."""
+        if (transport := self._mounted(call.url)) is not None:
+            return await transport.send(call, timeout=timeout)
         started = time.perf_counter()
-        if call.url.startswith(MOCK_SCHEME):
-            reply = answer(call)
-            await _mock_delay(reply, timeout)
-            return UpstreamReply(reply.status, reply.headers, reply.body, _ms_since(started))
         try:
             async with asyncio.timeout(timeout), self._open(call.method, call.url, call.headers, dumps(call.body),
                                                             address_check, total=timeout) as resp:
@@ -153,12 +139,11 @@ class Executor:
                      total_timeout: float | None = None) -> AsyncIterator[UpstreamStream]:
         """Open a streamed request; ``timeout`` bounds the wait for response headers, ``total_timeout``
         (the call's deadline) the whole exchange, and the stream idle timeout every read."""
-        started = time.perf_counter()
-        if call.url.startswith(MOCK_SCHEME):
-            reply = answer(call)
-            await _mock_delay(reply, timeout)
-            yield _MockStream(reply, _ms_since(started))
+        if (transport := self._mounted(call.url)) is not None:
+            async with transport.stream(call, timeout=timeout) as mounted:
+                yield mounted
             return
+        started = time.perf_counter()
         async with AsyncExitStack() as stack:
             try:
                 async with asyncio.timeout(timeout):
@@ -170,6 +155,12 @@ class Executor:
             # Leaving (also by cancellation) closes the response: its connection is reused only if the
             # body was read to its end.
             yield _HttpStream(resp, call.stream_format, _ms_since(started), self.max_response_bytes)
+
+    def _mounted(self, url: str) -> Transport | None:
+        if not self._transports:
+            return None
+        scheme, sep, _ = url.partition("://")
+        return self._transports.get(scheme.lower()) if sep else None
 
     @asynccontextmanager
     async def _open(self, method: str, url: str, headers: Mapping[str, str], body: bytes,
@@ -369,36 +360,6 @@ class _HttpStream:
             raise ProviderError(ErrorKind.BAD_RESPONSE,
                                 f"upstream stream sent over {self._limit} bytes without completing an event")
         return events
-
-
-@dataclass
-class _MockStream:
-    reply: MockReply
-    latency_ms: float
-    status: int = 0
-    headers: Mapping[str, str] = field(default_factory=dict)
-    _sent: bool = False
-
-    def __post_init__(self) -> None:
-        self.status = self.reply.status
-        self.headers = self.reply.headers
-
-    async def read_body(self) -> bytes:
-        return self.reply.body
-
-    async def next_events(self, timeout: float) -> list[StreamEvent] | None:
-        if self._sent:
-            return None
-        self._sent = True
-        return [StreamEvent(data=e) for e in self.reply.events]
-
-
-async def _mock_delay(reply: MockReply, timeout: float) -> None:
-    if reply.delay > timeout:
-        await asyncio.sleep(timeout)
-        raise ProviderError(ErrorKind.TIMEOUT, f"mock upstream did not answer within {timeout:.3g}s")
-    if reply.delay:
-        await asyncio.sleep(reply.delay)
 
 
 async def _read_bounded(resp: Response, limit: int) -> bytes:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import mimetypes
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from llmrpc.v1 import completion_service_pb2 as pb
@@ -44,10 +45,10 @@ class MediaInliner:
         self._mode = mode
         self._max_bytes = max_bytes
 
-    async def inline(self, adapter: ProviderAdapter, req: pb.CompleteRequest, deadline: Deadline,
+    async def inline(self, adapter: ProviderAdapter[Any], req: pb.CompleteRequest, deadline: Deadline,
                      ) -> pb.CompleteRequest:
         """``req`` itself when there is nothing to fetch, else a copy with data URLs."""
-        if self._mode == "off" or not getattr(adapter, "inline_media", False):
+        if self._mode == "off" or not adapter.inline_media:
             return req
         remote = [(i, j) for i, msg in enumerate(req.messages) for j, part in enumerate(msg.content_parts)
                   if part.WhichOneof("part") == "image_url"

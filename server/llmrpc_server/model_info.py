@@ -115,7 +115,7 @@ _CAPABILITIES: dict[str, list[tuple[re.Pattern[str], _Flags]]] = {
 }
 
 
-def model_info(adapter: ProviderAdapter, requested: str, model: str) -> pb.ModelInfo:
+def model_info(adapter: ProviderAdapter[Any], requested: str, model: str) -> pb.ModelInfo:
     """What is known about ``model`` served by ``adapter`` (``requested`` is the caller's name)."""
     info = pb.ModelInfo(key=requested, provider=adapter.name, provider_model=model, mode="chat")
     info.supported_openai_params.extend(sorted({openai_name(p) for p in adapter.supported_params}

@@ -50,9 +50,6 @@ GATEWAY_FIELDS = frozenset(
 # OpenAI parameters LiteLLM never reports as unsupported: a provider without them just does not get
 # them (``user`` on Gemini), with or without drop_params.
 ALWAYS_DROPPED = frozenset({"user"})
-# extra_body keys the mock provider reads itself (LiteLLM's mock_tool_calls); dropped for every other.
-_MOCK_BODY_KEYS = frozenset({"mock_tool_calls"})
-
 # Proto field names that differ from the OpenAI parameter they carry.
 _OPENAI_NAMES = {"provider_metadata": "metadata"}
 
@@ -76,13 +73,11 @@ def without_params(req: pb.CompleteRequest, fields: list[str]) -> pb.CompleteReq
     return copy
 
 
-def unforwarded_body_keys(req: pb.CompleteRequest, provider: str) -> list[str]:
+def unforwarded_body_keys(req: pb.CompleteRequest, taken: frozenset[str] = frozenset()) -> list[str]:
     """``extra_body`` keys that are LiteLLM's own arguments (``tags``, ``litellm_call_id``,
-    ``input_cost_per_token``...): LiteLLM never sends them to a provider, so neither does the gateway."""
-    keys = LITELLM_OWN_PARAMS.intersection(req.extra_body.fields)
-    if provider == "mock":
-        keys -= _MOCK_BODY_KEYS
-    return sorted(keys)
+    ``input_cost_per_token``...): LiteLLM never sends them to a provider, so neither does the gateway,
+    except those in ``taken`` (the adapter's ``litellm_body_keys``: the mock's ``mock_tool_calls``)."""
+    return sorted(LITELLM_OWN_PARAMS.intersection(req.extra_body.fields) - taken)
 
 
 def without_body_keys(req: pb.CompleteRequest, keys: list[str]) -> pb.CompleteRequest:

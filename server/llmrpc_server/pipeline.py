@@ -27,7 +27,7 @@ from .observability.counters import (
 )
 from .observability.spans import attempt_span, record_chunk, record_response
 from .params import ALWAYS_DROPPED, openai_name, set_params, unforwarded_body_keys, without_body_keys, without_params
-from .providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent, Target
+from .providers.base import ErrorKind, HttpCall, ProviderError, StreamDecoder, StreamEvent, Target, decode_reply
 from .redaction import origin, scrub_error
 from .retry import Deadline, backoff_delay
 from .router import Route, Router
@@ -160,9 +160,7 @@ class Pipeline:
 
     def _server_route(self, req: pb.CompleteRequest, model: str, candidate: Candidate) -> Route:
         dep = candidate.deployment
-        adapter, name = self._router.split(model)
-        if req.HasField("mock_response"):
-            adapter = self._router.adapters["mock"]
+        adapter, name = self._router.split_for(req, model)
         env = self._settings.env
         base = dep.api_base or _first(env, adapter.env_bases) or adapter.default_base
         if not base:
@@ -178,7 +176,7 @@ class Pipeline:
         if route.target.base_from_caller and self._egress.refused(route.target.api_base):
             raise egress_refused(EgressRefused("api_base", "this gateway does not accept base URLs from callers "
                                                            "(--client-api-base off); leave api_base unset"))
-        if req.HasField("extra_body") and (own := unforwarded_body_keys(req, route.adapter.name)):
+        if req.HasField("extra_body") and (own := unforwarded_body_keys(req, route.adapter.litellm_body_keys)):
             req = without_body_keys(req, own)
         unsupported = [f for f in set_params(req) if f not in route.adapter.supported_params]
         if not unsupported:
@@ -355,9 +353,7 @@ class Pipeline:
             try:
                 reply = await self._executor.send(call, timeout=_time_left(deadline),
                                                   address_check=self._address_check(target))
-                if not 200 <= reply.status < 300:
-                    raise adapter.map_error(reply.status, reply.headers, reply.body)
-                resp = adapter.parse_response(reply.body, req, target)
+                resp = decode_reply(adapter, reply, req, target)
             except ProviderError as err:
                 scrub_error(err, call)  # before the span, logs, callbacks or the caller see it
                 raise
@@ -415,17 +411,15 @@ class Pipeline:
                     request_id = upstream.headers.get("x-request-id") or upstream.headers.get("request-id")
                     if request_id:
                         seen["request_id"] = request_id
-                    state = adapter.new_stream_state(req, target, include_usage=include_usage)
+                    decoder = StreamDecoder(adapter, req, target)
                     while (events := await self._next_events(upstream, idle, deadline)) is not None:
                         for event in events:
-                            for chunk in adapter.parse_stream_event(event, state):
+                            for chunk in decoder.feed(event):
                                 record_chunk(span, chunk)
                                 yield chunk
-                    for chunk in adapter.finish_stream(state):
+                    for chunk in decoder.close():  # raises unless the adapter saw the stream finish
                         record_chunk(span, chunk)
                         yield chunk
-                    if not state.finished:
-                        raise ProviderError(ErrorKind.STREAM_ERROR, "the upstream stream ended before it finished")
             except ProviderError as err:
                 scrub_error(err, call)  # before the span, logs, callbacks or the caller see it
                 raise

@@ -18,6 +18,8 @@ from genai_prices import Usage, calc_price, data_snapshot
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import usage_pb2
 
+from .providers import priced_as_requested
+
 __all__ = ["PRICE_PROVIDERS", "call_cost", "cost_usd", "load_price_table"]
 
 # LiteLLM provider prefixes -> genai-prices provider ids. Providers not listed (local servers,
@@ -66,14 +68,14 @@ def cost_usd(provider: str | None, model: str, usage: usage_pb2.Usage) -> float 
 def call_cost(meta: pb.ResponseMetadata, model: str, usage: usage_pb2.Usage) -> float | None:
     """Cost of a response: what the provider billed, when it says (OpenRouter's ``usage.cost``), else
     its price for the model that answered (the response's model name, else the name sent upstream).
-    The offline ``mock`` provider is priced as the provider the requested model names, so cost
-    tracking can be tested without a provider."""
+    A provider that is ``priced_as_requested`` (the offline mock, so cost tracking can be tested
+    without a provider) is priced as the provider the requested model names."""
     if usage.HasField("cost"):
         return usage.cost
-    if meta.provider == "mock":
+    if meta.provider in priced_as_requested():
         requested = meta.attempt_log[-1].model if meta.attempt_log else ""
         prefix, sep, _ = requested.partition("/")
-        if prefix == "mock":
+        if prefix == meta.provider:
             return None
         price_id = PRICE_PROVIDERS.get(prefix) if sep else None  # None: genai-prices infers it
     elif (price_id := PRICE_PROVIDERS.get(meta.provider)) is None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from .credentials import same_base
 from .errors import ServiceError, invalid_argument
+from .proto_json import has_field
 from .providers.base import ProviderAdapter, Target
 
 __all__ = ["Route", "Router"]
@@ -26,24 +28,26 @@ _BARE = (
 class Route:
     """The adapter to use and where its request goes."""
 
-    adapter: ProviderAdapter
+    adapter: ProviderAdapter[Any]
     target: Target
 
 
 class Router:
     """Resolves models; pure apart from reading the env snapshot it was given."""
 
-    def __init__(self, adapters: Mapping[str, ProviderAdapter], env: Mapping[str, str],
+    def __init__(self, adapters: Mapping[str, ProviderAdapter[Any]], env: Mapping[str, str],
                  aliases: Mapping[str, str] | None = None) -> None:
         self.adapters = dict(adapters)
         self._env = env
         self._aliases = dict(aliases or {})
+        # Request fields that route to one adapter whatever the model (``answers_field``).
+        self._answering = [(a.answers_field, a) for a in self.adapters.values() if a.answers_field]
 
     @property
     def known_providers(self) -> list[str]:
         return sorted(self.adapters)
 
-    def split(self, model: str, *, field: str = "model") -> tuple[ProviderAdapter, str]:
+    def split(self, model: str, *, field: str = "model") -> tuple[ProviderAdapter[Any], str]:
         """The adapter and upstream model name for a model string, or INVALID_ARGUMENT."""
         model = self._aliases.get(model, model)
         prefix, sep, name = model.partition("/")
@@ -58,6 +62,15 @@ class Router:
             [(field, f"{what}; use 'provider/model' with one of: {known}")],
             reason="UNKNOWN_PROVIDER", metadata={"knownProviders": known},
         )
+
+    def split_for(self, req: pb.CompleteRequest, model: str) -> tuple[ProviderAdapter[Any], str]:
+        """:meth:`split`, then the adapter that answers a field ``req`` sets, if any (LiteLLM's
+        ``mock_response`` is answered by the mock whatever the model)."""
+        adapter, name = self.split(model)
+        for field, answering in self._answering:
+            if has_field(req, field):
+                return answering, name
+        return adapter, name
 
     def check_fallbacks(self, req: pb.CompleteRequest, *, prefix: str = "") -> None:
         """INVALID_ARGUMENT naming ``fallbacks[i]`` (etc.) for a fallback no provider serves,
@@ -80,9 +93,7 @@ class Router:
 
     def resolve(self, req: pb.CompleteRequest, model: str) -> Route:
         """Where ``model`` (the request's model or a fallback) goes for this request."""
-        adapter, name = self.split(model)
-        if req.HasField("mock_response"):
-            adapter = self.adapters["mock"]
+        adapter, name = self.split_for(req, model)
         if adapter.name == "azure" and req.HasField("deployment_id"):
             name = req.deployment_id
         if name in (".", ".."):  # adapters put names in URL paths: never a dot-segment
@@ -98,14 +109,14 @@ class Router:
         )
         return Route(adapter, target)
 
-    def _base_and_key(self, req: pb.CompleteRequest, adapter: ProviderAdapter,
+    def _base_and_key(self, req: pb.CompleteRequest, adapter: ProviderAdapter[Any],
                       caller_key: str | None) -> tuple[str, str | None, bool]:
         """The base URL and key of a call, and whether the base is the caller's (the egress policy
         applies to it). The server's key goes only to the base the server configured for the
         provider (``credentials``); a caller-named base takes the caller's key."""
         server_base = self._first(adapter.env_bases) or adapter.default_base
         server_key = self._first(adapter.env_keys)
-        named = req.api_base if adapter.name != "mock" else ""  # the mock never leaves the process
+        named = req.api_base if adapter.transport is None else ""  # an in-process upstream never leaves it
         if not named or (server_base and same_base(named, server_base)):
             if not server_base:
                 raise invalid_argument([("api_base", f"provider {adapter.name!r} needs an api_base")])

@@ -193,36 +193,26 @@ def _mark_hit(meta: pb.ResponseMetadata) -> None:
         meta.api_base = origin(meta.api_base)
 
 
-def _present(chunk: pb.StreamCompleteResponse, include_usage: bool,
-             metadata: pb.ResponseMetadata | None) -> pb.StreamCompleteResponse | None:
-    """A chunk as this caller sees it: usage dropped unless asked for, ``metadata`` set if given.
-    Copies instead of mutating: the same chunk objects serve every caller of a flight."""
-    strip = not include_usage and chunk.HasField("usage")
-    if not strip and metadata is None:
+def _present(chunk: pb.StreamCompleteResponse, metadata: pb.ResponseMetadata | None) -> pb.StreamCompleteResponse:
+    """A chunk as this caller sees it: ``metadata`` set if given. Usage stays: the service hides it
+    (``hidden_usage``) from callers that did not ask for it, as on a live stream. Copies instead of
+    mutating: the same chunk objects serve every caller of a flight."""
+    if metadata is None:
         return chunk
     out = pb.StreamCompleteResponse()
     out.CopyFrom(chunk)
-    if strip:
-        out.ClearField("usage")
-        if not out.choices:
-            return None
-    if metadata is not None:
-        out.metadata.CopyFrom(metadata)
+    out.metadata.CopyFrom(metadata)
     return out
 
 
-def _replay(stored: Stored, include_usage: bool) -> list[pb.StreamCompleteResponse]:
-    """A hit as a stream of the same chunk shapes; the hit metadata rides on the first chunk."""
+def _replay(stored: Stored) -> list[pb.StreamCompleteResponse]:
+    """A hit as a stream of the same chunk shapes, usage chunk included; the hit metadata rides on
+    the first chunk."""
     if isinstance(stored, pb.CompleteResponse):
         _mark_hit(stored.metadata)
-        return split(stored, include_usage=include_usage)
+        return split(stored, include_usage=True)
     meta = _hit_metadata(stored[0].metadata) if stored else None
-    out: list[pb.StreamCompleteResponse] = []
-    for chunk in stored:
-        shown = _present(chunk, include_usage, None if out else meta)
-        if shown is not None:
-            out.append(shown)
-    return out
+    return [_present(chunk, None if i else meta) for i, chunk in enumerate(stored)]
 
 
 def _as_response(stored: Stored) -> pb.CompleteResponse:
@@ -349,14 +339,14 @@ class CachingBackend:
         # for include_usage and hides it (StreamCompleteResponse.hidden_usage) from the others.
         stored, flight = await self._find(plan)
         if stored is not None:
-            for chunk in _replay(stored, True):
+            for chunk in _replay(stored):
                 yield chunk
             return
         if flight is not None:
             self.cache.count("coalesced")
         leader = flight is None
         flight = flight or self._launch(plan, req, deadline, stream=True)
-        async for chunk in self._follow(flight, None if leader else deadline, True, leader):
+        async for chunk in self._follow(flight, None if leader else deadline, leader):
             yield chunk
 
     async def _find(self, plan: CachePlan) -> tuple[Stored | None, _Flight | None]:
@@ -389,7 +379,7 @@ class CachingBackend:
 
     async def _fly(self, flight: _Flight, req: pb.CompleteRequest, deadline: Deadline) -> None:
         """The upstream call of a flight. A stream always asks for usage, so the stored entry can
-        answer callers that want it; ``_present`` hides it from those that did not."""
+        answer callers that want it; the service hides it from those that did not."""
         try:
             if flight.stream:
                 async with _closing(self._inner.stream(req, deadline, include_usage=True)) as chunks:
@@ -419,11 +409,11 @@ class CachingBackend:
             self._leave(flight)
         return flight.result()
 
-    async def _follow(self, flight: _Flight, deadline: Deadline | None, include_usage: bool,
+    async def _follow(self, flight: _Flight, deadline: Deadline | None,
                       leader: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
         """A flight's chunks as they come (all of them, for a late joiner); a unary flight is split."""
         if not flight.stream:
-            for chunk in split(_as_hit(await self._wait(flight, deadline)), include_usage=include_usage):
+            for chunk in split(_as_hit(await self._wait(flight, deadline)), include_usage=True):
                 yield chunk
             return
         flight.waiters += 1
@@ -433,8 +423,7 @@ class CachingBackend:
                 while sent < len(flight.chunks):
                     meta = None if leader or sent else _hit_metadata(flight.chunks[0].metadata)
                     sent += 1
-                    if (shown := _present(flight.chunks[sent - 1], include_usage, meta)) is not None:
-                        yield shown
+                    yield _present(flight.chunks[sent - 1], meta)
                 if flight.done:
                     break
                 await flight.changed(deadline)

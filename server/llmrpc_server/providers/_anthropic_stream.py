@@ -24,12 +24,13 @@ from ..proto_json import loads
 from ..tokens import count_text
 from .base import ErrorKind, ProviderError, StreamEvent, StreamState
 from .common import classify, new_completion_id, now
+from .common import json_object as common_json_object
 
 __all__ = [
     "JSON_TOOL_NAME",
+    "AnthropicStream",
     "finish_reason",
     "http_error",
-    "init_stream",
     "json_object",
     "parse_event",
     "response_from_anthropic",
@@ -79,13 +80,7 @@ def finish_reason(raw: str | None) -> str:
 
 
 def json_object(body: bytes | str) -> dict[str, Any]:
-    try:
-        data = loads(body)
-    except ValueError as exc:
-        raise ProviderError(ErrorKind.BAD_RESPONSE, f"anthropic sent invalid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ProviderError(ErrorKind.BAD_RESPONSE, "anthropic sent JSON that is not an object")
-    return data
+    return common_json_object(body, "anthropic")
 
 
 # ---- usage -------------------------------------------------------------------------------------
@@ -220,9 +215,12 @@ class _Block:
     buffer: list[str] = field(default_factory=list)
 
 
-@dataclass
-class _Stream:
+@dataclass(slots=True)
+class AnthropicStream:
+    """Anthropic's own stream state: content blocks by index, usage so far, and the finish."""
+
     json_wrapped: bool | None
+    usage: dict[str, int] = field(default_factory=dict)  # the largest of each counter seen so far
     blocks: dict[int, _Block] = field(default_factory=dict)
     tools: int = 0
     json_used: bool = False
@@ -231,19 +229,13 @@ class _Stream:
     thoughts: list[str] = field(default_factory=list)  # thinking text, for the reasoning-token estimate
 
 
-def init_stream(state: StreamState, json_wrapped: bool | None) -> None:
-    state.extra["anthropic"] = _Stream(json_wrapped)
-
-
-def _s(state: StreamState) -> _Stream:
-    stream: _Stream = state.extra["anthropic"]
-    return stream
+_State = StreamState[AnthropicStream]
 
 
 _Chunks = list[pb.StreamCompleteResponse]
 
 
-def parse_event(event: StreamEvent, state: StreamState) -> _Chunks:
+def parse_event(event: StreamEvent, state: _State) -> _Chunks:
     """One SSE event -> chunks. ``message_stop`` ends the stream; an ``error`` event raises."""
     data = json_object(event.data)
     kind = data.get("type") or event.event
@@ -253,7 +245,7 @@ def parse_event(event: StreamEvent, state: StreamState) -> _Chunks:
     return handler(data, state) if handler is not None else []
 
 
-def _chunk(state: StreamState, delta: chat_pb2.Delta | None = None) -> pb.StreamCompleteResponse:
+def _chunk(state: _State, delta: chat_pb2.Delta | None = None) -> pb.StreamCompleteResponse:
     """A chunk with choice 0; the first one of the stream says ``role: assistant``."""
     chunk = pb.StreamCompleteResponse(
         id=state.id, object="chat.completion.chunk", created=state.created, model=state.model
@@ -267,13 +259,13 @@ def _chunk(state: StreamState, delta: chat_pb2.Delta | None = None) -> pb.Stream
     return chunk
 
 
-def _merge_usage(state: StreamState, data: Any) -> None:
+def _merge_usage(state: _State, data: Any) -> None:
     """Counts are cumulative: keep the largest value seen for each."""
     for key, value in usage_numbers(data).items():
-        state.usage[key] = max(state.usage.get(key, 0), value)
+        state.own.usage[key] = max(state.own.usage.get(key, 0), value)
 
 
-def _on_message_start(data: dict[str, Any], state: StreamState) -> _Chunks:
+def _on_message_start(data: dict[str, Any], state: _State) -> _Chunks:
     message = _dict(data.get("message"))
     state.id = message.get("id") or state.id
     state.model = message.get("model") or state.model
@@ -281,8 +273,8 @@ def _on_message_start(data: dict[str, Any], state: StreamState) -> _Chunks:
     return []
 
 
-def _on_block_start(data: dict[str, Any], state: StreamState) -> _Chunks:
-    stream = _s(state)
+def _on_block_start(data: dict[str, Any], state: _State) -> _Chunks:
+    stream = state.own
     block = _dict(data.get("content_block"))
     kind = block.get("type")
     index = int(data.get("index") or 0)
@@ -304,8 +296,8 @@ def _on_block_start(data: dict[str, Any], state: StreamState) -> _Chunks:
     return []
 
 
-def _tool_start(block: dict[str, Any], index: int, state: StreamState) -> _Chunks:
-    stream = _s(state)
+def _tool_start(block: dict[str, Any], index: int, state: _State) -> _Chunks:
+    stream = state.own
     if stream.json_wrapped is not None and block.get("name") == JSON_TOOL_NAME:
         stream.blocks[index] = _Block("json")
         stream.json_used = True
@@ -321,7 +313,7 @@ def _tool_start(block: dict[str, Any], index: int, state: StreamState) -> _Chunk
     return chunks
 
 
-def _tool_args(info: _Block, piece: str, state: StreamState) -> _Chunks:
+def _tool_args(info: _Block, piece: str, state: _State) -> _Chunks:
     if not piece:
         return []
     info.args_sent = True
@@ -330,20 +322,20 @@ def _tool_args(info: _Block, piece: str, state: StreamState) -> _Chunks:
     return [_chunk(state, chat_pb2.Delta(tool_calls=[frag]))]
 
 
-def _thinking_chunk(state: StreamState, text: str, signature: Any = None) -> pb.StreamCompleteResponse:
+def _thinking_chunk(state: _State, text: str, signature: Any = None) -> pb.StreamCompleteResponse:
     block = chat_pb2.ThinkingBlock(type="thinking", thinking=text)
     if signature is not None:
         block.signature = str(signature)
     delta = chat_pb2.Delta(thinking_blocks=[block])
     if text:
         delta.reasoning_content = text
-        _s(state).thoughts.append(text)
+        state.own.thoughts.append(text)
     return _chunk(state, delta)
 
 
-def _on_block_delta(data: dict[str, Any], state: StreamState) -> _Chunks:
+def _on_block_delta(data: dict[str, Any], state: _State) -> _Chunks:
     delta = _dict(data.get("delta"))
-    info = _s(state).blocks.get(int(data.get("index") or 0)) or _Block("other")
+    info = state.own.blocks.get(int(data.get("index") or 0)) or _Block("other")
     kind = delta.get("type")
     if kind == "text_delta" and delta.get("text"):
         return [_chunk(state, chat_pb2.Delta(content=delta["text"]))]
@@ -360,20 +352,20 @@ def _on_block_delta(data: dict[str, Any], state: StreamState) -> _Chunks:
     return []
 
 
-def _json_piece(info: _Block, piece: str, state: StreamState) -> _Chunks:
+def _json_piece(info: _Block, piece: str, state: _State) -> _Chunks:
     if info.kind == "tool":
         return _tool_args(info, piece, state)
     if info.kind != "json" or not piece:
         return []
     info.args_sent = True
-    if _s(state).json_wrapped:  # unwrapped at block stop
+    if state.own.json_wrapped:  # unwrapped at block stop
         info.buffer.append(piece)
         return []
     return [_chunk(state, chat_pb2.Delta(content=piece))]
 
 
-def _on_block_stop(data: dict[str, Any], state: StreamState) -> _Chunks:
-    info = _s(state).blocks.pop(int(data.get("index") or 0), None)
+def _on_block_stop(data: dict[str, Any], state: _State) -> _Chunks:
+    info = state.own.blocks.pop(int(data.get("index") or 0), None)
     if info is None or (info.args_sent and not info.buffer):
         return []
     if info.kind == "tool":  # a call without arguments still gets valid JSON
@@ -383,15 +375,15 @@ def _on_block_stop(data: dict[str, Any], state: StreamState) -> _Chunks:
     if info.kind == "json":
         raw = "".join(info.buffer) or "{}"
         try:
-            text = _json_content(loads(raw), bool(_s(state).json_wrapped))
+            text = _json_content(loads(raw), bool(state.own.json_wrapped))
         except ValueError:
             text = raw
         return [_chunk(state, chat_pb2.Delta(content=text))]
     return []
 
 
-def _finish_chunk(state: StreamState) -> pb.StreamCompleteResponse:
-    stream = _s(state)
+def _finish_chunk(state: _State) -> pb.StreamCompleteResponse:
+    stream = state.own
     reason = finish_reason(stream.stop_reason)
     if reason == "tool_calls" and stream.json_used and not stream.tools:
         reason = "stop"
@@ -403,27 +395,26 @@ def _finish_chunk(state: StreamState) -> pb.StreamCompleteResponse:
     return chunk
 
 
-def _on_message_delta(data: dict[str, Any], state: StreamState) -> _Chunks:
+def _on_message_delta(data: dict[str, Any], state: _State) -> _Chunks:
     _merge_usage(state, data.get("usage"))
     delta = _dict(data.get("delta"))
     if not delta.get("stop_reason"):
         return []
-    _s(state).stop_reason = str(delta["stop_reason"])
-    return [] if _s(state).finish_sent else [_finish_chunk(state)]
+    state.own.stop_reason = str(delta["stop_reason"])
+    return [] if state.own.finish_sent else [_finish_chunk(state)]
 
 
-def _on_message_stop(data: dict[str, Any], state: StreamState) -> _Chunks:
+def _on_message_stop(data: dict[str, Any], state: _State) -> _Chunks:
     state.finished = True
-    chunks = [] if _s(state).finish_sent else [_finish_chunk(state)]
-    # Usage always: the service hides it unless include_usage was asked for.
+    chunks = [] if state.own.finish_sent else [_finish_chunk(state)]
     chunks.append(pb.StreamCompleteResponse(
         id=state.id, object="chat.completion.chunk", created=state.created, model=state.model,
-        usage=usage_from_anthropic(state.usage, "".join(_s(state).thoughts)),
+        usage=usage_from_anthropic(state.own.usage, "".join(state.own.thoughts)),
     ))
     return chunks
 
 
-_HANDLERS: dict[str, Callable[[dict[str, Any], StreamState], _Chunks]] = {
+_HANDLERS: dict[str, Callable[[dict[str, Any], _State], _Chunks]] = {
     "message_start": _on_message_start,
     "content_block_start": _on_block_start,
     "content_block_delta": _on_block_delta,

@@ -28,6 +28,7 @@ from .base import ErrorKind, ProviderError, StreamEvent, StreamState
 from .common import classify, new_completion_id, now
 
 __all__ = [
+    "GeminiStream",
     "finish_reason",
     "gemini_error",
     "parse_stream_event",
@@ -269,14 +270,25 @@ def _token(candidate: Any) -> dict[str, Any]:
 
 @dataclass
 class _Candidate:
-    """Per-candidate stream bookkeeping (kept in ``StreamState.extra``)."""
+    """Per-candidate stream bookkeeping."""
 
     tools: int = 0
     signatures: list[str] = field(default_factory=list)
     finished: bool = False
 
 
-def parse_stream_event(event: StreamEvent, state: StreamState) -> list[pb.StreamCompleteResponse]:
+@dataclass(slots=True)
+class GeminiStream:
+    """Gemini's own stream state: each candidate's bookkeeping, and the last running usage reported."""
+
+    candidates: dict[int, _Candidate] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+_State = StreamState[GeminiStream]
+
+
+def parse_stream_event(event: StreamEvent, state: _State) -> list[pb.StreamCompleteResponse]:
     """One SSE event (a whole ``GenerateContentResponse`` with only the new parts), or a raw JSON
     document the API wrote without ``data:`` (errors); errors raise ``ProviderError``."""
     try:
@@ -290,7 +302,7 @@ def parse_stream_event(event: StreamEvent, state: StreamState) -> list[pb.Stream
     return chunks
 
 
-def _stream_response(data: Any, state: StreamState) -> Iterable[pb.StreamCompleteResponse]:
+def _stream_response(data: Any, state: _State) -> Iterable[pb.StreamCompleteResponse]:
     if not isinstance(data, dict):
         raise ProviderError(ErrorKind.BAD_RESPONSE, "upstream stream sent JSON that is not an object")
     if "error" in data:
@@ -299,7 +311,7 @@ def _stream_response(data: Any, state: StreamState) -> Iterable[pb.StreamComplet
         state.id = str(data.get("responseId") or new_completion_id())
         state.model = str(data.get("modelVersion") or state.model)
     if isinstance(data.get("usageMetadata"), dict):
-        state.extra["usage"] = data["usageMetadata"]
+        state.own.usage = data["usageMetadata"]
     chunk = _new_chunk(state)
     candidates = [c for c in data.get("candidates") or () if isinstance(c, dict)]
     for i, candidate in enumerate(candidates):
@@ -314,18 +326,17 @@ def _stream_response(data: Any, state: StreamState) -> Iterable[pb.StreamComplet
     return (chunk,) if chunk.choices else ()
 
 
-def _tracked(state: StreamState) -> dict[int, _Candidate]:
-    tracked: dict[int, _Candidate] = state.extra.setdefault("candidates", {})
-    return tracked
+def _tracked(state: _State) -> dict[int, _Candidate]:
+    return state.own.candidates
 
 
-def _new_chunk(state: StreamState) -> pb.StreamCompleteResponse:
+def _new_chunk(state: _State) -> pb.StreamCompleteResponse:
     return pb.StreamCompleteResponse(
         id=state.id, object="chat.completion.chunk", created=state.created, model=state.model
     )
 
 
-def _chunk_choice(candidate: Mapping[str, Any], i: int, state: StreamState) -> chat_pb2.ChunkChoice | None:
+def _chunk_choice(candidate: Mapping[str, Any], i: int, state: _State) -> chat_pb2.ChunkChoice | None:
     index = int(candidate.get("index", i))
     track = _tracked(state).setdefault(index, _Candidate())
     choice = chat_pb2.ChunkChoice(index=index)
@@ -386,7 +397,7 @@ def _call_delta(delta: chat_pb2.Delta, call: Mapping[str, Any], signature: str, 
     delta.tool_calls.add(index=index).function.arguments = dumps(call.get("args") or {}).decode()
 
 
-def _blocked_chunk_choice(reason: str, state: StreamState) -> chat_pb2.ChunkChoice:
+def _blocked_chunk_choice(reason: str, state: _State) -> chat_pb2.ChunkChoice:
     _tracked(state).setdefault(0, _Candidate()).finished = True
     choice = chat_pb2.ChunkChoice(index=0, finish_reason="content_filter", provider_finish_reason=reason)
     if 0 not in state.role_sent:
@@ -395,10 +406,10 @@ def _blocked_chunk_choice(reason: str, state: StreamState) -> chat_pb2.ChunkChoi
     return choice
 
 
-def usage_chunk(state: StreamState) -> pb.StreamCompleteResponse:
+def usage_chunk(state: _State) -> pb.StreamCompleteResponse:
     """The final no-choices chunk with the last running usage the stream reported."""
     chunk = _new_chunk(state)
-    chunk.usage.CopyFrom(usage_from_gemini(state.extra.get("usage") or {}))
+    chunk.usage.CopyFrom(usage_from_gemini(state.own.usage))
     return chunk
 
 

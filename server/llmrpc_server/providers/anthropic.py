@@ -32,9 +32,9 @@ from llmrpc.v1 import completion_service_pb2 as pb
 from ..proto_json import struct_to_dict
 from ..tokens import preload_tokenizer
 from . import _anthropic_stream as wire
-from .base import ErrorKind, HttpCall, ProviderError, StreamEvent, StreamState, Target
+from .base import ErrorKind, HttpCall, ProviderAdapter, ProviderError, StreamEvent, StreamState, Target
 from .chat_json import approximate_location
-from .common import join_url, new_completion_id, now
+from .common import cache_control, join_url, new_completion_id, now
 
 __all__ = [
     "ANTHROPIC_PARAMS",
@@ -90,7 +90,7 @@ class JsonMode:
     description: str | None = None
 
 
-class AnthropicAdapter:
+class AnthropicAdapter(ProviderAdapter[wire.AnthropicStream]):
     """Codec for ``POST {base}/v1/messages`` with ``x-api-key`` auth."""
 
     name: str = "anthropic"
@@ -117,22 +117,17 @@ class AnthropicAdapter:
         mode = json_mode(req)
         return wire.response_from_anthropic(wire.json_object(body), None if mode is None else mode.wrapped)
 
-    def new_stream_state(
-        self, req: pb.CompleteRequest, target: Target, *, include_usage: bool
-    ) -> StreamState:
-        state = StreamState(
-            id=new_completion_id(), created=now(), model=target.model, include_usage=include_usage
-        )
+    def new_stream_state(self, req: pb.CompleteRequest, target: Target) -> StreamState[wire.AnthropicStream]:
         mode = json_mode(req)
-        wire.init_stream(state, None if mode is None else mode.wrapped)
-        return state
+        own = wire.AnthropicStream(None if mode is None else mode.wrapped)
+        return StreamState(id=new_completion_id(), created=now(), model=target.model, own=own)
 
     def parse_stream_event(
-        self, event: StreamEvent, state: StreamState
+        self, event: StreamEvent, state: StreamState[wire.AnthropicStream]
     ) -> Iterable[pb.StreamCompleteResponse]:
         return wire.parse_event(event, state)
 
-    def finish_stream(self, state: StreamState) -> Iterable[pb.StreamCompleteResponse]:
+    def finish_stream(self, state: StreamState[wire.AnthropicStream]) -> Iterable[pb.StreamCompleteResponse]:
         return ()
 
     def map_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
@@ -285,13 +280,6 @@ def tool_choice_to_anthropic(choice: chat_pb2.ToolChoice) -> dict[str, Any] | No
         return {"type": "tool", "name": choice.function.name}
     mode = _TOOL_CHOICES.get(choice.mode)
     return None if mode is None else dict(mode)
-
-
-def cache_control(cc: chat_pb2.CacheControl) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": cc.type or "ephemeral"}
-    if cc.HasField("ttl"):
-        out["ttl"] = cc.ttl
-    return out
 
 
 def _history_has_tools(messages: list[dict[str, Any]]) -> bool:

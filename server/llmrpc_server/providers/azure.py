@@ -11,7 +11,7 @@ from llmrpc.v1 import completion_service_pb2 as pb
 from ..proto_json import loads
 from .base import ErrorKind, ProviderAdapter, ProviderError, StreamState, Target
 from .common import join_url, merge_headers
-from .openai import OPENAI_PARAMS, OpenAIAdapter, OpenAISpec, openai_error
+from .openai import OPENAI_PARAMS, OpenAIAdapter, OpenAISpec, OpenAIStream, openai_error
 
 __all__ = ["AZURE", "AZURE_DEFAULT_API_VERSION", "AzureAdapter", "adapters"]
 
@@ -43,7 +43,7 @@ class AzureAdapter(OpenAIAdapter):
         return merge_headers(headers, req.extra_headers)
 
     def adjust_chunk(
-        self, chunk: pb.StreamCompleteResponse, data: dict[str, Any], state: StreamState
+        self, chunk: pb.StreamCompleteResponse, data: dict[str, Any], state: StreamState[OpenAIStream]
     ) -> pb.StreamCompleteResponse | None:
         """Azure opens streams with a ``choices:[]`` chunk holding only ``prompt_filter_results``."""
         if not chunk.choices and not chunk.HasField("usage"):
@@ -73,6 +73,6 @@ def _inner_code(data: dict[str, Any]) -> str | None:
     return code if isinstance(code, str) else None
 
 
-def adapters(env: Mapping[str, str] | None = None) -> list[ProviderAdapter]:
+def adapters(env: Mapping[str, str] | None = None) -> list[ProviderAdapter[Any]]:
     """The Azure OpenAI adapter."""
     return [AzureAdapter(AZURE)]

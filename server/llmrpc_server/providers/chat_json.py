@@ -14,7 +14,7 @@ from llmrpc.v1 import chat_pb2, usage_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from ..proto_json import struct_to_dict
-from .common import new_completion_id
+from .common import cache_control, new_completion_id
 
 __all__ = [
     "body_from_request",
@@ -183,14 +183,7 @@ def _part_to_openai(part: chat_pb2.ContentPart, keep_cache_control: bool) -> dic
     else:
         out = {"type": "refusal", "refusal": part.refusal}
     if keep_cache_control and part.HasField("cache_control"):
-        out["cache_control"] = _cache_control(part.cache_control)
-    return out
-
-
-def _cache_control(cc: chat_pb2.CacheControl) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": cc.type or "ephemeral"}
-    if cc.HasField("ttl"):
-        out["ttl"] = cc.ttl
+        out["cache_control"] = cache_control(part.cache_control)
     return out
 
 

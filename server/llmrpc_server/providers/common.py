@@ -1,4 +1,5 @@
-"""Helpers every adapter shares: status classification, Retry-After parsing, ids and timestamps."""
+"""Helpers every adapter shares: status classification, Retry-After parsing, ids and timestamps,
+JSON bodies and ``cache_control`` blocks."""
 
 from __future__ import annotations
 
@@ -6,11 +7,16 @@ import email.utils
 import time
 import uuid
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
+from llmrpc.v1 import chat_pb2
+
+from ..proto_json import loads
 from .base import ErrorKind, ProviderError
 
-__all__ = ["classify", "join_url", "merge_headers", "new_completion_id", "now", "path_segment", "retry_after_seconds"]
+__all__ = ["cache_control", "classify", "join_url", "json_object", "merge_headers", "new_completion_id", "now",
+           "path_segment", "retry_after_seconds"]
 
 # Phrases providers use for errors that deserve their own class (LiteLLM's exception_mapping_utils).
 _CONTEXT_PHRASES = (
@@ -154,3 +160,23 @@ def merge_headers(headers: dict[str, str], extra: Mapping[str, str]) -> dict[str
     merged = {k: v for k, v in headers.items() if k.lower() not in taken}
     merged.update(extra)
     return merged
+
+
+def json_object(body: bytes | str, source: str = "upstream") -> dict[str, Any]:
+    """An upstream body or event that must be a JSON object; anything else is PROVIDER_BAD_RESPONSE
+    (``source`` names the upstream in the message)."""
+    try:
+        data = loads(body)
+    except ValueError as exc:
+        raise ProviderError(ErrorKind.BAD_RESPONSE, f"{source} sent invalid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProviderError(ErrorKind.BAD_RESPONSE, f"{source} sent JSON that is not an object")
+    return data
+
+
+def cache_control(cc: chat_pb2.CacheControl) -> dict[str, Any]:
+    """A prompt-caching marker as Anthropic (and OpenRouter, passing it on) spell it."""
+    out: dict[str, Any] = {"type": cc.type or "ephemeral"}
+    if cc.HasField("ttl"):
+        out["ttl"] = cc.ttl
+    return out

@@ -11,12 +11,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from .base import ProviderAdapter, StreamState, Target
-from .common import join_url
-from .openai import OpenAIAdapter, OpenAISpec
+from .common import cache_control, join_url
+from .openai import OpenAIAdapter, OpenAISpec, OpenAIStream
 
 __all__ = ["COMPAT_PARAMS", "FAMILY", "adapters", "family_specs"]
 
@@ -107,10 +106,10 @@ class OpenRouterAdapter(OpenAIAdapter):
             body["reasoning"] = {"effort": body.pop("reasoning_effort")}
         for msg, out in zip(req.messages, body["messages"], strict=True):
             if msg.HasField("cache_control"):
-                _move_cache_control(out, _cache_control(msg))
+                _move_cache_control(out, cache_control(msg.cache_control))
 
     def adjust_chunk(
-        self, chunk: pb.StreamCompleteResponse, data: dict[str, Any], state: StreamState
+        self, chunk: pb.StreamCompleteResponse, data: dict[str, Any], state: StreamState[OpenAIStream]
     ) -> pb.StreamCompleteResponse | None:
         for raw, out in zip(data.get("choices") or (), chunk.choices, strict=False):
             details = (raw.get("delta") or {}).get("reasoning_details")
@@ -119,19 +118,12 @@ class OpenRouterAdapter(OpenAIAdapter):
         return chunk
 
 
-def _cache_control(msg: chat_pb2.Message) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": msg.cache_control.type or "ephemeral"}
-    if msg.cache_control.HasField("ttl"):
-        out["ttl"] = msg.cache_control.ttl
-    return out
-
-
-def _move_cache_control(message: dict[str, Any], cache_control: dict[str, Any]) -> None:
+def _move_cache_control(message: dict[str, Any], marker: dict[str, Any]) -> None:
     content = message.get("content")
     if isinstance(content, list) and content:
-        content[-1]["cache_control"] = cache_control
+        content[-1]["cache_control"] = marker
     elif isinstance(content, str):
-        message["content"] = [{"type": "text", "text": content, "cache_control": cache_control}]
+        message["content"] = [{"type": "text", "text": content, "cache_control": marker}]
 
 
 class GroqAdapter(OpenAIAdapter):
@@ -184,7 +176,7 @@ class DeepSeekAdapter(OpenAIAdapter):
         _deepseek_cache(resp, data)
 
     def adjust_chunk(
-        self, chunk: pb.StreamCompleteResponse, data: dict[str, Any], state: StreamState
+        self, chunk: pb.StreamCompleteResponse, data: dict[str, Any], state: StreamState[OpenAIStream]
     ) -> pb.StreamCompleteResponse | None:
         _deepseek_cache(chunk, data)
         return chunk
@@ -228,7 +220,7 @@ class XAIAdapter(OpenAIAdapter):
                 choice.finish_reason = "tool_calls"
 
     def adjust_chunk(
-        self, chunk: pb.StreamCompleteResponse, data: dict[str, Any], state: StreamState
+        self, chunk: pb.StreamCompleteResponse, data: dict[str, Any], state: StreamState[OpenAIStream]
     ) -> pb.StreamCompleteResponse | None:
         _fold_reasoning(chunk)
         return chunk
@@ -265,12 +257,13 @@ class PerplexityAdapter(OpenAIAdapter):
     does it for unary replies; streams repeat them on every chunk, so they are attached once)."""
 
     def adjust_chunk(
-        self, chunk: pb.StreamCompleteResponse, data: dict[str, Any], state: StreamState
+        self, chunk: pb.StreamCompleteResponse, data: dict[str, Any], state: StreamState[OpenAIStream]
     ) -> pb.StreamCompleteResponse | None:
-        extras = {k: data[k] for k in ("citations", "search_results") if data.get(k) and k not in state.extra}
+        sent = state.own.extras_sent
+        extras = {k: data[k] for k in ("citations", "search_results") if data.get(k) and k not in sent}
         if extras and chunk.choices:
             chunk.choices[0].delta.provider_specific_fields.update(extras)
-            state.extra.update(dict.fromkeys(extras, True))
+            sent.update(extras)
         return chunk
 
 
@@ -285,6 +278,6 @@ FAMILY: dict[str, Callable[[OpenAISpec], OpenAIAdapter]] = {
 }
 
 
-def adapters(env: Mapping[str, str] | None = None) -> list[ProviderAdapter]:
+def adapters(env: Mapping[str, str] | None = None) -> list[ProviderAdapter[Any]]:
     """One adapter per row of the family table."""
     return [FAMILY.get(spec.name, OpenAIAdapter)(spec) for spec in family_specs(env)]

@@ -20,9 +20,9 @@ from llmrpc.v1 import completion_service_pb2 as pb
 
 from ..proto_json import loads, struct_to_dict
 from ._gemini_schema import clean_schema
-from ._gemini_stream import gemini_error, parse_stream_event, response_from_gemini, usage_chunk
+from ._gemini_stream import GeminiStream, gemini_error, parse_stream_event, response_from_gemini, usage_chunk
 from .base import ErrorKind, HttpCall, ProviderAdapter, ProviderError, StreamEvent, StreamState, Target
-from .common import join_url, merge_headers, now
+from .common import join_url, json_object, merge_headers, now
 
 __all__ = ["GEMINI_PARAMS", "GeminiAdapter", "adapters", "body_from_request", "media_part"]
 
@@ -73,7 +73,7 @@ _THOUGHT_ID_SEPARATOR = "__thought__"  # LiteLLM 2026 packs the signature into t
 _SKIP_SIGNATURE = "skip_thought_signature_validator"
 
 
-class GeminiAdapter:
+class GeminiAdapter(ProviderAdapter[GeminiStream]):
     """Codec for the Gemini API (v1beta) with ``x-goog-api-key`` auth."""
 
     name = "gemini"
@@ -93,30 +93,23 @@ class GeminiAdapter:
         return HttpCall(url=_url(target, stream), headers=merge_headers(headers, req.extra_headers), body=body,
                         stream_format="sse")
 
-    def new_stream_state(
-        self, req: pb.CompleteRequest, target: Target, *, include_usage: bool
-    ) -> StreamState:
-        return StreamState(id="", created=now(), model=target.model, include_usage=include_usage)
+    def new_stream_state(self, req: pb.CompleteRequest, target: Target) -> StreamState[GeminiStream]:
+        return StreamState(id="", created=now(), model=target.model, own=GeminiStream())
 
     def parse_response(self, body: bytes, req: pb.CompleteRequest, target: Target) -> pb.CompleteResponse:
-        try:
-            data = loads(body)
-        except ValueError as exc:
-            raise ProviderError(ErrorKind.BAD_RESPONSE, f"upstream sent invalid JSON: {exc}") from exc
-        if isinstance(data, dict) and "error" in data and "candidates" not in data:
+        data = json_object(body)
+        if "error" in data and "candidates" not in data:
             code = data["error"].get("code") if isinstance(data["error"], dict) else None
             raise gemini_error(code if isinstance(code, int) and code >= 400 else 500, {}, data)
-        if not isinstance(data, dict):
-            raise ProviderError(ErrorKind.BAD_RESPONSE, "upstream sent JSON that is not an object")
         return response_from_gemini(data, model=target.model)
 
     def parse_stream_event(
-        self, event: StreamEvent, state: StreamState
+        self, event: StreamEvent, state: StreamState[GeminiStream]
     ) -> Iterable[pb.StreamCompleteResponse]:
         return parse_stream_event(event, state)
 
-    def finish_stream(self, state: StreamState) -> Iterable[pb.StreamCompleteResponse]:
-        if state.finished:  # usage always: the service hides it unless include_usage was asked for
+    def finish_stream(self, state: StreamState[GeminiStream]) -> Iterable[pb.StreamCompleteResponse]:
+        if state.finished:  # the usage a finished stream reported
             return (usage_chunk(state),)
         return ()
 
@@ -128,7 +121,7 @@ class GeminiAdapter:
         return gemini_error(status, headers, data)
 
 
-def adapters(env: Mapping[str, str] | None = None) -> list[ProviderAdapter]:
+def adapters(env: Mapping[str, str] | None = None) -> list[ProviderAdapter[Any]]:
     """The ``gemini/`` provider."""
     return [GeminiAdapter()]
 

@@ -1,23 +1,30 @@
 """The offline ``mock/`` provider and LiteLLM's ``mock_response``.
 
-The mock is an in-process OpenAI-compatible upstream: the adapter is the real OpenAI codec and the
-executor hands its :class:`HttpCall` to :func:`answer` instead of the network, so retries, error
-mapping, streaming and caching all run exactly as they do for a real provider.
+The mock is an in-process OpenAI-compatible upstream: the adapter is the real OpenAI codec, and its
+:class:`MockTransport` (mounted by the executor for ``mock://`` URLs, as httpx mounts a
+``MockTransport``) answers the :class:`HttpCall` with :func:`answer` instead of the network, so
+retries, error mapping, streaming and caching all run exactly as they do for a real provider. What
+is special about the mock is data on the adapter (see ``ProviderAdapter``): it answers any request
+with ``mock_response``, and is priced as the provider its requested model names.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from ..proto_json import dumps
-from .base import HttpCall, Target
+from .base import ErrorKind, HttpCall, ProviderAdapter, ProviderError, StreamEvent, Target, UpstreamReply
 from .common import new_completion_id, now
 from .openai import OPENAI_PARAMS, OpenAIAdapter, OpenAISpec
 
-__all__ = ["MOCK_SCHEME", "MockAdapter", "MockReply", "answer"]
+__all__ = ["MOCK_SCHEME", "MockAdapter", "MockReply", "MockTransport", "adapters", "answer"]
 
 MOCK_SCHEME = "mock://"
 
@@ -40,7 +47,12 @@ _MOCK_USAGE = {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
 class MockAdapter(OpenAIAdapter):
     """OpenAI codec pointed at the in-process mock upstream; needs no key."""
 
+    answers_field = "mock_response"  # LiteLLM: mock_response answers whatever the model
+    priced_as_requested = True
+    litellm_body_keys = frozenset({"mock_tool_calls"})  # LiteLLM's own argument, answered by the mock
+
     def __init__(self) -> None:
+        self.transport = MockTransport()
         super().__init__(
             OpenAISpec(
                 name="mock", default_base=f"{MOCK_SCHEME}local", env_keys=(), key_required=False,
@@ -166,3 +178,58 @@ def _stream_events(content: str, body: dict[str, Any], n: int) -> list[str]:
 def _chunk(head: dict[str, Any], index: int, delta: dict[str, Any], finish: str | None = None) -> str:
     choice = {"index": index, "delta": delta, "finish_reason": finish}
     return dumps({**head, "choices": [choice]}).decode()
+
+
+class MockTransport:
+    """The in-process upstream, as the executor's transport for ``mock://`` URLs."""
+
+    async def send(self, call: HttpCall, *, timeout: float) -> UpstreamReply:
+        started = time.perf_counter()
+        reply = answer(call)
+        await _delay(reply, timeout)
+        return UpstreamReply(reply.status, reply.headers, reply.body, _ms_since(started))
+
+    @asynccontextmanager
+    async def stream(self, call: HttpCall, *, timeout: float) -> AsyncIterator[_MockStream]:
+        started = time.perf_counter()
+        reply = answer(call)
+        await _delay(reply, timeout)
+        yield _MockStream(reply, _ms_since(started))
+
+
+class _MockStream:
+    """A mock reply as an upstream stream: all its events in one batch."""
+
+    def __init__(self, reply: MockReply, latency_ms: float) -> None:
+        self.reply = reply
+        self.status = reply.status
+        self.headers: Mapping[str, str] = reply.headers
+        self.latency_ms = latency_ms
+        self._sent = False
+
+    async def read_body(self) -> bytes:
+        return self.reply.body
+
+    async def next_events(self, timeout: float) -> list[StreamEvent] | None:
+        if self._sent:
+            return None
+        self._sent = True
+        return [StreamEvent(data=e) for e in self.reply.events]
+
+
+async def _delay(reply: MockReply, timeout: float) -> None:
+    """``mock_delay``: a reply later than ``timeout`` is a timeout, as from a slow upstream."""
+    if reply.delay > timeout:
+        await asyncio.sleep(timeout)
+        raise ProviderError(ErrorKind.TIMEOUT, f"mock upstream did not answer within {timeout:.3g}s")
+    if reply.delay:
+        await asyncio.sleep(reply.delay)
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+def adapters(env: Mapping[str, str] | None = None) -> list[ProviderAdapter[Any]]:
+    """The ``mock/`` provider."""
+    return [MockAdapter()]

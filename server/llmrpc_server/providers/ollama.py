@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,7 +18,7 @@ from ..proto_json import loads, struct_to_dict
 from ._think_tags import ThinkTagSplitter, split_think_tags
 from .base import ErrorKind, HttpCall, ProviderAdapter, ProviderError, StreamEvent, StreamState, Target
 from .chat_json import function_to_openai
-from .common import classify, join_url, merge_headers, new_completion_id, now
+from .common import classify, join_url, json_object, merge_headers, new_completion_id, now
 
 __all__ = ["OLLAMA_PARAMS", "OllamaAdapter", "adapters"]
 
@@ -35,7 +36,15 @@ _GPT_OSS_EFFORT = {
 }
 
 
-class OllamaAdapter:
+@dataclass(slots=True)
+class OllamaStream:
+    """Ollama's own stream state: ``<think>`` tags split out of the content, and tool calls so far."""
+
+    think_tags: ThinkTagSplitter = field(default_factory=ThinkTagSplitter)
+    tool_index: dict[str, int] = field(default_factory=dict)
+
+
+class OllamaAdapter(ProviderAdapter[OllamaStream]):
     """Codec for Ollama's ``/api/chat``; one instance per prefix (``ollama_chat``, ``ollama``)."""
 
     supported_params: frozenset[str] = OLLAMA_PARAMS
@@ -67,7 +76,7 @@ class OllamaAdapter:
     # ---- unary reply -----------------------------------------------------------------------------
 
     def parse_response(self, body: bytes, req: pb.CompleteRequest, target: Target) -> pb.CompleteResponse:
-        data = _json_object(body)
+        data = json_object(body, "ollama")
         if "error" in data:
             raise _error(200, {}, data, mid_stream=True)
         raw = data.get("message") if isinstance(data.get("message"), dict) else {}
@@ -95,24 +104,20 @@ class OllamaAdapter:
 
     # ---- stream ----------------------------------------------------------------------------------
 
-    def new_stream_state(
-        self, req: pb.CompleteRequest, target: Target, *, include_usage: bool
-    ) -> StreamState:
+    def new_stream_state(self, req: pb.CompleteRequest, target: Target) -> StreamState[OllamaStream]:
         return StreamState(id=new_completion_id(), created=now(), model=f"{self.name}/{target.model}",
-                           include_usage=include_usage)
+                           own=OllamaStream())
 
     def parse_stream_event(
-        self, event: StreamEvent, state: StreamState
+        self, event: StreamEvent, state: StreamState[OllamaStream]
     ) -> Iterable[pb.StreamCompleteResponse]:
-        data = _json_object(event.data)
+        data = json_object(event.data, "ollama")
         if "error" in data:
             raise _error(200, {}, data, mid_stream=True)
         raw = data.get("message") if isinstance(data.get("message"), dict) else {}
         assert isinstance(raw, dict)
         chunks: list[pb.StreamCompleteResponse] = []
-        splitter: ThinkTagSplitter | None = state.extra.get("think_tags")
-        if splitter is None:  # once per stream, not per line
-            splitter = state.extra["think_tags"] = ThinkTagSplitter()
+        splitter = state.own.think_tags
         reasoning, content = splitter.feed(str(raw.get("content") or ""))
         delta = self._delta(raw, state, str(raw.get("thinking") or "") + reasoning, content)
         if delta is not None:
@@ -123,7 +128,7 @@ class OllamaAdapter:
             chunks.extend(self._finish_chunks(data, state))
         return chunks
 
-    def _delta(self, raw: dict[str, Any], state: StreamState, reasoning: str,
+    def _delta(self, raw: dict[str, Any], state: StreamState[OllamaStream], reasoning: str,
                content: str) -> pb.StreamCompleteResponse | None:
         chunk = _chunk(state)
         delta = chunk.choices.add(index=0).delta
@@ -132,8 +137,8 @@ class OllamaAdapter:
         if content:
             delta.content = content
         for call in _tool_calls(raw):
-            index = len(state.tool_index)
-            state.tool_index[call.id] = index
+            index = len(state.own.tool_index)
+            state.own.tool_index[call.id] = index
             frag = delta.tool_calls.add(index=index, id=call.id, type="function")
             frag.function.name = call.function.name
             frag.function.arguments = call.function.arguments
@@ -142,19 +147,18 @@ class OllamaAdapter:
         _mark_role(chunk, state)
         return chunk
 
-    def _finish_chunks(self, data: dict[str, Any], state: StreamState) -> list[pb.StreamCompleteResponse]:
+    def _finish_chunks(self, data: dict[str, Any], state: StreamState[OllamaStream]) -> list[pb.StreamCompleteResponse]:
         state.finished = True
         chunk = _chunk(state)
-        choice = chunk.choices.add(index=0, finish_reason=_finish(data, bool(state.tool_index)))
+        choice = chunk.choices.add(index=0, finish_reason=_finish(data, bool(state.own.tool_index)))
         if data.get("done_reason"):
             choice.provider_finish_reason = str(data["done_reason"])
         _mark_role(chunk, state)
-        # Usage always: the service hides it unless include_usage was asked for.
         usage_chunk = _chunk(state)
         usage_chunk.usage.CopyFrom(_usage(data))
         return [chunk, usage_chunk]
 
-    def finish_stream(self, state: StreamState) -> Iterable[pb.StreamCompleteResponse]:
+    def finish_stream(self, state: StreamState[OllamaStream]) -> Iterable[pb.StreamCompleteResponse]:
         return ()
 
     # ---- errors ----------------------------------------------------------------------------------
@@ -294,16 +298,6 @@ def _arguments(arguments: str) -> Any:
 # ---- reply helpers -------------------------------------------------------------------------------
 
 
-def _json_object(body: bytes | str) -> dict[str, Any]:
-    try:
-        data = loads(body)
-    except ValueError as exc:
-        raise ProviderError(ErrorKind.BAD_RESPONSE, f"ollama sent invalid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ProviderError(ErrorKind.BAD_RESPONSE, "ollama sent JSON that is not an object")
-    return data
-
-
 def _tool_calls(raw: dict[str, Any]) -> list[chat_pb2.ToolCall]:
     """Whole tool calls with generated ids (``call_<hex>``) and arguments re-encoded as JSON strings."""
     calls: list[chat_pb2.ToolCall] = []
@@ -334,12 +328,12 @@ def _usage(data: dict[str, Any]) -> usage_pb2.Usage:
     )
 
 
-def _chunk(state: StreamState) -> pb.StreamCompleteResponse:
+def _chunk(state: StreamState[OllamaStream]) -> pb.StreamCompleteResponse:
     return pb.StreamCompleteResponse(id=state.id, object="chat.completion.chunk", created=state.created,
                                      model=state.model)
 
 
-def _mark_role(chunk: pb.StreamCompleteResponse, state: StreamState) -> None:
+def _mark_role(chunk: pb.StreamCompleteResponse, state: StreamState[OllamaStream]) -> None:
     if 0 not in state.role_sent:
         chunk.choices[0].delta.role = "assistant"
         state.role_sent.add(0)
@@ -363,6 +357,6 @@ def _error(
     return classified
 
 
-def adapters(env: Mapping[str, str] | None = None) -> list[ProviderAdapter]:
+def adapters(env: Mapping[str, str] | None = None) -> list[ProviderAdapter[Any]]:
     """``ollama_chat/`` and ``ollama/`` (both on the native chat endpoint)."""
     return [OllamaAdapter("ollama_chat"), OllamaAdapter("ollama")]

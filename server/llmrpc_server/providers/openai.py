@@ -9,11 +9,11 @@ from typing import Any
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from ..proto_json import dumps, loads
-from .base import ErrorKind, HttpCall, ProviderError, StreamEvent, StreamState, Target
+from .base import ErrorKind, HttpCall, ProviderAdapter, ProviderError, StreamEvent, StreamState, Target
 from .chat_json import body_from_request, chunk_from_openai, response_from_openai
-from .common import classify, join_url, merge_headers, new_completion_id, now
+from .common import classify, join_url, json_object, merge_headers, new_completion_id, now
 
-__all__ = ["OPENAI_PARAMS", "OpenAIAdapter", "OpenAISpec", "openai_error"]
+__all__ = ["OPENAI", "OPENAI_PARAMS", "OpenAIAdapter", "OpenAISpec", "OpenAIStream", "adapters", "openai_error"]
 
 # The classic OpenAI chat parameters (providers.md §1.2), as proto field names.
 OPENAI_PARAMS = frozenset(
@@ -40,7 +40,23 @@ class OpenAISpec:
     keep_cache_control: bool = False
 
 
-class OpenAIAdapter:
+OPENAI = OpenAISpec(
+    name="openai",
+    default_base="https://api.openai.com/v1",
+    env_keys=("OPENAI_API_KEY",),
+    env_bases=("OPENAI_API_BASE", "OPENAI_BASE_URL"),
+)
+
+
+@dataclass(slots=True)
+class OpenAIStream:
+    """The OpenAI family's own stream state: top-level extras already attached (Perplexity repeats
+    ``citations`` on every chunk)."""
+
+    extras_sent: set[str] = field(default_factory=set)
+
+
+class OpenAIAdapter(ProviderAdapter[OpenAIStream]):
     """Codec for ``POST {base}/chat/completions`` with Bearer auth."""
 
     def __init__(self, spec: OpenAISpec) -> None:
@@ -74,7 +90,7 @@ class OpenAIAdapter:
         """Hook for hosts whose unary reply carries extras the shared codec does not read."""
 
     def adjust_chunk(
-        self, chunk: pb.StreamCompleteResponse, data: dict[str, Any], state: StreamState
+        self, chunk: pb.StreamCompleteResponse, data: dict[str, Any], state: StreamState[OpenAIStream]
     ) -> pb.StreamCompleteResponse | None:
         """Hook for hosts whose stream chunks need fixing; return None to drop the chunk."""
         return chunk
@@ -91,21 +107,23 @@ class OpenAIAdapter:
         return merge_headers(headers, req.extra_headers)
 
     def parse_response(self, body: bytes, req: pb.CompleteRequest, target: Target) -> pb.CompleteResponse:
-        data = _json_object(body)
+        data = json_object(body)
         if "error" in data and "choices" not in data:
             raise openai_error(200, {}, data)
         resp = response_from_openai(data, created=now())
         self.adjust_response(resp, data)
         return resp
 
-    def new_stream_state(self, req: pb.CompleteRequest, target: Target, *, include_usage: bool) -> StreamState:
-        return StreamState(id="", created=now(), model=target.model, include_usage=include_usage)
+    def new_stream_state(self, req: pb.CompleteRequest, target: Target) -> StreamState[OpenAIStream]:
+        return StreamState(id="", created=now(), model=target.model, own=OpenAIStream())
 
-    def parse_stream_event(self, event: StreamEvent, state: StreamState) -> Iterable[pb.StreamCompleteResponse]:
+    def parse_stream_event(
+        self, event: StreamEvent, state: StreamState[OpenAIStream]
+    ) -> Iterable[pb.StreamCompleteResponse]:
         if event.data == "[DONE]":
             state.finished = True
             return ()
-        data = _json_object(event.data)
+        data = json_object(event.data)
         if "error" in data:
             raise _stream_error(data)
         if not state.id:
@@ -116,10 +134,9 @@ class OpenAIAdapter:
         )
         if adjusted is None:
             return ()
-        # Usage is passed on even when the caller did not ask for it: the service hides it then.
         return (adjusted,)
 
-    def finish_stream(self, state: StreamState) -> Iterable[pb.StreamCompleteResponse]:
+    def finish_stream(self, state: StreamState[OpenAIStream]) -> Iterable[pb.StreamCompleteResponse]:
         return ()
 
     def map_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
@@ -128,16 +145,6 @@ class OpenAIAdapter:
         except ValueError:
             data = {"error": {"message": body[:500].decode("utf-8", "replace")}}
         return openai_error(status, headers, data if isinstance(data, dict) else {})
-
-
-def _json_object(body: bytes | str) -> dict[str, Any]:
-    try:
-        data = loads(body)
-    except ValueError as exc:
-        raise ProviderError(ErrorKind.BAD_RESPONSE, f"upstream sent invalid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ProviderError(ErrorKind.BAD_RESPONSE, "upstream sent JSON that is not an object")
-    return data
 
 
 def openai_error(status: int, headers: Mapping[str, str], data: dict[str, Any]) -> ProviderError:
@@ -169,3 +176,8 @@ def _stream_error(data: dict[str, Any]) -> ProviderError:
     if classified.kind is ErrorKind.UNAVAILABLE:
         classified.kind = ErrorKind.STREAM_ERROR
     return classified
+
+
+def adapters(env: Mapping[str, str] | None = None) -> list[ProviderAdapter[Any]]:
+    """OpenAI itself."""
+    return [OpenAIAdapter(OPENAI)]
