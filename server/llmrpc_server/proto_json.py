@@ -16,7 +16,6 @@ from google.protobuf.message import Message
 __all__ = [
     "canonical_json",
     "clear_field",
-    "dict_to_struct",
     "dumps",
     "has_field",
     "loads",
@@ -45,13 +44,6 @@ def value_to_python(value: struct_pb2.Value) -> Any:
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct as a plain dict (see :func:`value_to_python`)."""
     return {key: value_to_python(value) for key, value in struct.fields.items()}
-
-
-def dict_to_struct(data: dict[str, Any], into: struct_pb2.Struct | None = None) -> struct_pb2.Struct:
-    """A JSON-like dict as a Struct (filled in place when ``into`` is given)."""
-    struct = struct_pb2.Struct() if into is None else into
-    struct.update(data)
-    return struct
 
 
 def has_field(msg: Message, name: str) -> bool:
