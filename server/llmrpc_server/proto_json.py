@@ -25,10 +25,13 @@ __all__ = [
 
 
 def value_to_python(value: struct_pb2.Value) -> Any:
-    """One Struct ``Value`` as plain Python, integral doubles as ints."""
+    """One Struct ``Value`` as plain Python, integral doubles as ints (the client's ``_decode`` does the
+    same; ``tests/test_struct_numbers.py`` holds both to the same answers)."""
     kind = value.WhichOneof("kind")
     if kind == "number_value":
         number = value.number_value
+        # is_integer() is False for inf and nan, so they stay floats (int() would raise); past 2**53 a
+        # double no longer holds every integer, so the sender's int cannot be known: keep the float.
         return int(number) if number.is_integer() and abs(number) < 2**53 else number
     if kind == "string_value":
         return value.string_value
