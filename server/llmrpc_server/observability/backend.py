@@ -12,7 +12,8 @@ service and pipeline stay free of telemetry. What it adds per call:
 * input/success/failure callback records, queued off the request path (``callbacks``).
 
 Streams are observed chunk by chunk: usage, finish reasons and (only when a content-reading
-callback is configured) the text are accumulated as they pass; chunks are never held back.
+callback is configured) the whole answer, folded by ``accumulate``, are kept as they pass; chunks are
+never held back.
 """
 
 from __future__ import annotations
