@@ -15,7 +15,7 @@ from .common import classify, join_url, merge_headers, new_completion_id, now
 
 __all__ = ["OPENAI_PARAMS", "OpenAIAdapter", "OpenAISpec", "openai_error"]
 
-# The classic OpenAI chat parameters (providers.md §1.2), as proto field names.
+# The OpenAI Chat Completions request parameters, as proto field names.
 OPENAI_PARAMS = frozenset(
     {
         "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens", "presence_penalty",
