@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,21 +31,32 @@ def generate(out: Path) -> None:
     (out / STUB_DIR).mkdir(parents=True, exist_ok=True)
     include = Path(protoc.__file__).parent / "_proto"
     files = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / STUB_DIR).glob("*.proto"))
-    args = [
-        "protoc",
-        f"-I{PROTOS}",
-        f"-I{include}",
-        f"--python_out={out}",
-        f"--grpc_python_out={out}",
-        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
-        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
-        f"--mypy_out={out}",
-        f"--mypy_grpc_out={out}",
-        *files,
-    ]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed")
+    common = [f"-I{PROTOS}", f"-I{include}"]
+    _protoc(*common, f"--python_out={out}", f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+            f"--mypy_out={out}", *files)
+    # gRPC stubs only for the protos that declare a service: the others' would be empty modules.
+    services = _with_services(common, files)
+    _protoc(*common, f"--grpc_python_out={out}", f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+            f"--mypy_grpc_out={out}", *services)
+    grpc_modules = {f"{Path(name).stem}_pb2_grpc{ext}" for name in services for ext in (".py", ".pyi")}
+    for leftover in (out / STUB_DIR).glob("*_pb2_grpc.py*"):  # a service no longer declared
+        if leftover.name not in grpc_modules:
+            leftover.unlink()
     (out / STUB_DIR / "__init__.py").write_text('"""Generated llmrpc.v1 protobuf and gRPC stubs (make proto)."""\n')
+
+
+def _protoc(*args: str) -> None:
+    if protoc.main(["protoc", *args]) != 0:
+        raise SystemExit("protoc failed")
+
+
+def _with_services(common: list[str], files: list[str]) -> list[str]:
+    """The ``files`` that declare a service, as protoc itself parses them (a descriptor set)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        descriptors = Path(tmp) / "set.binpb"
+        _protoc(*common, f"--descriptor_set_out={descriptors}", *files)
+        parsed = descriptor_pb2.FileDescriptorSet.FromString(descriptors.read_bytes())
+    return [f.name for f in parsed.file if f.service]
 
 
 def stale_files() -> list[str]:

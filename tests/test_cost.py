@@ -13,7 +13,8 @@ from google.protobuf import json_format
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 from llmrpc.v1 import usage_pb2
-from llmrpc_server.pricing import call_cost, cost_usd
+from llmrpc_server.pricing import PRICE_PROVIDERS, call_cost, cost_usd
+from llmrpc_server.providers import default_adapters
 
 from tests.support import GatewayThread
 
@@ -79,6 +80,12 @@ def test_mock_calls_are_priced_as_the_model_they_name() -> None:
     meta = pb.ResponseMetadata(provider="mock", provider_model="gpt-4o-mini",
                                attempt_log=[pb.Attempt(model="openai/gpt-4o-mini")])
     assert call_cost(meta, "gpt-4o-mini", usage(1000, 1000)) == pytest.approx((1000 * 0.15 + 1000 * 0.6) / 1e6)
+
+
+def test_price_table_names_only_providers_that_route() -> None:
+    # A response's provider, and a model's in GetModelInfo, is always an adapter's name, and the mock's
+    # requested model routed through an adapter too: an entry for any other prefix is dead.
+    assert set(PRICE_PROVIDERS) <= set(default_adapters({})) - {"mock"}
 
 
 def test_responses_carry_their_cost(start_gateway: Callable[..., GatewayThread]) -> None:

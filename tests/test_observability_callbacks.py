@@ -191,3 +191,45 @@ def test_unknown_callback_or_missing_lunary_key_fail_at_start() -> None:
         CallbackDispatcher.from_settings(gateway_settings(success_callback=("nope.module:fn",)))
     with pytest.raises(ValueError, match="neither a built-in"):
         CallbackDispatcher.from_settings(gateway_settings(success_callback=("langfuse",)))
+
+
+def _stream_chunks() -> list[pb.StreamCompleteResponse]:
+    """A stream as adapters send it: role, text and reasoning pieces, a tool call in fragments, the
+    finish chunk, then a usage chunk whose metadata carries the cost."""
+    bodies: list[dict[str, Any]] = [
+        {"id": "c1", "model": "m", "created": 7, "metadata": {"provider": "mock"},
+         "choices": [{"index": 0, "delta": {"role": "assistant", "reasoning_content": "hmm "}}]},
+        {"id": "c1", "choices": [{"index": 0, "delta": {"content": "Hello "}}]},
+        {"id": "c1", "choices": [{"index": 0, "delta": {"content": "world", "tool_calls": [
+            {"index": 0, "id": "call_1", "function": {"name": "f", "arguments": "{\"a\":"}}]}}]},
+        {"id": "c1", "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": "1}"}}]}, "finish_reason": "tool_calls"}]},
+        {"id": "c1", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}},
+    ]
+    return [json_format.ParseDict(b, pb.StreamCompleteResponse()) for b in bodies]
+
+
+@pytest.mark.parametrize("collect", [True, False])
+def test_a_stream_is_tallied_as_the_response_it_spelled_out(collect: bool) -> None:
+    # Callbacks of a stream get what a unary call would have answered (the server-side
+    # stream_chunk_builder); without content-reading callbacks only what spans and metrics use is kept.
+    from llmrpc_server.accumulate import accumulate
+    from llmrpc_server.observability.backend import StreamTally
+
+    chunks = _stream_chunks()
+    tally = StreamTally(collect_text=collect)
+    for chunk in chunks:
+        tally.add(chunk)
+    tally.meta = pb.ResponseMetadata(provider="mock", cost_usd=0.5)
+    got = tally.response()
+    assert got.metadata == tally.meta and got.usage.total_tokens == 7
+    assert [(c.index, c.finish_reason) for c in got.choices] == [(0, "tool_calls")]
+    if collect:
+        expected = accumulate(chunks)
+        expected.metadata.CopyFrom(tally.meta)
+        assert got == expected
+        message = got.choices[0].message
+        assert (message.content, message.reasoning_content) == ("Hello world", "hmm ")
+        assert [(t.id, t.function.arguments) for t in message.tool_calls] == [("call_1", '{"a":1}')]
+    else:
+        assert not got.choices[0].message.HasField("content") and not got.choices[0].message.tool_calls

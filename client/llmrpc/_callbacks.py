@@ -311,21 +311,13 @@ def observed(method: Callable[[Any, Mapping[str, Any]], R]) -> Callable[[Any, Ma
     call (free when none are)."""
     @functools.wraps(method)
     def wrapper(self: Any, params: Mapping[str, Any]) -> R:
-        params = call_params(params, "completion")
-        dynamic = {name: params.pop(name) for name in _DYNAMIC if name in params}
-        _debug("request", params)
-        watch = _Watch(params, "completion", dynamic) if _any_registered() or any(dynamic.values()) else None
-        if watch is not None:
-            watch.begin()
+        params, watch = _begin(params, "completion")
         try:
             result = method(self, params)
         except Exception as exc:
-            _debug("error", exc)
-            if watch is not None:
-                watch.failure(exc)
+            _failed(watch, exc)
             raise
-        _debug("response", result)
-        return result if watch is None else _watched(result, watch)
+        return _done(result, watch)
     return wrapper
 
 
@@ -334,19 +326,34 @@ def aobserved(method: Callable[[Any, Mapping[str, Any]], Awaitable[R]],
     """Wrap ``Client._acomplete`` like :func:`observed`."""
     @functools.wraps(method)
     async def wrapper(self: Any, params: Mapping[str, Any]) -> R:
-        params = call_params(params, "acompletion")
-        dynamic = {name: params.pop(name) for name in _DYNAMIC if name in params}
-        _debug("request", params)
-        watch = _Watch(params, "acompletion", dynamic) if _any_registered() or any(dynamic.values()) else None
-        if watch is not None:
-            watch.begin()
+        params, watch = _begin(params, "acompletion")
         try:
             result = await method(self, params)
         except Exception as exc:
-            _debug("error", exc)
-            if watch is not None:
-                watch.failure(exc)
+            _failed(watch, exc)
             raise
-        _debug("response", result)
-        return result if watch is None else _watched(result, watch)
+        return _done(result, watch)
     return wrapper
+
+
+def _begin(params: Mapping[str, Any], call_type: str) -> tuple[dict[str, Any], _Watch | None]:
+    """The call's parameters with the module settings applied, and its watch (``None`` when no
+    callback is registered, globally or for this call)."""
+    params = call_params(params, call_type)
+    dynamic = {name: params.pop(name) for name in _DYNAMIC if name in params}
+    _debug("request", params)
+    watch = _Watch(params, call_type, dynamic) if _any_registered() or any(dynamic.values()) else None
+    if watch is not None:
+        watch.begin()
+    return params, watch
+
+
+def _failed(watch: _Watch | None, exc: Exception) -> None:
+    _debug("error", exc)
+    if watch is not None:
+        watch.failure(exc)
+
+
+def _done(result: R, watch: _Watch | None) -> R:
+    _debug("response", result)
+    return result if watch is None else _watched(result, watch)

@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import httpx
@@ -32,6 +32,9 @@ from ._types import ModelResponse
 from .exceptions import map_rpc_error
 from .v1 import completion_service_pb2, completion_service_pb2_grpc
 
+if TYPE_CHECKING:  # the async stub is a typing-only class of the generated .pyi
+    from .v1.completion_service_pb2_grpc import CompletionServiceAsyncStub, CompletionServiceStub
+
 __all__ = ["DEFAULT_TARGET", "Client", "acompletion", "completion", "get_supported_openai_params"]
 
 DEFAULT_TARGET = "localhost:50051"
@@ -45,7 +48,7 @@ DEFAULT_OPTIONS: tuple[tuple[str, int], ...] = (
 # the timeout itself, gets to report PROVIDER_TIMEOUT with its details first.
 _DEADLINE_SLACK_S = 5.0
 _PARAMS_DEADLINE_S = 30.0
-_BACKGROUND: set[Any] = set()  # keeps channel-closing tasks alive until done
+_BACKGROUND: set[asyncio.Task[None]] = set()  # keeps channel-closing tasks alive until done
 
 
 @dataclass(frozen=True)
@@ -129,18 +132,18 @@ class Client:
         self._metadata = tuple(metadata)
         self._options = tuple(options)
         self._lock = threading.Lock()
-        self._channel: Any = None
-        self._stub: Any = None
+        self._channel: grpc.Channel | None = None
+        self._stub: CompletionServiceStub | None = None
         # grpc.aio channels are bound to the loop they were made on.
-        self._aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._aio: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[grpc.aio.Channel, CompletionServiceAsyncStub]
+        ] = weakref.WeakKeyDictionary()
         self._closed = False
 
     def __repr__(self) -> str:
         return f"Client(target={self.target!r})"
 
-    def _sync_stub(self) -> Any:
+    def _sync_stub(self) -> CompletionServiceStub:
         with self._lock:
             self._check_open()
             if self._stub is None:
@@ -151,7 +154,7 @@ class Client:
                 self._stub = completion_service_pb2_grpc.CompletionServiceStub(self._channel)
             return self._stub
 
-    def _aio_stub(self) -> Any:
+    def _aio_stub(self) -> CompletionServiceAsyncStub:
         loop = asyncio.get_running_loop()
         with self._lock:
             self._check_open()
@@ -164,10 +167,10 @@ class Client:
                     channel = grpc.aio.insecure_channel(self.target, options=self._options)
                 else:
                     channel = grpc.aio.secure_channel(self.target, self._credentials, options=self._options)
-                entry = self._aio[loop] = (
-                    channel,
-                    completion_service_pb2_grpc.CompletionServiceStub(channel),
-                )
+                # The .pyi's overload picks the async stub for a grpc.aio channel only where grpc itself
+                # is typed; grpcio ships no types, so say it here.
+                stub = cast("CompletionServiceAsyncStub", completion_service_pb2_grpc.CompletionServiceStub(channel))
+                entry = self._aio[loop] = (channel, stub)
             return entry[1]
 
     def _check_open(self) -> None:
@@ -333,7 +336,7 @@ class Client:
         await self.aclose()
 
 
-def _close_aio_channel(loop: asyncio.AbstractEventLoop, channel: Any) -> None:
+def _close_aio_channel(loop: asyncio.AbstractEventLoop, channel: grpc.aio.Channel) -> None:
     # grpc.aio's close() is a coroutine that must run on the channel's own loop.
     if loop.is_closed():
         return

@@ -6,7 +6,6 @@ not restore integral numbers or LiteLLM's key layout anyway.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,7 +32,11 @@ __all__ = ["chunk_from_proto", "hidden_params", "response_from_proto", "struct_t
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """Struct -> plain dict; integral numbers come back as ints (Struct only has doubles)."""
+    """Struct -> plain dict; integral numbers come back as ints (Struct only has doubles).
+
+    The server's ``proto_json.struct_to_dict`` is the same function (the client cannot import the
+    server); ``tests/test_struct_numbers.py`` holds both to the same answers.
+    """
     return {key: _value_to_python(value) for key, value in struct.fields.items()}
 
 
@@ -41,9 +44,9 @@ def _value_to_python(value: struct_pb2.Value) -> Any:
     kind = value.WhichOneof("kind")
     if kind == "number_value":
         number = value.number_value
-        return (
-            int(number) if math.isfinite(number) and number.is_integer() and abs(number) < 2**53 else number
-        )
+        # is_integer() is False for inf and nan, so they stay floats (int() would raise); past 2**53 a
+        # double no longer holds every integer, so the sender's int cannot be known: keep the float.
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
     if kind == "struct_value":
         return struct_to_dict(value.struct_value)
     if kind == "list_value":

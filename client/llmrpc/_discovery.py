@@ -19,7 +19,7 @@ def list_models(*, client: Client | None = None) -> list[dict[str, Any]]:
     ``deployments`` (the group's deployment ids), ``alias_of``, ``wildcard`` and ``model_info``
     (the config's own ``model_info`` of the group's first deployment)."""
     gateway = _client_for({"client": client})
-    reply = _call(gateway, "ListModels", completion_service_pb2.ListModelsRequest(), "")
+    reply = _call(gateway, completion_service_pb2.ListModelsRequest(), "")
     return [_listed(info) for info in reply.models]
 
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 
 import grpc
+from google.protobuf.message import Message
 
 from ._callbacks import with_trace
 from ._client import Client, _client_for
 from ._convert import _message_to_proto, _model_name, _param, _tool
 from .exceptions import map_rpc_error
-from .v1 import completion_service_pb2
+from .v1 import completion_service_pb2 as pb
 
 __all__ = [
     "completion_cost",
@@ -54,13 +55,22 @@ _info_cache: dict[tuple[str, str], dict[str, Any]] = {}
 _info_lock = threading.Lock()
 
 
-def _call(client: Client, method: str, request: Any, model: str) -> Any:
+@overload
+def _call(client: Client, request: pb.CountTokensRequest, model: str) -> pb.CountTokensResponse: ...
+@overload
+def _call(client: Client, request: pb.GetModelInfoRequest, model: str) -> pb.GetModelInfoResponse: ...
+@overload
+def _call(client: Client, request: pb.ListModelsRequest, model: str) -> pb.ListModelsResponse: ...
+def _call(client: Client, request: Message, model: str) -> Message:
+    """The unary RPC named for the request's type (``CountTokensRequest`` -> ``CountTokens``)."""
+    method = type(request).__name__.removesuffix("Request")
     try:
-        return getattr(client._sync_stub(), method)(
+        reply: Message = getattr(client._sync_stub(), method)(
             request, timeout=_DEADLINE_S, metadata=with_trace(client._metadata)
         )
     except grpc.RpcError as err:
         raise map_rpc_error(err, model=model, target=client.target, method=method) from err
+    return reply
 
 
 def token_counter(
@@ -83,14 +93,14 @@ def token_counter(
         raise ValueError("text and messages cannot both be set")
     if text is None and messages is None:
         raise ValueError("Either text or messages must be provided")
-    request = completion_service_pb2.CountTokensRequest(model=_model_name(model, custom_llm_provider))
+    request = pb.CountTokensRequest(model=_model_name(model, custom_llm_provider))
     if text is not None:
         request.text = text if isinstance(text, str) else "".join(t for t in text if isinstance(t, str))
     else:
         request.messages.extend(_message_to_proto(i, m) for i, m in enumerate(messages or ()))
         with _param("tools"):
             request.tools.extend(_tool(t) for t in (() if count_response_tokens else tools or ()))
-    reply = _call(_client_for({"client": client}), "CountTokens", request, request.model)
+    reply = _call(_client_for({"client": client}), request, request.model)
     return int(reply.prompt_tokens)
 
 
@@ -105,8 +115,8 @@ def get_model_info(
     with _info_lock:
         cached = _info_cache.get(key)
     if cached is None:
-        request = completion_service_pb2.GetModelInfoRequest(model=name)
-        cached = _info_dict(_call(gateway, "GetModelInfo", request, name).model_info)
+        request = pb.GetModelInfoRequest(model=name)
+        cached = _info_dict(_call(gateway, request, name).model_info)
         with _info_lock:
             _info_cache[key] = cached
     if cached["input_cost_per_token"] is None and not any(cached[f] is not None for f in _FLAGS):
@@ -116,7 +126,7 @@ def get_model_info(
     return dict(cached)
 
 
-def _info_dict(info: completion_service_pb2.ModelInfo) -> dict[str, Any]:
+def _info_dict(info: pb.ModelInfo) -> dict[str, Any]:
     out: dict[str, Any] = {
         "key": info.key,
         "litellm_provider": info.provider,
@@ -168,8 +178,8 @@ def get_llm_provider(
     """``litellm.get_llm_provider()``: ``(model, provider, api_key, api_base)``. The gateway resolves the
     provider; keys and bases live on the gateway, so only the ones passed in come back."""
     name = _model_name(model, custom_llm_provider)
-    request = completion_service_pb2.GetModelInfoRequest(model=name)
-    info = _call(_client_for({"client": client}), "GetModelInfo", request, name).model_info
+    request = pb.GetModelInfoRequest(model=name)
+    info = _call(_client_for({"client": client}), request, name).model_info
     return info.provider_model, info.provider, api_key, api_base
 
 

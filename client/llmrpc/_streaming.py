@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
@@ -25,15 +25,34 @@ __all__ = ["AsyncCustomStreamWrapper", "CustomStreamWrapper"]
 _Chunk = completion_service_pb2.StreamCompleteResponse
 
 
-class _StreamBase:
+class _SyncCall(Protocol):
+    """What a sync ``StreamComplete`` call (grpc's rendezvous) is used for here."""
+
+    def __next__(self) -> _Chunk: ...
+
+    def cancel(self) -> bool: ...
+
+
+class _AsyncCall(Protocol):
+    """What a ``grpc.aio`` ``StreamComplete`` call is used for here; ``read()`` ends with ``grpc.aio.EOF``."""
+
+    async def read(self) -> _Chunk | object: ...
+
+    def cancel(self) -> bool: ...
+
+
+_CallT = TypeVar("_CallT", _SyncCall, _AsyncCall)
+
+
+class _StreamBase(Generic[_CallT]):
     """State shared by the sync and async wrappers."""
 
-    def __init__(self, call: Any, *, model: str, target: str) -> None:
+    def __init__(self, call: _CallT, *, model: str, target: str) -> None:
         self.model = model
         self.custom_llm_provider: str | None = None
         self.chunks: list[ModelResponseStream] = []  # every chunk yielded, for stream_chunk_builder
         self._hidden_params: dict[str, Any] = {}
-        self._call = call
+        self._call: _CallT = call
         self._target = target
         self._pending: _Chunk | None = None
         self._done = False
@@ -71,7 +90,7 @@ class _StreamBase:
         return f"<{type(self).__name__} model={self.model!r} chunks={len(self.chunks)} done={self._done}>"
 
 
-class CustomStreamWrapper(_StreamBase):
+class CustomStreamWrapper(_StreamBase[_SyncCall]):
     """Iterate to get ``ModelResponseStream`` chunks; ``close()`` cancels the call."""
 
     def _start(self) -> CustomStreamWrapper:
@@ -84,7 +103,7 @@ class CustomStreamWrapper(_StreamBase):
         if self._done:
             return None
         try:
-            return next(self._call)  # type: ignore[no-any-return]
+            return next(self._call)
         except StopIteration:
             self._done = True
             return None
@@ -115,7 +134,7 @@ class CustomStreamWrapper(_StreamBase):
         self.close()
 
 
-class AsyncCustomStreamWrapper(_StreamBase):
+class AsyncCustomStreamWrapper(_StreamBase[_AsyncCall]):
     """``async for`` to get ``ModelResponseStream`` chunks; ``aclose()`` cancels the call."""
 
     async def _start(self) -> AsyncCustomStreamWrapper:
@@ -129,10 +148,10 @@ class AsyncCustomStreamWrapper(_StreamBase):
             pb = await self._call.read()
         except grpc.RpcError as err:
             raise self._mapped(err) from err
-        if pb is grpc.aio.EOF:
+        if not isinstance(pb, _Chunk):  # grpc.aio.EOF
             self._done = True
             return None
-        return pb  # type: ignore[no-any-return]
+        return pb
 
     def __aiter__(self) -> AsyncCustomStreamWrapper:
         return self

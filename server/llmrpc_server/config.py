@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .egress import API_BASE_MODES, EgressPolicy, proxies_from_env
+from .egress import API_BASE_MODES, FETCH_MODES, EgressPolicy, proxies_from_env
 from .proxy_config import (
     ConfigError,
     ProxyConfig,
@@ -130,7 +130,7 @@ class Settings:
         base = cls(env=environ, proxy=proxy, config_warnings=tuple(warnings), config_file=path or "",
                    flag_overrides=flags)
         settings = replace(base, **_coerce(values))
-        if settings.fetch_media not in ("public", "all", "off"):
+        if settings.fetch_media not in FETCH_MODES:
             raise ValueError(f"fetch_media must be public, all or off, not {settings.fetch_media!r}")
         if settings.client_api_base not in API_BASE_MODES:
             raise ValueError(f"client_api_base must be any, public or off, not {settings.client_api_base!r}")

@@ -24,6 +24,7 @@ from urllib.parse import SplitResult, urlsplit
 
 __all__ = [
     "API_BASE_MODES",
+    "FETCH_MODES",
     "AddressCheck",
     "EgressPolicy",
     "EgressRefused",
@@ -34,6 +35,9 @@ __all__ = [
 ]
 
 API_BASE_MODES = ("any", "public", "off")
+# ``fetch_media`` modes for image URLs the gateway downloads itself (``media.MediaInliner``): public hosts
+# only, any host, or none.
+FETCH_MODES = ("public", "all", "off")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

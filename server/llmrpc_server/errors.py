@@ -106,7 +106,7 @@ def internal_error(exc: BaseException) -> ServiceError:
 
 def from_provider_error(err: ProviderError, target: Target | None, *, attempts: int,
                         caller_deadline: bool = False) -> ServiceError:
-    """The one upstream-failure -> gRPC mapping table (design.md §2)."""
+    """The one upstream-failure -> gRPC mapping table (documented in the README's Errors table)."""
     code = _CODES[err.kind]
     if err.kind in (ErrorKind.AUTH, ErrorKind.PERMISSION) and target is not None and not target.key_from_caller:
         code = grpc.StatusCode.FAILED_PRECONDITION  # the server's own key is wrong: not the caller's fault

@@ -28,9 +28,8 @@ from .executor import Executor
 from .providers.base import ProviderAdapter, ProviderError
 from .retry import Deadline
 
-__all__ = ["FETCH_MODES", "MediaInliner"]
+__all__ = ["MediaInliner"]
 
-FETCH_MODES = ("public", "all", "off")
 MAX_REDIRECTS = 5
 FETCH_TIMEOUT = 30.0  # seconds for one download, within the call's own deadline
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})

@@ -22,14 +22,14 @@ from .providers import priced_as_requested
 
 __all__ = ["PRICE_PROVIDERS", "call_cost", "cost_usd", "load_price_table"]
 
-# LiteLLM provider prefixes -> genai-prices provider ids. Providers not listed (local servers,
-# self-hosted OpenAI-compatible endpoints) have no public price: no cost.
+# LiteLLM provider prefixes -> genai-prices provider ids, for the gateway's own providers only (a
+# prefix no adapter serves never routes). Providers not listed (local servers, self-hosted
+# OpenAI-compatible endpoints) have no public price: no cost.
 PRICE_PROVIDERS: dict[str, str] = {
     "openai": "openai", "azure": "azure", "anthropic": "anthropic", "gemini": "google",
-    "vertex_ai": "google", "groq": "groq", "mistral": "mistral", "deepseek": "deepseek", "xai": "x-ai",
-    "together_ai": "together", "fireworks_ai": "fireworks", "perplexity": "perplexity", "cohere": "cohere",
-    "bedrock": "aws", "openrouter": "openrouter", "cerebras": "cerebras", "moonshot": "moonshotai",
-    "novita": "novita",
+    "groq": "groq", "mistral": "mistral", "deepseek": "deepseek", "xai": "x-ai",
+    "together_ai": "together", "fireworks_ai": "fireworks", "perplexity": "perplexity",
+    "openrouter": "openrouter",
 }
 _TOKEN_KEYS = frozenset({"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok"})
 _FAST_KEYS = _TOKEN_KEYS | {"web_searches_kcount"}

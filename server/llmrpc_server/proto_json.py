@@ -16,7 +16,6 @@ from google.protobuf.message import Message
 __all__ = [
     "canonical_json",
     "clear_field",
-    "dict_to_struct",
     "dumps",
     "has_field",
     "loads",
@@ -26,10 +25,13 @@ __all__ = [
 
 
 def value_to_python(value: struct_pb2.Value) -> Any:
-    """One Struct ``Value`` as plain Python, integral doubles as ints."""
+    """One Struct ``Value`` as plain Python, integral doubles as ints (the client's ``_decode`` does the
+    same; ``tests/test_struct_numbers.py`` holds both to the same answers)."""
     kind = value.WhichOneof("kind")
     if kind == "number_value":
         number = value.number_value
+        # is_integer() is False for inf and nan, so they stay floats (int() would raise); past 2**53 a
+        # double no longer holds every integer, so the sender's int cannot be known: keep the float.
         return int(number) if number.is_integer() and abs(number) < 2**53 else number
     if kind == "string_value":
         return value.string_value
@@ -45,13 +47,6 @@ def value_to_python(value: struct_pb2.Value) -> Any:
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct as a plain dict (see :func:`value_to_python`)."""
     return {key: value_to_python(value) for key, value in struct.fields.items()}
-
-
-def dict_to_struct(data: dict[str, Any], into: struct_pb2.Struct | None = None) -> struct_pb2.Struct:
-    """A JSON-like dict as a Struct (filled in place when ``into`` is given)."""
-    struct = struct_pb2.Struct() if into is None else into
-    struct.update(data)
-    return struct
 
 
 def has_field(msg: Message, name: str) -> bool:

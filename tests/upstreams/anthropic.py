@@ -1,4 +1,4 @@
-"""Anthropic Messages on the wire (providers.md §2).
+"""Anthropic Messages on the wire.
 
 Streams use named SSE events (`event: x` + `data: {...}`) with per-block start/delta/stop, a `ping`,
 cumulative usage on `message_delta`, and no `[DONE]`; errors can arrive as an `error` event after a 200.

@@ -1,4 +1,4 @@
-"""Google Gemini API (AI Studio, v1beta) on the wire (providers.md §3).
+"""Google Gemini API (AI Studio, v1beta) on the wire.
 
 lowerCamelCase JSON; streaming is `:streamGenerateContent?alt=sse` where every event is a complete
 GenerateContentResponse carrying only new parts, finishReason on the last, running usage, no `[DONE]`.

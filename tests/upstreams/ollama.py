@@ -1,4 +1,4 @@
-"""Ollama native `/api/chat` on the wire (providers.md §4.1).
+"""Ollama native `/api/chat` on the wire.
 
 NDJSON streaming (the default when `stream` is absent!), tool-call arguments as objects without ids,
 counters only on the final `done:true` line, errors as `{"error": "..."}`.

@@ -1,4 +1,4 @@
-"""OpenAI Chat Completions on the wire (providers.md §1), also used for OpenAI-compatible hosts and Azure.
+"""OpenAI Chat Completions on the wire, also used for OpenAI-compatible hosts and Azure.
 
 Builders return Reply objects whose bytes match what api.openai.com sends, so gateway adapters are tested
 against the real shapes (chunk order, `usage:null` on chunks, the `choices:[]` usage chunk, `[DONE]`).

@@ -1,33 +1,4 @@
 """LiteLLM's ``litellm.types.utils`` import path for the response types (the classes are ``llmrpc``'s)."""
 
-from .._types import (
-    ChatCompletionDeltaToolCall,
-    ChatCompletionMessageToolCall,
-    Choices,
-    CompletionTokensDetailsWrapper,
-    Delta,
-    Function,
-    Message,
-    ModelResponse,
-    ModelResponseStream,
-    PromptTokensDetailsWrapper,
-    ServerToolUse,
-    StreamingChoices,
-    Usage,
-)
-
-__all__ = [
-    "ChatCompletionDeltaToolCall",
-    "ChatCompletionMessageToolCall",
-    "Choices",
-    "CompletionTokensDetailsWrapper",
-    "Delta",
-    "Function",
-    "Message",
-    "ModelResponse",
-    "ModelResponseStream",
-    "PromptTokensDetailsWrapper",
-    "ServerToolUse",
-    "StreamingChoices",
-    "Usage",
-]
+from .._types import *  # noqa: F403  (every response type: _types.__all__)
+from .._types import __all__ as __all__

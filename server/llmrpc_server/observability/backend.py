@@ -12,7 +12,8 @@ service and pipeline stay free of telemetry. What it adds per call:
 * input/success/failure callback records, queued off the request path (``callbacks``).
 
 Streams are observed chunk by chunk: usage, finish reasons and (only when a content-reading
-callback is configured) the text are accumulated as they pass; chunks are never held back.
+callback is configured) the whole answer, folded by ``accumulate``, are kept as they pass; chunks are
+never held back.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from llmrpc.v1 import chat_pb2, usage_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
+from llmrpc.v1 import usage_pb2
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
+from ..accumulate import StreamAccumulator
 from ..backend import Backend
 from ..config import Settings
 from ..credentials import caller_credentials
@@ -50,17 +52,16 @@ _CALL = current_call()
 
 class StreamTally:
     """What a stream has said so far, kept incrementally: the first chunk (id, model, metadata),
-    usage, finish reasons and, with ``collect_text``, the assistant text and tool calls."""
+    usage and finish reasons; with ``collect_text``, the whole answer folded by
+    :class:`~llmrpc_server.accumulate.StreamAccumulator` (as a unary call would have returned it)."""
 
-    __slots__ = ("collect", "finish", "first", "meta", "texts", "tools", "usage")
+    __slots__ = ("finish", "first", "folded", "meta", "usage")
 
     def __init__(self, *, collect_text: bool) -> None:
-        self.collect = collect_text
         self.first: pb.StreamCompleteResponse | None = None
         self.usage: usage_pb2.Usage | None = None
         self.finish: dict[int, str] = {}
-        self.texts: dict[int, list[str]] = {}
-        self.tools: dict[int, dict[int, chat_pb2.ToolCall]] = {}
+        self.folded = StreamAccumulator() if collect_text else None
         self.meta: pb.ResponseMetadata | None = None  # the usage chunk's, with the cost
 
     @property
@@ -70,41 +71,30 @@ class StreamTally:
     def add(self, chunk: pb.StreamCompleteResponse) -> None:
         if self.first is None:
             self.first = chunk
+        if self.folded is not None:  # it keeps usage and finish reasons itself
+            self.folded.add(chunk)
+            return
         if chunk.HasField("usage"):
             self.usage = chunk.usage
         for choice in chunk.choices:
             if choice.finish_reason:
                 self.finish[choice.index] = choice.finish_reason
-            if self.collect:
-                self._collect(choice)
-
-    def _collect(self, choice: chat_pb2.ChunkChoice) -> None:
-        delta = choice.delta
-        if delta.HasField("content"):
-            self.texts.setdefault(choice.index, []).append(delta.content)
-        for fragment in delta.tool_calls:
-            calls = self.tools.setdefault(choice.index, {})
-            call = calls.setdefault(fragment.index, chat_pb2.ToolCall(type="function"))
-            if fragment.HasField("id") and not call.id:
-                call.id = fragment.id
-            if fragment.function.HasField("name") and not call.function.name:
-                call.function.name = fragment.function.name
-            call.function.arguments += fragment.function.arguments
 
     def response(self) -> pb.CompleteResponse:
-        """The stream as one ``chat.completion`` (text only if collected)."""
+        """The stream as one ``chat.completion`` (messages only if collected), with the metadata of
+        the usage chunk (it carries the cost), else of the first chunk."""
         first = self.first or pb.StreamCompleteResponse()
+        meta = self.meta or first.metadata
+        if self.folded is not None:
+            resp = self.folded.build()
+            resp.metadata.CopyFrom(meta)
+            return resp
         resp = pb.CompleteResponse(id=first.id, object="chat.completion", created=first.created,
-                                   model=first.model, metadata=self.meta or first.metadata)
+                                   model=first.model, metadata=meta)
         if self.usage is not None:
             resp.usage.CopyFrom(self.usage)
-        for index in sorted(self.finish.keys() | self.texts.keys() | self.tools.keys()):
-            choice = resp.choices.add(index=index, finish_reason=self.finish.get(index, ""))
-            choice.message.role = "assistant"
-            if index in self.texts:
-                choice.message.content = "".join(self.texts[index])
-            calls = self.tools.get(index, {})
-            choice.message.tool_calls.extend(calls[i] for i in sorted(calls))
+        for index in sorted(self.finish):
+            resp.choices.add(index=index, finish_reason=self.finish[index]).message.role = "assistant"
         return resp
 
 

@@ -34,11 +34,10 @@ from llmrpc.v1 import completion_service_pb2 as pb
 from ..config import Settings
 from ..egress import proxies_from_env
 from ..executor import Executor
-from ..proto_json import dumps, struct_to_dict
+from ..proto_json import dumps, has_field, struct_to_dict
 from ..providers.base import HttpCall
 from ..providers.chat_json import message_to_openai
 from .metrics import GatewayMetrics
-from .spans import has_field
 
 __all__ = ["CallRecord", "CallbackDispatcher", "LogHandler", "LunaryHandler", "payload", "response_dict"]
 

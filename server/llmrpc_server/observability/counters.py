@@ -57,5 +57,3 @@ class Counters:
     def snapshot(self) -> dict[str, int]:
         """Totals of every counter, zeros included."""
         return {name: self.total(name) for name in NAMES}
-
-"""The process-wide instance (one per server process; ``--workers`` processes count separately)."""

@@ -20,17 +20,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
-from google.protobuf.message import Message
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import usage_pb2
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode, Tracer
 
+from ..proto_json import has_field
 from ..providers.base import ProviderError, Target
 from .metrics import GatewayMetrics
 
 __all__ = [
-    "AttemptSpan", "CallTrace", "SpanStatusInterceptor", "attempt_span", "current_call", "has_field",
+    "AttemptSpan", "CallTrace", "SpanStatusInterceptor", "attempt_span", "current_call",
     "record_chunk", "record_response", "request_attributes", "server_attributes", "set_response_attributes",
 ]
 
@@ -122,11 +122,6 @@ def server_attributes(api_base: str) -> dict[str, str | int]:
     if port is not None:
         out["server.port"] = port
     return out
-
-
-def has_field(msg: Message, name: str) -> bool:
-    """``HasField`` with a field name known only at run time."""
-    return msg.HasField(name)
 
 
 def attempt_span(target: Target, req: pb.CompleteRequest, *, stream: bool) -> AbstractContextManager[AttemptSpan]:

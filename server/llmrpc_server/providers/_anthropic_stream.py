@@ -1,10 +1,11 @@
-"""Anthropic answers -> OpenAI shapes: whole messages, SSE streams (providers.md §2.5-2.7) and errors.
+"""Anthropic answers -> OpenAI shapes: whole messages, SSE streams and errors.
 
 - ``id`` is Anthropic's ``msg_…`` id (LiteLLM mints ``chatcmpl-…``; the real id is more useful).
 - ``stop_reason``: end_turn/stop_sequence/pause_turn -> stop, max_tokens/model_context_window_exceeded/
   compaction -> length, tool_use -> tool_calls, refusal -> content_filter, unknown -> stop; the raw
   value is kept in ``provider_finish_reason``.
-- Usage: ``prompt_tokens = input + cache_read + cache_creation`` (design.md §1), cache counters copied
+- Usage: ``prompt_tokens = input + cache_read + cache_creation`` (Anthropic's ``input_tokens`` leaves out
+  cached tokens, OpenAI's and Gemini's prompt counts include them), cache counters copied
   to ``cached_tokens``/``cache_read_input_tokens`` and ``cache_write_tokens``/``cache_creation_input_tokens``.
 - JSON mode: the ``json_tool_call`` input is the message content (finish ``stop``, no tool call).
 - Tool arguments in whole answers are ``json.dumps(input)``, as LiteLLM writes them.

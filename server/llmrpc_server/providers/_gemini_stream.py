@@ -1,5 +1,5 @@
 """Gemini answers -> llmrpc protos: ``GenerateContentResponse`` (unary and each SSE event), usage,
-finish reasons and errors (providers.md §3.3-3.6).
+finish reasons and errors.
 
 Parts map as LiteLLM maps them: non-thought text -> ``content``; ``thought: true`` parts ->
 ``reasoning_content`` plus ``thinking_blocks``; ``functionCall`` -> ``tool_calls`` (whole calls, ids

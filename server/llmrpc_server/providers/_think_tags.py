@@ -1,6 +1,6 @@
 """Reasoning inlined in the text as a leading ``<think>…</think>`` block (deepseek-r1, qwen3 and other
 models served by Ollama without ``think``): split into ``reasoning_content`` and ``content``, as
-LiteLLM does for ``ollama_chat/`` replies (providers.md §4.1).
+LiteLLM does for ``ollama_chat/`` replies.
 
 Only a block that opens the reply counts, so an answer that merely mentions ``<think>`` is left as it
 is. The text after ``</think>`` is kept verbatim (usually it starts with a blank line), so that a

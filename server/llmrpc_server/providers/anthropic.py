@@ -1,4 +1,4 @@
-"""Anthropic Messages API (providers.md §2): ``POST {base}/v1/messages``, after LiteLLM's ``anthropic/``.
+"""Anthropic Messages API: ``POST {base}/v1/messages``, after LiteLLM's ``anthropic/``.
 
 This module builds requests (messages, system, tools, thinking, JSON mode); answers, streams and
 errors are decoded in :mod:`._anthropic_stream`. Decisions where LiteLLM versions differ:

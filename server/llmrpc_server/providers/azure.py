@@ -1,5 +1,5 @@
 """Azure OpenAI (``azure/<deployment>``): OpenAI's wire format behind a deployment URL, an
-``api-version`` query and an ``api-key`` header (providers.md §4, azure row and quirks)."""
+``api-version`` query and an ``api-key`` header."""
 
 from __future__ import annotations
 

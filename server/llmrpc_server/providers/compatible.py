@@ -1,5 +1,5 @@
 """The OpenAI-compatible family: one table of hosts, plus small subclasses where a host's body or reply
-really differs from OpenAI's (providers.md §4).
+really differs from OpenAI's.
 
 Every host speaks ``POST {base}/chat/completions`` with a Bearer key; a row says where the host lives,
 which env vars configure it (LiteLLM's order) and which OpenAI parameters it accepts.

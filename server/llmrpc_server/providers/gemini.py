@@ -1,4 +1,4 @@
-"""Google AI Studio Gemini API (providers.md §3): ``models/{model}:generateContent`` and
+"""Google AI Studio Gemini API: ``models/{model}:generateContent`` and
 ``:streamGenerateContent?alt=sse``, key in ``x-goog-api-key``.
 
 Requests are built here (messages -> ``contents`` + ``systemInstruction``, tools with cleaned

@@ -1,6 +1,5 @@
 """Ollama's native chat API (``ollama_chat/<model>`` and ``ollama/<model>``): ``POST {base}/api/chat``,
-NDJSON streams, tool-call arguments as objects without ids, counters on the final ``done`` object
-(providers.md §4.1)."""
+NDJSON streams, tool-call arguments as objects without ids, counters on the final ``done`` object."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from .common import classify, join_url, json_object, merge_headers, new_completi
 
 __all__ = ["OPENAI", "OPENAI_PARAMS", "OpenAIAdapter", "OpenAISpec", "OpenAIStream", "adapters", "openai_error"]
 
-# The classic OpenAI chat parameters (providers.md §1.2), as proto field names.
+# The OpenAI Chat Completions request parameters, as proto field names.
 OPENAI_PARAMS = frozenset(
     {
         "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens", "presence_penalty",
