@@ -23,6 +23,7 @@ from llmrpc.v1 import completion_service_pb2 as pb
 
 from ..backend import Backend
 from ..errors import ServiceError
+from ..resolve import Call
 from ..retry import Deadline
 from .spec import VirtualKey
 from .store import Decision, LimitStore, StoreUnavailable
@@ -113,7 +114,7 @@ def _unavailable(exc: StoreUnavailable) -> ServiceError:
 
 
 class KeyedBackend:
-    """The outermost :class:`~llmrpc_server.pipeline.Backend` when keys are configured: a call under a
+    """The outermost :class:`~llmrpc_server.backend.Backend` when keys are configured: a call under a
     virtual key is checked against the key's ``models``, admitted by the :class:`LimitStore` (budget,
     rpm, tpm, parallel requests), and its tokens and cost are recorded when it ends. A stream asks the
     inner backend for its usage chunk even when the caller did not, and drops it again for the caller."""
@@ -123,13 +124,13 @@ class KeyedBackend:
         self._store = store
         self._clock = clock
 
-    async def complete(self, req: pb.CompleteRequest, deadline: Deadline) -> pb.CompleteResponse:
+    async def complete(self, call: Call, deadline: Deadline) -> pb.CompleteResponse:
         key = CURRENT_KEY.get()
         if key is None:
-            return await self._inner.complete(req, deadline)
-        lease = await self._admit(key, req, deadline)
+            return await self._inner.complete(call, deadline)
+        lease = await self._admit(key, call.req, deadline)
         try:
-            resp = await self._inner.complete(req, deadline)
+            resp = await self._inner.complete(call, deadline)
         except BaseException:
             await self._release(key, lease)
             raise
@@ -138,19 +139,19 @@ class KeyedBackend:
                            meta.cost_usd if meta.HasField("cost_usd") else 0.0)
         return resp
 
-    def stream(self, req: pb.CompleteRequest, deadline: Deadline, *,
+    def stream(self, call: Call, deadline: Deadline, *,
                include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
         key = CURRENT_KEY.get()
         if key is None:
-            return self._inner.stream(req, deadline, include_usage=include_usage)
-        return self._stream(key, req, deadline, include_usage)
+            return self._inner.stream(call, deadline, include_usage=include_usage)
+        return self._stream(key, call, deadline, include_usage)
 
-    async def _stream(self, key: VirtualKey, req: pb.CompleteRequest, deadline: Deadline,
+    async def _stream(self, key: VirtualKey, call: Call, deadline: Deadline,
                       include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
-        lease = await self._admit(key, req, deadline)
+        lease = await self._admit(key, call.req, deadline)
         tokens, cost = 0, 0.0
         try:
-            async for chunk in self._inner.stream(req, deadline, include_usage=True):
+            async for chunk in self._inner.stream(call, deadline, include_usage=True):
                 if chunk.HasField("usage"):
                     tokens = chunk.usage.total_tokens
                     cost = chunk.metadata.cost_usd if chunk.metadata.HasField("cost_usd") else 0.0
