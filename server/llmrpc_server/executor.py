@@ -44,6 +44,7 @@ from .errors import ServiceError
 from .proto_json import dumps
 from .providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent
 from .providers.mock import MOCK_SCHEME, MockReply, answer
+from .reasons import Reason
 from .sse import make_decoder
 
 __all__ = ["Executor", "UpstreamReply", "UpstreamStream", "egress_refused", "map_transport_error"]
@@ -327,7 +328,7 @@ def egress_refused(refused: EgressRefused) -> ServiceError:
     """PERMISSION_DENIED naming the field whose URL the server's egress policy refuses."""
     bad = error_details_pb2.BadRequest(field_violations=[
         error_details_pb2.BadRequest.FieldViolation(field=refused.field, description=refused.message)])
-    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, "API_BASE_NOT_ALLOWED",
+    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, Reason.API_BASE_NOT_ALLOWED,
                         f"{refused.field}: {refused.message}", {"field": refused.field}, [bad])
 
 

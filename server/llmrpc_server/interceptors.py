@@ -15,6 +15,7 @@ from .config import Settings
 from .errors import ServiceError, to_status
 from .keys.spec import KeyRing
 from .protected import REFUSAL, bearer_tokens, is_local_peer, needs_peer_check, parse_peer
+from .reasons import Reason
 
 __all__ = ["AuthInterceptor", "ProtectedModeInterceptor", "SpanStatusInterceptor", "build_interceptors"]
 
@@ -51,7 +52,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
 
 def _rejecting(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
     status = to_status(ServiceError(
-        grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID",
+        grpc.StatusCode.UNAUTHENTICATED, Reason.API_KEY_INVALID,
         "missing or invalid gateway credentials: send 'authorization: Bearer <token>'",
     ))
 
@@ -102,7 +103,7 @@ async def _require_local_peer(context: grpc.aio.ServicerContext) -> None:
     if not is_local_peer(peer):
         address = parse_peer(peer).ip
         await context.abort_with_status(to_status(ServiceError(
-            grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID", REFUSAL,
+            grpc.StatusCode.UNAUTHENTICATED, Reason.API_KEY_INVALID, REFUSAL,
             metadata={"protectedMode": "true", "callerAddress": str(address) if address else peer},
         )))
 

@@ -21,6 +21,7 @@ from .errors import ServiceError, invalid_argument
 from .executor import egress_refused
 from .params import ALWAYS_DROPPED, openai_name, set_params, unforwarded_body_keys, without_body_keys, without_params
 from .providers.base import ProviderError, Target
+from .reasons import Reason
 from .router import Route, Router
 
 __all__ = ["Call", "Prepared", "Resolver"]
@@ -114,7 +115,7 @@ class Resolver:
         raise invalid_argument(
             [(f, f"{route.adapter.name} does not support parameter {openai_name(f)!r}; "
                  "set drop_params=true to drop it") for f in unsupported],
-            reason="UNSUPPORTED_PARAMETER",
+            reason=Reason.UNSUPPORTED_PARAMETER,
             metadata={"param": names, "provider": route.adapter.name, "model": model},
         )
 

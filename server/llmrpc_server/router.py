@@ -11,6 +11,7 @@ from llmrpc.v1 import completion_service_pb2 as pb
 from .credentials import same_base
 from .errors import ServiceError, invalid_argument
 from .providers.base import ProviderAdapter, Target
+from .reasons import Reason
 
 __all__ = ["Route", "Router"]
 
@@ -56,7 +57,7 @@ class Router:
         what = f"unknown provider {prefix!r}" if sep else f"cannot infer the provider of {model!r}"
         raise invalid_argument(
             [(field, f"{what}; use 'provider/model' with one of: {known}")],
-            reason="UNKNOWN_PROVIDER", metadata={"knownProviders": known},
+            reason=Reason.UNKNOWN_PROVIDER, metadata={"knownProviders": known},
         )
 
     def check_fallbacks(self, req: pb.CompleteRequest, *, prefix: str = "") -> None:

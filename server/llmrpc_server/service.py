@@ -22,6 +22,7 @@ from .hidden_usage import UsageHider
 from .model_info import count_tokens, model_info
 from .params import openai_name
 from .providers.base import ProviderError
+from .reasons import Reason
 from .redaction import redact_chain
 from .resolve import Call, Resolver
 from .retry import Deadline
@@ -159,7 +160,7 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
                 raise invalid_argument([("model", "required: name a model such as 'openai/gpt-4o'")])
             allowed = self._model_filter(context) if self._model_filter is not None else None
             if allowed is not None and not allowed(request.model):
-                raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, "MODEL_NOT_ALLOWED",
+                raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, Reason.MODEL_NOT_ALLOWED,
                                    f"this caller's key may not use model {request.model!r}",
                                    {"model": request.model, "field": "model"})
             table = self._resolver.table

@@ -23,6 +23,7 @@ from llmrpc.v1 import completion_service_pb2 as pb
 
 from ..backend import Backend
 from ..errors import ServiceError
+from ..reasons import Reason
 from ..resolve import Call
 from ..retry import Deadline
 from .spec import VirtualKey
@@ -60,7 +61,7 @@ def denied_model(key: VirtualKey, req: pb.CompleteRequest) -> ServiceError | Non
         for model in models:
             if not key.allows(model):
                 return ServiceError(
-                    grpc.StatusCode.PERMISSION_DENIED, "MODEL_NOT_ALLOWED",
+                    grpc.StatusCode.PERMISSION_DENIED, Reason.MODEL_NOT_ALLOWED,
                     f"key {key.alias!r} may not use model {model!r} ({name}); its models: {', '.join(key.models)}",
                     {"model": model, "field": name, "keyAlias": key.alias},
                     [error_details_pb2.ResourceInfo(resource_type="model", resource_name=model,
@@ -79,7 +80,7 @@ def limit_error(key: VirtualKey, decision: Decision) -> ServiceError:
                f"({int(decision.current)} {what})")
     meta = {"keyAlias": key.alias, "limit": decision.limit, "current": str(int(decision.current)),
             "allowed": str(allowed)}
-    return _exhausted("RATE_LIMITED", key, decision, message, meta)
+    return _exhausted(Reason.RATE_LIMITED, key, decision, message, meta)
 
 
 def budget_error(key: VirtualKey, decision: Decision) -> ServiceError:
@@ -91,10 +92,10 @@ def budget_error(key: VirtualKey, decision: Decision) -> ServiceError:
             "maxBudget": repr(decision.allowed)}
     if key.budget_duration:
         meta["budgetDuration"] = f"{key.budget_duration}s"
-    return _exhausted("BUDGET_EXCEEDED", key, decision, message, meta)
+    return _exhausted(Reason.BUDGET_EXCEEDED, key, decision, message, meta)
 
 
-def _exhausted(reason: str, key: VirtualKey, decision: Decision, message: str,
+def _exhausted(reason: Reason, key: VirtualKey, decision: Decision, message: str,
                meta: dict[str, str]) -> ServiceError:
     details: list[object] = [error_details_pb2.QuotaFailure(violations=[error_details_pb2.QuotaFailure.Violation(
         subject=f"key:{key.alias}", description=f"{decision.limit} {decision.allowed:g} reached")])]
@@ -109,7 +110,7 @@ def _exhausted(reason: str, key: VirtualKey, decision: Decision, message: str,
 
 def _unavailable(exc: StoreUnavailable) -> ServiceError:
     # Fail closed: a key's limits are a promise to whoever pays; answering without them breaks it.
-    return ServiceError(grpc.StatusCode.UNAVAILABLE, "KEY_STORE_UNAVAILABLE",
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, Reason.KEY_STORE_UNAVAILABLE,
                         f"virtual key limits cannot be checked right now: {exc}")
 
 
