@@ -25,9 +25,10 @@ test: install ## lint + the whole test suite (what .ci/run runs)
 	$(MAKE) lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-lint: install $(PROTOGEN) ## ruff, mypy --strict, buf lint + breaking (FILE) vs main, generated stubs fresh
+lint: install $(PROTOGEN) ## ruff, mypy --strict, import layers, buf lint + breaking (FILE) vs main, generated stubs fresh
 	$(BIN)/ruff check client server tests bench scripts
 	$(BIN)/mypy client/llmrpc server/llmrpc_server
+	$(BIN)/lint-imports --no-cache  # the backend chain imports one way: pyproject.toml [tool.importlinter]
 	$(BIN)/python scripts/gen_proto.py --check
 	$(BIN)/python scripts/gen_ts.py --check
 	@# gen/go needs Debian's protoc-gen-go/-grpc: installed here when root, else the command is printed.

@@ -109,17 +109,21 @@ def layer(calls: int) -> dict[str, float]:
     """In-process: CPU milliseconds the key layer (:class:`KeyedBackend` with a limited key, its store
     on a real file) adds to a call, around a backend that answers at once. Free of gRPC and of other
     processes' noise, unlike the server figures."""
+    from llmrpc_server.config import Settings
     from llmrpc_server.keys import CURRENT_KEY, KeyedBackend, SqliteLimitStore, VirtualKey, hash_key
+    from llmrpc_server.providers import default_adapters
+    from llmrpc_server.resolve import Call, Resolver
     from llmrpc_server.retry import Deadline
+    from llmrpc_server.router import Router
 
     class Answer:
-        async def complete(self, req: pb.CompleteRequest, deadline: Deadline) -> pb.CompleteResponse:
+        async def complete(self, call: Call, deadline: Deadline) -> pb.CompleteResponse:
             resp = pb.CompleteResponse(model="echo")
             resp.usage.total_tokens = 12
             resp.metadata.cost_usd = 1e-6
             return resp
 
-        async def stream(self, req: pb.CompleteRequest, deadline: Deadline, *,
+        async def stream(self, call: Call, deadline: Deadline, *,
                          include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
             """One usage chunk (the Backend protocol asks for both; this bench times unary calls)."""
             chunk = pb.StreamCompleteResponse(model="echo")
@@ -128,13 +132,15 @@ def layer(calls: int) -> dict[str, float]:
 
     key = VirtualKey(digest=hash_key(KEY), alias="bench", rpm_limit=10**9, tpm_limit=10**12, max_budget=1e9,
                      budget_duration=86400, max_parallel_requests=1000)
+    settings = Settings()
+    resolver = Resolver(Router(default_adapters(settings.env), settings.env), settings)
     req = pb.CompleteRequest(model="mock/echo")
 
     async def timed(backend: Any) -> float:
         deadline = Deadline(time.monotonic() + 600, "server")
         started = time.process_time()
         for _ in range(calls):
-            await backend.complete(req, deadline)
+            await backend.complete(resolver.call(req), deadline)  # as the service does, per call
         return (time.process_time() - started) / calls * 1000.0
 
     async def both() -> dict[str, float]:

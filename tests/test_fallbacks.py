@@ -14,7 +14,8 @@ from typing import Any
 
 import llmrpc
 import pytest
-from llmrpc_server import counters, retry
+from llmrpc_server import retry
+from llmrpc_server.observability import counters
 
 from tests.support import GatewayThread, gateway_settings
 from tests.upstreams import FakeUpstream, StallReply

@@ -20,8 +20,9 @@ import grpc
 import llmrpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from llmrpc_server import counters, retry
+from llmrpc_server import retry
 from llmrpc_server.app import SERVICE_NAME
+from llmrpc_server.observability import counters
 
 from tests.support import GatewayThread, gateway_settings
 from tests.upstreams import FakeUpstream, closed_port_url

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-from llmrpc_server import counters
+from llmrpc_server.observability import counters
 
 from bench.bench_load import CHUNKS, run_streams, slow_upstream
 from tests.support import GatewayThread, gateway_settings

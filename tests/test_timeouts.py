@@ -20,7 +20,8 @@ from llmrpc.exceptions import map_rpc_error
 from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
-from llmrpc_server import counters, retry
+from llmrpc_server import retry
+from llmrpc_server.observability import counters
 
 from tests.support import GatewayThread, gateway_settings
 from tests.upstreams import FakeUpstream, StallReply

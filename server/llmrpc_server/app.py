@@ -29,7 +29,7 @@ from .egress import proxies_from_env
 from .executor import Executor
 from .health import DrainingHealthServicer
 from .interceptors import build_interceptors
-from .keys import KeyedBackend, SqliteLimitStore, configured_keys, current_model_filter, state_path
+from .keys import KeyedBackend, SqliteLimitStore, configured_keys, current_key_alias, current_model_filter, state_path
 from .observability.backend import ObservedBackend
 from .observability.counters import Counters
 from .observability.otel import Telemetry, configure
@@ -38,6 +38,7 @@ from .pricing import load_price_table
 from .protected import startup_warnings
 from .providers import default_adapters, transports
 from .reload import Reloader
+from .resolve import Resolver
 from .router import Router
 from .service import CompletionService, add_to_server
 from .tls import load_listener_tls
@@ -110,17 +111,20 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
                         max_connections_per_host=settings.max_connections_per_host,
                         stream_idle_timeout=settings.stream_idle_timeout, transports=transports(adapters))
     await executor.start()
-    router = Router(adapters, settings.env, settings.aliases)
-    pipeline = Pipeline(router, executor, settings)
+    # The chain, innermost first; each call's route is resolved once, by whichever layer asks first
+    # (the cache for its key, else the pipeline), through the Call the service makes with `resolver`.
+    resolver = Resolver(Router(adapters, settings.env, settings.aliases), settings)
+    pipeline = Pipeline(executor, settings)
     cache = ResponseCache(settings.cache_path, int(settings.cache_max_mb * 1024 * 1024))
-    caching = CachingBackend(pipeline, cache, pipeline, settings)
-    service = CompletionService(caching, router, settings, pipeline,  # its backend is set below
+    caching = CachingBackend(pipeline, cache, settings)
+    service = CompletionService(caching, resolver, settings,  # its backend is set below
                                 model_filter=_key_model_filter if keys else None)
-    reloader = Reloader(settings, [pipeline, caching, service, *([keys] if keys else [])])
-    pipeline.table = reloader.table
+    reloader = Reloader(settings, [resolver, pipeline, caching, service, *([keys] if keys else [])])
+    resolver.table = reloader.table
     backend: Backend = caching
     telemetry = telemetry or configure(settings)
-    backend = observed = ObservedBackend(backend, settings, telemetry, pipeline.counters)
+    backend = observed = ObservedBackend(backend, settings, telemetry, pipeline.counters,
+                                         cache_stats=cache.stats, key_alias=current_key_alias)
     limits = SqliteLimitStore(state_path(settings)) if keys else None
     if limits is not None:
         backend = KeyedBackend(backend, limits)  # outermost: a refused call costs nothing below it

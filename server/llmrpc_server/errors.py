@@ -21,6 +21,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from .providers.base import ErrorKind, ProviderError, Target
+from .reasons import Reason
 
 __all__ = [
     "DOMAIN",
@@ -61,7 +62,7 @@ class ServiceError(Exception):
     """A failure ready to be sent: code, reason and everything the details need."""
 
     code: grpc.StatusCode
-    reason: str
+    reason: Reason
     message: str
     metadata: dict[str, str] = field(default_factory=dict)
     details: list[ProtoMessage] = field(default_factory=list)
@@ -87,7 +88,7 @@ class ServiceError(Exception):
         return ServiceError(self.code, self.reason, message, meta, details)
 
 
-def invalid_argument(violations: Sequence[tuple[str, str]], *, reason: str = "INVALID_REQUEST",
+def invalid_argument(violations: Sequence[tuple[str, str]], *, reason: Reason = Reason.INVALID_REQUEST,
                      metadata: Mapping[str, str] | None = None) -> ServiceError:
     """INVALID_ARGUMENT naming every offending field (``BadRequest.field_violations``)."""
     bad = error_details_pb2.BadRequest(
@@ -101,7 +102,7 @@ def invalid_argument(violations: Sequence[tuple[str, str]], *, reason: str = "IN
 
 def internal_error(exc: BaseException) -> ServiceError:
     """A broken invariant: our bug. The message names the exception type, never its secrets."""
-    return ServiceError(grpc.StatusCode.INTERNAL, "INTERNAL_ERROR", f"internal error ({type(exc).__name__})")
+    return ServiceError(grpc.StatusCode.INTERNAL, Reason.INTERNAL_ERROR, f"internal error ({type(exc).__name__})")
 
 
 def from_provider_error(err: ProviderError, target: Target | None, *, attempts: int,

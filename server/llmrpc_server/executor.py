@@ -51,6 +51,7 @@ from .providers.base import (
     UpstreamReply,
     UpstreamStream,
 )
+from .reasons import Reason
 from .sse import make_decoder
 
 __all__ = ["Executor", "UpstreamReply", "UpstreamStream", "egress_refused", "map_transport_error"]
@@ -318,7 +319,7 @@ def egress_refused(refused: EgressRefused) -> ServiceError:
     """PERMISSION_DENIED naming the field whose URL the server's egress policy refuses."""
     bad = error_details_pb2.BadRequest(field_violations=[
         error_details_pb2.BadRequest.FieldViolation(field=refused.field, description=refused.message)])
-    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, "API_BASE_NOT_ALLOWED",
+    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, Reason.API_BASE_NOT_ALLOWED,
                         f"{refused.field}: {refused.message}", {"field": refused.field}, [bad])
 
 

@@ -8,14 +8,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from opentelemetry.trace import TracerProvider
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode, TracerProvider
 
 from .config import Settings
 from .errors import ServiceError, to_status
 from .keys.spec import KeyRing
 from .protected import REFUSAL, bearer_tokens, is_local_peer, needs_peer_check, parse_peer
+from .reasons import Reason
 
-__all__ = ["AuthInterceptor", "ProtectedModeInterceptor", "build_interceptors"]
+__all__ = ["AuthInterceptor", "ProtectedModeInterceptor", "SpanStatusInterceptor", "build_interceptors"]
 
 _OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -50,7 +52,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
 
 def _rejecting(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
     status = to_status(ServiceError(
-        grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID",
+        grpc.StatusCode.UNAUTHENTICATED, Reason.API_KEY_INVALID,
         "missing or invalid gateway credentials: send 'authorization: Bearer <token>'",
     ))
 
@@ -101,7 +103,7 @@ async def _require_local_peer(context: grpc.aio.ServicerContext) -> None:
     if not is_local_peer(peer):
         address = parse_peer(peer).ip
         await context.abort_with_status(to_status(ServiceError(
-            grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID", REFUSAL,
+            grpc.StatusCode.UNAUTHENTICATED, Reason.API_KEY_INVALID, REFUSAL,
             metadata={"protectedMode": "true", "callerAddress": str(address) if address else peer},
         )))
 
@@ -134,6 +136,56 @@ def _peer_checked(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return grpc.stream_stream_rpc_method_handler(_checked(handler.stream_stream), **codec)
 
 
+class SpanStatusInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,unused-ignore]
+    """Marks the SERVER span of an aborted RPC with its gRPC status. Goes right after the OTel
+    interceptor, whose context wrapper sees ``abort`` but not ``abort_with_status`` (what the service
+    uses), so a rejected request would otherwise look OK in the trace."""
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.request_streaming:
+            return handler
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(
+                _marked_stream(handler.unary_stream), request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(
+            _marked_unary(handler.unary_unary), request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
+def _marked_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def unary(request: Any, context: Any) -> Any:
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            _mark_aborted(context)
+            raise
+    return unary
+
+
+def _marked_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except grpc.aio.AbortError:
+            _mark_aborted(context)
+            raise
+    return stream
+
+
+def _mark_aborted(context: Any) -> None:
+    span = trace.get_current_span()
+    code = context.code()
+    if span.is_recording() and isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        span.set_status(Status(StatusCode.ERROR, code.name))
+
+
 def build_interceptors(settings: Settings, tracer_provider: TracerProvider | None = None,
                        keys: KeyRing | None = None) -> list[grpc.aio.ServerInterceptor]:
     """The access log (opt-in) outermost, so that it sees every status; OTel next (so rejected calls
@@ -148,8 +200,6 @@ def build_interceptors(settings: Settings, tracer_provider: TracerProvider | Non
         interceptors.append(AccessLogInterceptor(bearer_tokens(settings), keys))
     if tracer_provider is not None:
         from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
-
-        from .observability.spans import SpanStatusInterceptor
 
         interceptors.append(aio_server_interceptor(  # type: ignore[no-untyped-call]
             tracer_provider=tracer_provider, filter_=filters.negate(filters.health_check())))

@@ -1,20 +1,20 @@
-"""One call from validated request to answer: route, drop/reject params, attempt with retries,
-fall back, and record every attempt. The executor does the I/O; adapters do the translation."""
+"""One call from validated request to answer: attempt the route the call resolved (``resolve``)
+with retries, fall back, and record every attempt. The executor does the I/O; adapters do the
+translation."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
 
 from llmrpc.v1 import completion_service_pb2 as pb
 
 from .config import Settings
-from .deployments import Candidate, DeploymentTable, ModelGroup, apply_extras, request_table, with_credentials
+from .deployments import DeploymentTable, ModelGroup
 from .egress import AddressCheck, EgressRefused
-from .errors import ServiceError, from_provider_error, invalid_argument
+from .errors import ServiceError, from_provider_error
 from .executor import Executor, UpstreamStream, egress_refused
 from .media import MediaInliner
 from .observability.counters import (
@@ -26,11 +26,11 @@ from .observability.counters import (
     Counters,
 )
 from .observability.spans import attempt_span, record_chunk, record_response
-from .params import ALWAYS_DROPPED, openai_name, set_params, unforwarded_body_keys, without_body_keys, without_params
 from .providers.base import ErrorKind, HttpCall, ProviderError, StreamDecoder, StreamEvent, Target, decode_reply
 from .redaction import origin, scrub_error
+from .resolve import Call
 from .retry import Deadline, backoff_delay
-from .router import Route, Router
+from .router import Route
 
 __all__ = ["AttemptLog", "FallbackPlan", "Pipeline"]
 
@@ -103,110 +103,30 @@ class FallbackPlan:
 class Pipeline:
     """Runs calls. One instance per server process, created inside the serving loop."""
 
-    def __init__(self, router: Router, executor: Executor, settings: Settings,
-                 table: DeploymentTable | None = None) -> None:
-        self._router = router
+    def __init__(self, executor: Executor, settings: Settings) -> None:
         self._executor = executor
         self._settings = settings
         self._egress = settings.egress_policy()
         self._media = MediaInliner(executor, settings.fetch_media, int(settings.fetch_media_max_mb * 1024 * 1024))
         self.counters = Counters()
-        # The config's model groups; None without a model_list, and then no call looks anything up.
-        self.table = table
 
     def reconfigure(self, settings: Settings, table: DeploymentTable | None) -> None:
-        """A reloaded config: calls that start from now on use it; calls in flight keep what they
-        read when they started (each reads ``_settings``/``table`` once, at its start)."""
+        """A reloaded config: calls that start from now on use it (the table reaches calls through
+        ``resolve.Resolver``)."""
         self._settings = settings
-        self.table = table
 
-    def _tables(self, req: pb.CompleteRequest) -> tuple[DeploymentTable, ...]:
-        """Where model groups are looked up: the request's own ``model_list`` first, then the
-        config's; empty (and nothing is looked up) without either."""
-        if not req.model_list:
-            return () if self.table is None else (self.table,)
-        own = request_table(req)
-        return (own,) if self.table is None else (own, self.table)
-
-    def is_group(self, req: pb.CompleteRequest, model: str) -> bool:
-        """True when ``model`` names a model group (or alias) for this request."""
-        tables = self._tables(req)
-        return bool(tables) and _group_of(tables, model) is not None
-
-    def prepare(self, req: pb.CompleteRequest, model: str) -> tuple[Route, pb.CompleteRequest]:
-        """Resolve ``model`` and apply the provider's supported-parameter policy (for a model group,
-        with its first deployment: what the response cache keys on)."""
-        tables = self._tables(req)
-        group = _group_of(tables, model) if tables else None
-        if group is not None:
-            return self._prepare_deployment(req, group.candidates[0])
-        return self._param_policy(self._router.resolve(req, model), req, model)
-
-    def _prepare_deployment(self, req: pb.CompleteRequest, candidate: Candidate) -> tuple[Route, pb.CompleteRequest]:
-        """Route and request for one deployment: its extras applied; a config deployment's base and
-        key are the server's own (configured together), a request deployment's are the caller's."""
-        dep, model = candidate.deployment, candidate.model
-        creq = apply_extras(req, dep.extras)
-        if dep.caller_named:
-            creq = with_credentials(creq, dep)
-            route = self._router.resolve(creq, model)
-        else:
-            if req.api_base or req.api_key:
-                name = "api_base" if req.api_base else "api_key"
-                raise invalid_argument([(name, f"model {req.model!r} is served by the gateway's configured "
-                                               "deployments; a request cannot name their base or key")])
-            route = self._server_route(creq, model, candidate)
-        return self._param_policy(Route(route.adapter, replace(route.target, deployment=dep.id)), creq, model)
-
-    def _server_route(self, req: pb.CompleteRequest, model: str, candidate: Candidate) -> Route:
-        dep = candidate.deployment
-        adapter, name = self._router.split_for(req, model)
-        env = self._settings.env
-        base = dep.api_base or _first(env, adapter.env_bases) or adapter.default_base
-        if not base:
-            raise invalid_argument([("model", f"deployment {dep.id!r} of {req.model!r} has no api_base for "
-                                              f"provider {adapter.name!r}")])
-        version = dep.api_version or env.get(f"{adapter.name.upper()}_API_VERSION")
-        target = Target(provider=adapter.name, model=name, api_base=base,
-                        api_key=dep.api_key or _first(env, adapter.env_keys), api_version=version,
-                        requested_model=model, deployment=dep.id)
-        return Route(adapter, target)
-
-    def _param_policy(self, route: Route, req: pb.CompleteRequest, model: str) -> tuple[Route, pb.CompleteRequest]:
-        if route.target.base_from_caller and self._egress.refused(route.target.api_base):
-            raise egress_refused(EgressRefused("api_base", "this gateway does not accept base URLs from callers "
-                                                           "(--client-api-base off); leave api_base unset"))
-        if req.HasField("extra_body") and (own := unforwarded_body_keys(req, route.adapter.litellm_body_keys)):
-            req = without_body_keys(req, own)
-        unsupported = [f for f in set_params(req) if f not in route.adapter.supported_params]
-        if not unsupported:
-            return route, req
-        drop = req.drop_params if req.HasField("drop_params") else self._settings.drop_params
-        if drop or ALWAYS_DROPPED.issuperset(unsupported):
-            return route, without_params(req, unsupported)
-        if not ALWAYS_DROPPED.isdisjoint(unsupported):
-            req = without_params(req, [f for f in unsupported if f in ALWAYS_DROPPED])
-            unsupported = [f for f in unsupported if f not in ALWAYS_DROPPED]
-        names = ", ".join(openai_name(f) for f in unsupported)
-        raise invalid_argument(
-            [(f, f"{route.adapter.name} does not support parameter {openai_name(f)!r}; "
-                 "set drop_params=true to drop it") for f in unsupported],
-            reason="UNSUPPORTED_PARAMETER",
-            metadata={"param": names, "provider": route.adapter.name, "model": model},
-        )
-
-    async def complete(self, req: pb.CompleteRequest, deadline: Deadline) -> pb.CompleteResponse:
+    async def complete(self, call: Call, deadline: Deadline) -> pb.CompleteResponse:
         log = AttemptLog()
         plan: FallbackPlan | None = None  # built on the first failure: most calls never need it
+        req = call.req
         model = req.model
-        tables = self._tables(req)  # read once: a reload never changes a call in flight
         while True:
             target: Target | None = None
             try:
-                group = _group_of(tables, model) if tables else None
+                group = call.group(model)
                 if group is not None:
-                    return await self._group_unary(group, req, deadline, log)
-                route, creq = self._param_policy(self._router.resolve(req, model), req, model)
+                    return await self._group_unary(group, call, deadline, log)
+                route, creq = call.route(model)
                 target = route.target
                 _require_key(route)
                 creq = await self._media.inline(route.adapter, creq, deadline)
@@ -214,28 +134,28 @@ class Pipeline:
             except EgressRefused as refused:
                 raise egress_refused(refused) from None
             except ProviderError as err:
-                plan = plan or FallbackPlan(req, self._settings, _primary(req, tables))
+                plan = plan or FallbackPlan(req, self._settings, call.primary())
                 model = self._fallback_model(plan, err, deadline)
                 if not model:
                     raise self._failure(err, target or log.last_target, log, deadline) from err
 
-    async def stream(self, req: pb.CompleteRequest, deadline: Deadline, *,
+    async def stream(self, call: Call, deadline: Deadline, *,
                      include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
         """Chunks of the first model that starts streaming; a fallback or retry is possible only
         until the first chunk has reached the caller."""
         log = AttemptLog()
         plan: FallbackPlan | None = None  # built on the first failure: most calls never need it
+        req = call.req
         model = req.model
-        tables = self._tables(req)  # read once: a reload never changes a call in flight
         while True:
             target: Target | None = None
             try:
-                group = _group_of(tables, model) if tables else None
+                group = call.group(model)
                 if group is not None:
-                    async for chunk in self._group_stream(group, req, deadline, log, include_usage):
+                    async for chunk in self._group_stream(group, call, deadline, log, include_usage):
                         yield chunk
                     return
-                route, creq = self._param_policy(self._router.resolve(req, model), req, model)
+                route, creq = call.route(model)
                 target = route.target
                 _require_key(route)
                 creq = await self._media.inline(route.adapter, creq, deadline)
@@ -248,7 +168,7 @@ class Pipeline:
                 self.counters.incr(STREAMS_BROKEN, committed.error.kind.value)
                 raise self._failure(committed.error, target or log.last_target, log, deadline) from committed.error
             except ProviderError as err:
-                plan = plan or FallbackPlan(req, self._settings, _primary(req, tables))
+                plan = plan or FallbackPlan(req, self._settings, call.primary())
                 model = self._fallback_model(plan, err, deadline)
                 if not model:
                     raise self._failure(err, target or log.last_target, log, deadline) from err
@@ -274,14 +194,14 @@ class Pipeline:
             return resp
         raise AssertionError("unreachable: the last attempt raises or returns")
 
-    async def _group_unary(self, group: ModelGroup, req: pb.CompleteRequest, deadline: Deadline,
+    async def _group_unary(self, group: ModelGroup, call: Call, deadline: Deadline,
                            log: AttemptLog) -> pb.CompleteResponse:
         """Attempts over a model group: each picks a deployment by the strategy, and a retryable
         failure retries on another deployment when one is available (at once: no backoff needed)."""
-        retries = self._retries(req)
+        retries = self._retries(call.req)
         for n in range(retries + 1):
             candidate = group.pick()
-            route, creq = self._prepare_deployment(req, candidate)
+            route, creq = call.deployment(candidate)
             _require_key(route)
             creq = await self._media.inline(route.adapter, creq, deadline)
             dep = candidate.deployment
@@ -306,13 +226,13 @@ class Pipeline:
             return resp
         raise AssertionError("unreachable: the last attempt raises or returns")
 
-    async def _group_stream(self, group: ModelGroup, req: pb.CompleteRequest, deadline: Deadline, log: AttemptLog,
+    async def _group_stream(self, group: ModelGroup, call: Call, deadline: Deadline, log: AttemptLog,
                             include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
         """:meth:`_group_unary` for streams: another deployment only until the first chunk is sent."""
-        retries = self._retries(req)
+        retries = self._retries(call.req)
         for n in range(retries + 1):
             candidate = group.pick()
-            route, creq = self._prepare_deployment(req, candidate)
+            route, creq = call.deployment(candidate)
             _require_key(route)
             creq = await self._media.inline(route.adapter, creq, deadline)
             dep = candidate.deployment
@@ -485,35 +405,12 @@ class _Committed(Exception):
         self.error = error
 
 
-def _group_of(tables: tuple[DeploymentTable, ...], model: str) -> ModelGroup | None:
-    for table in tables:
-        group = table.lookup(model)
-        if group is not None:
-            return group
-    return None
-
-
-def _primary(req: pb.CompleteRequest, tables: tuple[DeploymentTable, ...]) -> str:
-    """The requested model with a ``model_group_alias`` resolved: fallbacks are keyed by group."""
-    for table in tables:
-        if req.model in table.aliases:
-            return table.aliases[req.model]
-    return req.model
-
-
 def _attempt_deadline(deadline: Deadline, timeout: float | None) -> Deadline:
     """The call's deadline, tightened by a deployment's own ``timeout`` for one attempt."""
     if timeout is None:
         return deadline
     expires = time.monotonic() + timeout
     return deadline if deadline.expires_at <= expires else Deadline(expires, "timeout")
-
-
-def _first(env: Mapping[str, str], names: tuple[str, ...]) -> str | None:
-    for name in names:
-        if env.get(name):
-            return env[name]
-    return None
 
 
 def _require_key(route: Route) -> None:

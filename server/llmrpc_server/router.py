@@ -13,6 +13,7 @@ from .credentials import same_base
 from .errors import ServiceError, invalid_argument
 from .proto_json import has_field
 from .providers.base import ProviderAdapter, Target
+from .reasons import Reason
 
 __all__ = ["Route", "Router"]
 
@@ -60,7 +61,7 @@ class Router:
         what = f"unknown provider {prefix!r}" if sep else f"cannot infer the provider of {model!r}"
         raise invalid_argument(
             [(field, f"{what}; use 'provider/model' with one of: {known}")],
-            reason="UNKNOWN_PROVIDER", metadata={"knownProviders": known},
+            reason=Reason.UNKNOWN_PROVIDER, metadata={"knownProviders": known},
         )
 
     def split_for(self, req: pb.CompleteRequest, model: str) -> tuple[ProviderAdapter[Any], str]:

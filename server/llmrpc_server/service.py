@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -22,12 +22,13 @@ from .hidden_usage import UsageHider
 from .model_info import count_tokens, model_info
 from .params import openai_name
 from .providers.base import ProviderError
+from .reasons import Reason
 from .redaction import redact_chain
+from .resolve import Call, Resolver
 from .retry import Deadline
-from .router import Route, Router
 from .validation import validate_request
 
-__all__ = ["CompletionService", "ModelFilterFactory", "ModelGroups", "Undecodable", "add_to_server"]
+__all__ = ["CompletionService", "ModelFilterFactory", "Undecodable", "add_to_server"]
 
 log = logging.getLogger("llmrpc_server")
 _MAX_COUNT_BYTES = 16 << 20  # CountTokens input bound: the tokenizer runs ~3 MB/s
@@ -38,25 +39,15 @@ _MAX_COUNT_BYTES = 16 << 20  # CountTokens input bound: the tokenizer runs ~3 MB
 ModelFilterFactory = Callable[[grpc.aio.ServicerContext], ModelFilter | None]
 
 
-class ModelGroups(Protocol):
-    """The model groups the service checks names against (the pipeline)."""
-
-    table: DeploymentTable | None
-
-    def is_group(self, req: pb.CompleteRequest, model: str) -> bool: ...
-
-    def prepare(self, req: pb.CompleteRequest, model: str) -> tuple[Route, pb.CompleteRequest]: ...
-
-
 class CompletionService(pb_grpc.CompletionServiceServicer):
     """``llmrpc.v1.CompletionService``."""
 
-    def __init__(self, backend: Backend, router: Router, settings: Settings,
-                 groups: ModelGroups | None = None, model_filter: ModelFilterFactory | None = None) -> None:
+    def __init__(self, backend: Backend, resolver: Resolver, settings: Settings,
+                 model_filter: ModelFilterFactory | None = None) -> None:
         self._backend = backend
-        self._router = router
+        self._resolver = resolver  # makes each call's Call, which the backend chain resolves once
+        self._router = resolver.router
         self._settings = settings
-        self._groups = groups
         # Virtual keys plug in here: the names a caller may see in ListModels (None: every name).
         self._model_filter = model_filter
 
@@ -68,11 +59,11 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
         """A reloaded config (``reload``): the default timeout of calls that start from now on."""
         self._settings = settings
 
-    def _check_models(self, req: pb.CompleteRequest, prefix: str = "") -> None:
+    def _check_models(self, call: Call, prefix: str = "") -> None:
         """Fallbacks must name a model group or a model some provider serves; a request's own
         ``model_list`` must be well formed. Both are checked before anything is sent."""
-        groups = self._groups
-        if groups is None or (groups.table is None and not req.model_list):
+        req = call.req
+        if call.table is None and not req.model_list:
             self._router.check_fallbacks(req, prefix=prefix)  # the common case: no model groups at all
             self._router.check_api_base(req, prefix=prefix)
             return
@@ -86,22 +77,23 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
                     raise err.prefixed(f"{prefix}model_list[{i}].litellm_params.") from None
         elif req.api_base:  # Router.check_api_base, for the names that are not model groups
             for model in (req.model, *req.fallbacks, *req.context_window_fallbacks, *req.content_policy_fallbacks):
-                if not groups.is_group(req, model):
+                if call.group(model) is None:
                     try:
                         self._router.resolve(req, model)
                     except ServiceError as err:
                         raise err.prefixed(prefix) from None
         for name in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
             for i, model in enumerate(getattr(req, name)):
-                if not groups.is_group(req, model):
+                if call.group(model) is None:
                     self._router.split(model, field=f"{prefix}{name}[{i}]")
 
     async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
         try:
             _require_decoded(request)
             validate_request(request)
-            self._check_models(request)
-            return await self._backend.complete(request, self._deadline(request, context))
+            call = self._resolver.call(request)
+            self._check_models(call)
+            return await self._backend.complete(call, self._deadline(request, context))
         except Exception as exc:
             await _abort(context, exc)
 
@@ -113,9 +105,10 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
             _require_decoded(request)
             req = request.request
             validate_request(req, prefix="request.")
-            self._check_models(req, prefix="request.")
+            call = self._resolver.call(req)
+            self._check_models(call, prefix="request.")
             include_usage = request.stream_options.include_usage
-            chunks = self._backend.stream(req, self._deadline(req, context), include_usage=include_usage)
+            chunks = self._backend.stream(call, self._deadline(req, context), include_usage=include_usage)
             if include_usage:
                 async for chunk in chunks:
                     yield chunk
@@ -134,9 +127,9 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
     ) -> pb.GetSupportedParamsResponse:
         try:
             _require_decoded(request)
-            groups = self._groups
-            if groups is not None and groups.table is not None and groups.is_group(pb.CompleteRequest(), request.model):
-                route, _ = groups.prepare(pb.CompleteRequest(model=request.model), request.model)
+            resolver = self._resolver
+            if resolver.table is not None and resolver.is_group(pb.CompleteRequest(), request.model):
+                route, _ = resolver.prepare(pb.CompleteRequest(model=request.model), request.model)
                 adapter, name = route.adapter, route.target.model
             else:
                 adapter, name = self._router.split(request.model)
@@ -167,10 +160,10 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
                 raise invalid_argument([("model", "required: name a model such as 'openai/gpt-4o'")])
             allowed = self._model_filter(context) if self._model_filter is not None else None
             if allowed is not None and not allowed(request.model):
-                raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, "MODEL_NOT_ALLOWED",
+                raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, Reason.MODEL_NOT_ALLOWED,
                                    f"this caller's key may not use model {request.model!r}",
                                    {"model": request.model, "field": "model"})
-            table = self._groups.table if self._groups is not None else None
+            table = self._resolver.table
             found = group_info(table, self._router, request.model) if table is not None else None
             if found is not None:  # a model group, alias or wildcard match of the proxy config
                 return pb.GetModelInfoResponse(model_info=found)
@@ -185,7 +178,7 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
         try:
             _require_decoded(request)
             allowed = self._model_filter(context) if self._model_filter is not None else None
-            table = self._groups.table if self._groups is not None else None
+            table = self._resolver.table
             settings = self._settings
             return pb.ListModelsResponse(models=list_models(table, self._router, settings.aliases, settings.env,
                                                             allowed))
@@ -196,7 +189,7 @@ class CompletionService(pb_grpc.CompletionServiceServicer):
         """(provider, model name) of ``model``; any name may be counted, known provider or not."""
         if not model.strip():
             return "", ""
-        table = self._groups.table if self._groups is not None else None
+        table = self._resolver.table
         group = table.lookup(model) if table is not None else None
         if group is not None:  # a model group counts with its first deployment's tokenizer
             model = group.candidates[0].model

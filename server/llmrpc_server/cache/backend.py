@@ -33,7 +33,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias, TypeVar
+from typing import TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from llmrpc.v1 import completion_service_pb2 as pb
@@ -46,8 +46,8 @@ from ..errors import ServiceError, from_provider_error
 from ..proto_json import canonical_json
 from ..providers.base import ErrorKind, ProviderError, Target
 from ..redaction import origin
+from ..resolve import Call
 from ..retry import Deadline
-from ..router import Route
 from .store import CacheEntry, ResponseCache
 
 __all__ = ["EXCLUDED_FIELDS", "CachePlan", "CachingBackend", "cache_key", "credential_scope", "decode_stream",
@@ -64,12 +64,6 @@ EXCLUDED_FIELDS = (
 )
 
 Stored: TypeAlias = pb.CompleteResponse | list[pb.StreamCompleteResponse]
-
-
-class KeyResolver(Protocol):
-    """Resolves the route a request takes (``Pipeline.prepare``), for the provider part of the key."""
-
-    def prepare(self, req: pb.CompleteRequest, model: str) -> tuple[Route, pb.CompleteRequest]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,12 +275,11 @@ def _abandoned() -> ServiceError:
 class CachingBackend:
     """The response cache in front of ``inner`` (see the module docstring for the semantics)."""
 
-    def __init__(self, inner: Backend, cache: ResponseCache, keys: KeyResolver, settings: Settings,
+    def __init__(self, inner: Backend, cache: ResponseCache, settings: Settings,
                  clock: Callable[[], float] = time.time) -> None:
         self.cache = cache
         self.clock = clock  # wall-clock seconds; tests replace it to expire entries without sleeping
         self._inner = inner
-        self._keys = keys
         self._settings = settings
         self._flights: dict[str, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -295,12 +288,13 @@ class CachingBackend:
         """A reloaded config (``reload``): cache defaults of calls that start from now on."""
         self._settings = settings
 
-    def plan(self, req: pb.CompleteRequest) -> CachePlan | None:
-        """How the cache treats ``req``; None when it does not take part."""
+    def plan(self, call: Call) -> CachePlan | None:
+        """How the cache treats ``call``; None when it does not take part."""
+        req = call.req
         if not (req.caching if req.HasField("caching") else self._settings.cache_default):
             return None
-        try:
-            route, _ = self._keys.prepare(req, req.model)
+        try:  # the route the pipeline will take (for a model group: its first deployment's)
+            route, _ = call.first_route(req.model)
         except (ServiceError, ProviderError):
             return None  # the pipeline raises the same error, uncached
         opts = req.cache
@@ -315,23 +309,23 @@ class CachingBackend:
             provider=route.target.provider, provider_model=route.target.model,
         )
 
-    async def complete(self, req: pb.CompleteRequest, deadline: Deadline) -> pb.CompleteResponse:
-        plan = self.plan(req)
+    async def complete(self, call: Call, deadline: Deadline) -> pb.CompleteResponse:
+        plan = self.plan(call)
         if plan is None:
-            return await self._inner.complete(req, deadline)
+            return await self._inner.complete(call, deadline)
         stored, flight = await self._find(plan)
         if stored is not None:
             return _as_response(stored)
         if flight is not None:
             self.cache.count("coalesced")
             return _as_hit(await self._wait(flight, deadline))
-        return await self._wait(self._launch(plan, req, deadline, stream=False), None)
+        return await self._wait(self._launch(plan, call, deadline, stream=False), None)
 
-    async def stream(self, req: pb.CompleteRequest, deadline: Deadline, *,
+    async def stream(self, call: Call, deadline: Deadline, *,
                      include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
-        plan = self.plan(req)
+        plan = self.plan(call)
         if plan is None:
-            async with _closing(self._inner.stream(req, deadline, include_usage=include_usage)) as chunks:
+            async with _closing(self._inner.stream(call, deadline, include_usage=include_usage)) as chunks:
                 async for chunk in chunks:
                     yield chunk
             return
@@ -345,7 +339,7 @@ class CachingBackend:
         if flight is not None:
             self.cache.count("coalesced")
         leader = flight is None
-        flight = flight or self._launch(plan, req, deadline, stream=True)
+        flight = flight or self._launch(plan, call, deadline, stream=True)
         async for chunk in self._follow(flight, None if leader else deadline, leader):
             yield chunk
 
@@ -367,27 +361,27 @@ class CachingBackend:
             log.warning("response cache lookup failed, treating as a miss: %r", exc)
             return None
 
-    def _launch(self, plan: CachePlan, req: pb.CompleteRequest, deadline: Deadline, *,
+    def _launch(self, plan: CachePlan, call: Call, deadline: Deadline, *,
                 stream: bool) -> _Flight:
         flight = _Flight(plan, stream)
         if plan.read:  # a no-cache call wants its own answer: nobody joins it
             self._flights[plan.key] = flight
-        flight.task = asyncio.get_running_loop().create_task(self._fly(flight, req, deadline))
+        flight.task = asyncio.get_running_loop().create_task(self._fly(flight, call, deadline))
         self._tasks.add(flight.task)
         flight.task.add_done_callback(self._tasks.discard)
         return flight
 
-    async def _fly(self, flight: _Flight, req: pb.CompleteRequest, deadline: Deadline) -> None:
+    async def _fly(self, flight: _Flight, call: Call, deadline: Deadline) -> None:
         """The upstream call of a flight. A stream always asks for usage, so the stored entry can
         answer callers that want it; the service hides it from those that did not."""
         try:
             if flight.stream:
-                async with _closing(self._inner.stream(req, deadline, include_usage=True)) as chunks:
+                async with _closing(self._inner.stream(call, deadline, include_usage=True)) as chunks:
                     async for chunk in chunks:
                         flight.chunks.append(chunk)
                         flight.notify()
             else:
-                flight.response = await self._inner.complete(req, deadline)
+                flight.response = await self._inner.complete(call, deadline)
         except asyncio.CancelledError:
             flight.error = _abandoned()
             raise

@@ -23,6 +23,8 @@ from llmrpc.v1 import completion_service_pb2 as pb
 
 from ..backend import Backend
 from ..errors import ServiceError
+from ..reasons import Reason
+from ..resolve import Call
 from ..retry import Deadline
 from .spec import VirtualKey
 from .store import Decision, LimitStore, StoreUnavailable
@@ -59,7 +61,7 @@ def denied_model(key: VirtualKey, req: pb.CompleteRequest) -> ServiceError | Non
         for model in models:
             if not key.allows(model):
                 return ServiceError(
-                    grpc.StatusCode.PERMISSION_DENIED, "MODEL_NOT_ALLOWED",
+                    grpc.StatusCode.PERMISSION_DENIED, Reason.MODEL_NOT_ALLOWED,
                     f"key {key.alias!r} may not use model {model!r} ({name}); its models: {', '.join(key.models)}",
                     {"model": model, "field": name, "keyAlias": key.alias},
                     [error_details_pb2.ResourceInfo(resource_type="model", resource_name=model,
@@ -78,7 +80,7 @@ def limit_error(key: VirtualKey, decision: Decision) -> ServiceError:
                f"({int(decision.current)} {what})")
     meta = {"keyAlias": key.alias, "limit": decision.limit, "current": str(int(decision.current)),
             "allowed": str(allowed)}
-    return _exhausted("RATE_LIMITED", key, decision, message, meta)
+    return _exhausted(Reason.RATE_LIMITED, key, decision, message, meta)
 
 
 def budget_error(key: VirtualKey, decision: Decision) -> ServiceError:
@@ -90,10 +92,10 @@ def budget_error(key: VirtualKey, decision: Decision) -> ServiceError:
             "maxBudget": repr(decision.allowed)}
     if key.budget_duration:
         meta["budgetDuration"] = f"{key.budget_duration}s"
-    return _exhausted("BUDGET_EXCEEDED", key, decision, message, meta)
+    return _exhausted(Reason.BUDGET_EXCEEDED, key, decision, message, meta)
 
 
-def _exhausted(reason: str, key: VirtualKey, decision: Decision, message: str,
+def _exhausted(reason: Reason, key: VirtualKey, decision: Decision, message: str,
                meta: dict[str, str]) -> ServiceError:
     details: list[object] = [error_details_pb2.QuotaFailure(violations=[error_details_pb2.QuotaFailure.Violation(
         subject=f"key:{key.alias}", description=f"{decision.limit} {decision.allowed:g} reached")])]
@@ -108,12 +110,12 @@ def _exhausted(reason: str, key: VirtualKey, decision: Decision, message: str,
 
 def _unavailable(exc: StoreUnavailable) -> ServiceError:
     # Fail closed: a key's limits are a promise to whoever pays; answering without them breaks it.
-    return ServiceError(grpc.StatusCode.UNAVAILABLE, "KEY_STORE_UNAVAILABLE",
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, Reason.KEY_STORE_UNAVAILABLE,
                         f"virtual key limits cannot be checked right now: {exc}")
 
 
 class KeyedBackend:
-    """The outermost :class:`~llmrpc_server.pipeline.Backend` when keys are configured: a call under a
+    """The outermost :class:`~llmrpc_server.backend.Backend` when keys are configured: a call under a
     virtual key is checked against the key's ``models``, admitted by the :class:`LimitStore` (budget,
     rpm, tpm, parallel requests), and its tokens and cost are recorded when it ends. A stream asks the
     inner backend for its usage chunk even when the caller did not, and drops it again for the caller."""
@@ -123,13 +125,13 @@ class KeyedBackend:
         self._store = store
         self._clock = clock
 
-    async def complete(self, req: pb.CompleteRequest, deadline: Deadline) -> pb.CompleteResponse:
+    async def complete(self, call: Call, deadline: Deadline) -> pb.CompleteResponse:
         key = CURRENT_KEY.get()
         if key is None:
-            return await self._inner.complete(req, deadline)
-        lease = await self._admit(key, req, deadline)
+            return await self._inner.complete(call, deadline)
+        lease = await self._admit(key, call.req, deadline)
         try:
-            resp = await self._inner.complete(req, deadline)
+            resp = await self._inner.complete(call, deadline)
         except BaseException:
             await self._release(key, lease)
             raise
@@ -138,19 +140,19 @@ class KeyedBackend:
                            meta.cost_usd if meta.HasField("cost_usd") else 0.0)
         return resp
 
-    def stream(self, req: pb.CompleteRequest, deadline: Deadline, *,
+    def stream(self, call: Call, deadline: Deadline, *,
                include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
         key = CURRENT_KEY.get()
         if key is None:
-            return self._inner.stream(req, deadline, include_usage=include_usage)
-        return self._stream(key, req, deadline, include_usage)
+            return self._inner.stream(call, deadline, include_usage=include_usage)
+        return self._stream(key, call, deadline, include_usage)
 
-    async def _stream(self, key: VirtualKey, req: pb.CompleteRequest, deadline: Deadline,
+    async def _stream(self, key: VirtualKey, call: Call, deadline: Deadline,
                       include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
-        lease = await self._admit(key, req, deadline)
+        lease = await self._admit(key, call.req, deadline)
         tokens, cost = 0, 0.0
         try:
-            async for chunk in self._inner.stream(req, deadline, include_usage=True):
+            async for chunk in self._inner.stream(call, deadline, include_usage=True):
                 if chunk.HasField("usage"):
                     tokens = chunk.usage.total_tokens
                     cost = chunk.metadata.cost_usd if chunk.metadata.HasField("cost_usd") else 0.0

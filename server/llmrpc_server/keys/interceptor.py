@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from ..errors import ServiceError, to_status
+from ..reasons import Reason
 from .admission import CURRENT_KEY
 from .spec import KeyRing, VirtualKey
 
@@ -106,7 +107,7 @@ def _under_key(handler: grpc.RpcMethodHandler, key: VirtualKey) -> grpc.RpcMetho
 
 
 def _rejecting(handler: grpc.RpcMethodHandler, message: str, alias: str | None) -> grpc.RpcMethodHandler:
-    status = to_status(ServiceError(grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID", message,
+    status = to_status(ServiceError(grpc.StatusCode.UNAUTHENTICATED, Reason.API_KEY_INVALID, message,
                                     {"keyAlias": alias} if alias else {}))
 
     async def reject_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -1,6 +1,6 @@
 """The observed backend: cost, spans, metrics and callbacks around every call.
 
-Why a :class:`~llmrpc_server.pipeline.Backend` wrapper: it sits outside the cache, so it sees every
+Why a :class:`~llmrpc_server.backend.Backend` wrapper: it sits outside the cache, so it sees every
 call the caller made (cache hits included) exactly once, with the final answer or error, and the
 service and pipeline stay free of telemetry. What it adds per call:
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from llmrpc.v1 import completion_service_pb2 as pb
@@ -34,10 +34,10 @@ from ..backend import Backend
 from ..config import Settings
 from ..credentials import caller_credentials
 from ..errors import ServiceError
-from ..keys.admission import current_key_alias
 from ..pricing import call_cost
 from ..providers.base import ProviderError
 from ..redaction import redact
+from ..resolve import Call
 from ..retry import Deadline
 from .callbacks import CallbackDispatcher, CallRecord
 from .counters import Counters
@@ -103,12 +103,13 @@ class _Call:
 
     __slots__ = ("_run_id", "key_alias", "model", "monotonic", "req", "span", "started", "stream", "trace")
 
-    def __init__(self, req: pb.CompleteRequest, stream: bool, trace_state: CallTrace | None) -> None:
+    def __init__(self, req: pb.CompleteRequest, stream: bool, trace_state: CallTrace | None,
+                 key_alias: str | None) -> None:
         self.req = req
         self.stream = stream
         self.model = req.model
         self.trace = trace_state
-        self.key_alias = current_key_alias()
+        self.key_alias = key_alias
         self._run_id = ""
         self.started = time.time()
         self.monotonic = time.perf_counter()
@@ -127,13 +128,17 @@ class ObservedBackend:
     """Wraps the backend the service calls; see the module docstring."""
 
     def __init__(self, inner: Backend, settings: Settings, telemetry: Telemetry,
-                 counters: Counters | None = None) -> None:
+                 counters: Counters | None = None, *,
+                 cache_stats: Callable[[], Mapping[str, Any]] | None = None,
+                 key_alias: Callable[[], str | None] = lambda: None) -> None:
+        """``cache_stats``: the response cache's event counts, exported as a metric; ``key_alias``:
+        the virtual key the current call runs under (the key layer sits above this one, so it is
+        handed in rather than imported)."""
         self._inner = inner
+        self._key_alias = key_alias
         provider = telemetry.tracer_provider
         self._tracer = provider.get_tracer("llmrpc_server") if provider is not None else None
-        cache = getattr(inner, "cache", None)
-        stats = getattr(cache, "stats", None)
-        self._metrics = (GatewayMetrics(telemetry.meter_provider, cache_stats=stats, counters=counters)
+        self._metrics = (GatewayMetrics(telemetry.meter_provider, cache_stats=cache_stats, counters=counters)
                          if telemetry.meter_provider is not None else None)
         self.callbacks = CallbackDispatcher.from_settings(settings, self._metrics)
         self._content = settings.otel_record_content
@@ -142,29 +147,29 @@ class ObservedBackend:
         self._traced = self._tracer is not None or self._metrics is not None
         self._observing = self._traced or self._collect or self.callbacks.wants("input")
 
-    async def complete(self, req: pb.CompleteRequest, deadline: Deadline) -> pb.CompleteResponse:
+    async def complete(self, call: Call, deadline: Deadline) -> pb.CompleteResponse:
         if not self._observing:  # nothing configured: the cost is all there is to add
-            resp = await self._inner.complete(req, deadline)
+            resp = await self._inner.complete(call, deadline)
             _set_cost(resp.metadata, resp.model, resp.usage if resp.HasField("usage") else None)
             return resp
-        call = self._begin(req, stream=False)
-        token = _CALL.set(call.trace) if call.trace is not None else None
+        observed = self._begin(call.req, stream=False)
+        token = _CALL.set(observed.trace) if observed.trace is not None else None
         try:
-            resp = await self._inner.complete(req, deadline)
+            resp = await self._inner.complete(call, deadline)
         except BaseException as exc:
-            self._failed(call, exc)
+            self._failed(observed, exc)
             raise
         finally:
             if token is not None:
                 _CALL.reset(token)
         _set_cost(resp.metadata, resp.model, resp.usage if resp.HasField("usage") else None)
-        self._succeeded(call, resp)
+        self._succeeded(observed, resp)
         return resp
 
-    def stream(self, req: pb.CompleteRequest, deadline: Deadline, *,
+    def stream(self, call: Call, deadline: Deadline, *,
                include_usage: bool) -> AsyncIterator[pb.StreamCompleteResponse]:
-        chunks = self._inner.stream(req, deadline, include_usage=include_usage)
-        return self._observed(req, chunks) if self._observing else _priced(chunks)
+        chunks = self._inner.stream(call, deadline, include_usage=include_usage)
+        return self._observed(call.req, chunks) if self._observing else _priced(chunks)
 
     async def _observed(self, req: pb.CompleteRequest, chunks: AsyncIterator[pb.StreamCompleteResponse],
                         ) -> AsyncIterator[pb.StreamCompleteResponse]:
@@ -192,7 +197,8 @@ class ObservedBackend:
 
     # ---- call lifecycle ------------------------------------------------------------------------
     def _begin(self, req: pb.CompleteRequest, *, stream: bool) -> _Call:
-        call = _Call(req, stream, CallTrace(self._tracer, self._metrics) if self._traced else None)
+        call = _Call(req, stream, CallTrace(self._tracer, self._metrics) if self._traced else None,
+                     self._key_alias())
         if call.span.is_recording():
             attributes: dict[str, Any] = dict(request_attributes(req, req.model))
             attributes.update({"gen_ai.request.stream": stream, "llmrpc.run_id": call.run_id})

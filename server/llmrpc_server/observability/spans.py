@@ -13,16 +13,13 @@ no span at all. Prompts and completions are recorded only when the operator turn
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
-from typing import Any
 from urllib.parse import urlsplit
 
-import grpc
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import usage_pb2
-from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode, Tracer
 
 from ..proto_json import has_field
@@ -30,7 +27,7 @@ from ..providers.base import ProviderError, Target
 from .metrics import GatewayMetrics
 
 __all__ = [
-    "AttemptSpan", "CallTrace", "SpanStatusInterceptor", "attempt_span", "current_call",
+    "AttemptSpan", "CallTrace", "attempt_span", "current_call",
     "record_chunk", "record_response", "request_attributes", "server_attributes", "set_response_attributes",
 ]
 
@@ -207,53 +204,3 @@ def set_response_attributes(span: Span, model: str, response_id: str, usage: usa
     reasoning = usage.completion_tokens_details.reasoning_tokens
     if reasoning:
         span.set_attribute("gen_ai.usage.reasoning.output_tokens", reasoning)
-
-
-class SpanStatusInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,unused-ignore]
-    """Marks the SERVER span of an aborted RPC with its gRPC status. Goes right after the OTel
-    interceptor, whose context wrapper sees ``abort`` but not ``abort_with_status`` (what the service
-    uses), so a rejected request would otherwise look OK in the trace."""
-
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or handler.request_streaming:
-            return handler
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(
-                _marked_stream(handler.unary_stream), request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        return grpc.unary_unary_rpc_method_handler(
-            _marked_unary(handler.unary_unary), request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
-
-
-def _marked_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    async def unary(request: Any, context: Any) -> Any:
-        try:
-            return await behavior(request, context)
-        except grpc.aio.AbortError:
-            _mark_aborted(context)
-            raise
-    return unary
-
-
-def _marked_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-    async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-        try:
-            async for response in behavior(request, context):
-                yield response
-        except grpc.aio.AbortError:
-            _mark_aborted(context)
-            raise
-    return stream
-
-
-def _mark_aborted(context: Any) -> None:
-    span = trace.get_current_span()
-    code = context.code()
-    if span.is_recording() and isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        span.set_status(Status(StatusCode.ERROR, code.name))

@@ -24,6 +24,8 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 from llmrpc.v1 import completion_service_pb2 as pb
 
+from ..reasons import Reason
+
 __all__ = [
     "ErrorKind",
     "HttpCall",
@@ -43,27 +45,27 @@ S = TypeVar("S")  # an adapter's own per-stream state
 
 
 class ErrorKind(enum.Enum):
-    """What went wrong upstream; values are the ErrorInfo reasons (see error_reason.proto)."""
+    """What went wrong upstream; values are the ErrorInfo reasons (``reasons.Reason``)."""
 
-    BAD_REQUEST = "PROVIDER_BAD_REQUEST"
-    CONTEXT_WINDOW = "CONTEXT_WINDOW_EXCEEDED"
-    CONTENT_POLICY = "CONTENT_POLICY_VIOLATION"
-    AUTH = "PROVIDER_AUTH_FAILED"
-    PERMISSION = "PROVIDER_PERMISSION_DENIED"
-    API_KEY_MISSING = "PROVIDER_API_KEY_MISSING"
-    NOT_FOUND = "MODEL_NOT_FOUND"
-    CONFLICT = "PROVIDER_CONFLICT"
-    TOO_LARGE = "REQUEST_TOO_LARGE"
-    UNPROCESSABLE = "PROVIDER_UNPROCESSABLE"
-    RATE_LIMIT = "RATE_LIMITED"
-    QUOTA = "QUOTA_EXCEEDED"
-    UNAVAILABLE = "PROVIDER_UNAVAILABLE"
-    OVERLOADED = "PROVIDER_OVERLOADED"
-    TIMEOUT = "PROVIDER_TIMEOUT"
-    UNREACHABLE = "PROVIDER_UNREACHABLE"
-    BAD_RESPONSE = "PROVIDER_BAD_RESPONSE"
-    STREAM_ERROR = "PROVIDER_STREAM_ERROR"
-    IDLE_TIMEOUT = "STREAM_IDLE_TIMEOUT"
+    BAD_REQUEST = Reason.PROVIDER_BAD_REQUEST
+    CONTEXT_WINDOW = Reason.CONTEXT_WINDOW_EXCEEDED
+    CONTENT_POLICY = Reason.CONTENT_POLICY_VIOLATION
+    AUTH = Reason.PROVIDER_AUTH_FAILED
+    PERMISSION = Reason.PROVIDER_PERMISSION_DENIED
+    API_KEY_MISSING = Reason.PROVIDER_API_KEY_MISSING
+    NOT_FOUND = Reason.MODEL_NOT_FOUND
+    CONFLICT = Reason.PROVIDER_CONFLICT
+    TOO_LARGE = Reason.REQUEST_TOO_LARGE
+    UNPROCESSABLE = Reason.PROVIDER_UNPROCESSABLE
+    RATE_LIMIT = Reason.RATE_LIMITED
+    QUOTA = Reason.QUOTA_EXCEEDED
+    UNAVAILABLE = Reason.PROVIDER_UNAVAILABLE
+    OVERLOADED = Reason.PROVIDER_OVERLOADED
+    TIMEOUT = Reason.PROVIDER_TIMEOUT
+    UNREACHABLE = Reason.PROVIDER_UNREACHABLE
+    BAD_RESPONSE = Reason.PROVIDER_BAD_RESPONSE
+    STREAM_ERROR = Reason.PROVIDER_STREAM_ERROR
+    IDLE_TIMEOUT = Reason.STREAM_IDLE_TIMEOUT
 
     @property
     def retryable(self) -> bool:
