@@ -131,6 +131,9 @@ class CacheParams(_Section):
     """``litellm_settings.cache_params``: mapped onto the gateway's response cache."""
 
     type: str = "local"
+    host: str | None = None  # type: redis (LiteLLM's names); becomes redis_url
+    port: int | None = Field(default=None, gt=0, lt=65536)
+    password: str | None = Field(default=None, repr=False)
     ttl: float | None = Field(default=None, gt=0)
     namespace: str | None = None
     mode: str | None = None
@@ -329,7 +332,9 @@ def proxy_settings(config: ProxyConfig) -> tuple[dict[str, Any], list[str]]:
             out["cache_ttl"] = params.ttl
         if params.namespace:
             out["cache_namespace"] = params.namespace
-        if params.type not in ("local", "disk"):
+        if params.type == "redis":
+            out["redis_url"] = _redis_url(params)
+        elif params.type not in ("local", "disk"):
             warnings.append(f"litellm_settings.cache_params.type {params.type!r} is not implemented yet: "
                             "using the SQLite response cache")
     for name in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
@@ -339,6 +344,15 @@ def proxy_settings(config: ProxyConfig) -> tuple[dict[str, Any], list[str]]:
     if config.general_settings.master_key:
         out["auth_tokens"] = (config.general_settings.master_key,)
     return out, warnings
+
+
+def _redis_url(params: CacheParams) -> str:
+    """LiteLLM's ``cache_params`` host/port/password as a ``redis://`` URL (the password quoted)."""
+    from urllib.parse import quote
+
+    auth = f":{quote(params.password, safe='')}@" if params.password else ""
+    host = params.host or "localhost"
+    return f"redis://{auth}{f'[{host}]' if ':' in host else host}:{params.port or 6379}"
 
 
 def _unique(names: list[str]) -> list[str]:
