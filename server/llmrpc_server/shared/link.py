@@ -66,7 +66,7 @@ class RedisLink:
             socket_connect_timeout=timeout, health_check_interval=HEALTH_CHECK_INTERVAL,
             # One immediate retry on a new connection: a pooled socket may predate a Redis restart.
             retry=Retry(NoBackoff(), 1))
-        self.client: Redis = aioredis.Redis(connection_pool=pool)
+        self.client: Redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() disconnects it
         self._open_until = 0.0
         self._down = False
         self._warned: dict[str, float] = {}

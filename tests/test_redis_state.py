@@ -1,0 +1,218 @@
+"""The Redis stores (``--redis-url``) against a real ``redis-server``: the response cache, virtual keys'
+limits and spend, the router's cooldowns and usage, each shared by two "replicas" (two connection pools),
+and what each does while Redis is down and after it is back. The two-process version behind Envoy is
+tests/test_scale_envoy.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from llmrpc_server.config import Settings
+from llmrpc_server.keys import VirtualKey, hash_key
+from llmrpc_server.keys.store import StoreUnavailable
+from llmrpc_server.observability.counters import REDIS_FAILURES, Counters
+from llmrpc_server.shared import RedisDeploymentState, RedisDown, RedisLimitStore, RedisLink, RedisResponseCache
+from llmrpc_server.shared import link as link_module
+
+from tests.redis_support import RedisServer, running_redis
+
+T0 = 1_800_000_000.0  # a minute boundary
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def empty(redis: RedisServer) -> None:
+    if redis.proc is None or redis.proc.poll() is not None:
+        redis.start()
+    redis.cli("FLUSHALL")
+
+
+@pytest.fixture
+async def links(redis: RedisServer) -> AsyncIterator[list[RedisLink]]:
+    """Two replicas' connection pools (fail-open)."""
+    made = [RedisLink(redis.url, 0.25, False, Counters()) for _ in range(2)]
+    yield made
+    for link in made:
+        await link.close()
+
+
+def key(**limits: object) -> VirtualKey:
+    return VirtualKey(digest=hash_key("sk-redis-0123456789"), alias="k", **limits)  # type: ignore[arg-type]
+
+
+# ---- the response cache ---------------------------------------------------------------------------
+
+async def test_an_entry_stored_by_one_replica_is_a_hit_on_the_other_with_a_redis_ttl(
+        links: list[RedisLink], redis: RedisServer) -> None:
+    a, b = (RedisResponseCache(link, 1 << 20) for link in links)
+    a.put("k1", "", "response", b"payload", T0, 30.0)
+    await a.flush()
+    entry = await b.get("k1", T0 + 1, None)
+    assert entry is not None and (entry.kind, entry.payload, entry.created) == ("response", b"payload", T0)
+    assert 25_000 < int(redis.cli("PTTL", "llmrpc:cache:k1")) <= 30_000  # Redis expires it by itself
+    assert await b.get("k1", T0 + 10, max_age=5.0) is None  # s-maxage: too old for this caller
+    assert await b.get("k1", T0 + 31, None) is None  # past its TTL by the caller's clock too
+    assert await b.get("other", T0, None) is None
+    assert b.stats()["hits"] == 1 and b.stats()["misses"] == 3 and a.stats()["stores"] == 1
+
+
+async def test_a_stream_entry_round_trips_and_oversized_entries_are_not_stored(links: list[RedisLink]) -> None:
+    cache = RedisResponseCache(links[0], 100)
+    cache.put("s", "ns", "stream", bytes(range(256))[:100], T0, 60.0)
+    cache.put("big", "ns", "response", b"x" * 101, T0, 60.0)
+    cache.put("no-ttl", "ns", "response", b"x", T0, 0.0)
+    await cache.flush()
+    entry = await cache.get("s", T0, None)
+    assert entry is not None and entry.kind == "stream" and entry.payload == bytes(range(100))
+    assert await cache.get("big", T0, None) is None and await cache.get("no-ttl", T0, None) is None
+
+
+async def test_redis_down_is_a_miss_counted_and_logged_once_and_the_cache_recovers_by_itself(
+        links: list[RedisLink], redis: RedisServer, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(link_module, "RETRY_AFTER", 0.2)
+    cache = RedisResponseCache(links[0], 1 << 20)
+    cache.put("k", "", "response", b"v", T0, 60.0)
+    await cache.flush()
+    redis.kill()
+    with caplog.at_level(logging.WARNING, "llmrpc_server.redis"):
+        assert await cache.get("k", T0, None) is None
+        assert await cache.get("k", T0, None) is None  # circuit open: Redis not even asked
+        cache.put("k2", "", "response", b"v", T0, 60.0)
+        await cache.flush()
+    assert links[0].counters.by_reason(REDIS_FAILURES) == {"cache": 1}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "unavailable for the cache" in warnings[0], warnings
+    assert cache.stats()["errors"] == 3 and cache.stats()["misses"] == 2
+    redis.start()  # empty again: no persistence
+    await asyncio.sleep(0.25)  # the circuit's retry interval (patched to 0.2 s)
+    cache.put("k", "", "response", b"again", T0, 60.0)
+    await cache.flush()
+    entry = await cache.get("k", T0, None)
+    assert entry is not None and entry.payload == b"again"
+
+
+# ---- virtual keys' limits -------------------------------------------------------------------------
+
+async def test_rpm_limit_admits_exactly_the_limit_across_replicas_racing(links: list[RedisLink]) -> None:
+    stores = [RedisLimitStore(link) for link in links]
+    k = key(rpm_limit=5)
+    decisions = await asyncio.gather(*(stores[i % 2].admit(k, T0 + 1, "", T0 + 60) for i in range(24)))
+    assert sum(d.admitted for d in decisions) == 5
+    refused = next(d for d in decisions if not d.admitted)
+    assert refused.limit == "rpm_limit" and refused.current == 5 and refused.retry_after == pytest.approx(59)
+    assert (await stores[1].admit(k, T0 + 60, "", T0 + 120)).admitted  # the next minute's window
+
+
+async def test_tpm_spend_and_budget_add_up_across_replicas(links: list[RedisLink]) -> None:
+    a, b = (RedisLimitStore(link) for link in links)
+    k = key(tpm_limit=100, max_budget=0.5)
+    assert (await a.admit(k, T0, "", T0 + 60)).admitted
+    await a.record(k, T0 + 1, "", 60, 0.2)
+    await b.record(k, T0 + 2, "", 50, 0.2)
+    refused = await b.admit(k, T0 + 3, "", T0 + 60)
+    assert not refused.admitted and refused.limit == "tpm_limit" and refused.current == 110
+    assert await a.spend(k, T0 + 4) == pytest.approx(0.4)
+    await asyncio.gather(*(x.record(k, T0 + 5, "", 0, 0.01) for x in (a, b) for _ in range(10)))  # none lost
+    assert await b.spend(k, T0 + 5) == pytest.approx(0.6)
+    over = await a.admit(k, T0 + 61, "", T0 + 120)  # a new minute: tokens are free, the budget is not
+    assert not over.admitted and over.limit == "max_budget" and over.current == pytest.approx(0.6)
+
+
+async def test_parallel_leases_are_shared_and_end_with_their_call_or_deadline(links: list[RedisLink]) -> None:
+    a, b = (RedisLimitStore(link) for link in links)
+    k = key(max_parallel_requests=2)
+    assert (await a.admit(k, T0, "l1", T0 + 30)).admitted
+    assert (await b.admit(k, T0, "l2", T0 + 5)).admitted
+    busy = await a.admit(k, T0 + 1, "l3", T0 + 30)
+    assert not busy.admitted and busy.limit == "max_parallel_requests" and busy.current == 2
+    await a.release(k, "l1")
+    assert (await b.admit(k, T0 + 2, "l4", T0 + 30)).admitted
+    assert (await a.admit(k, T0 + 6, "l5", T0 + 30)).admitted  # l2's deadline passed (its replica died)
+
+
+async def test_redis_down_fail_open_uses_this_replicas_counters_fail_closed_refuses(
+        redis: RedisServer) -> None:
+    open_link = RedisLink(redis.url, 0.25, False, Counters())
+    closed_link = RedisLink(redis.url, 0.25, True, Counters())
+    try:
+        k = key(rpm_limit=2)
+        opened, closed = RedisLimitStore(open_link), RedisLimitStore(closed_link)
+        assert (await opened.admit(k, T0, "", T0 + 60)).admitted  # counted in Redis
+        redis.kill()
+        local = [await opened.admit(k, T0 + 1, "", T0 + 60) for _ in range(3)]
+        assert [d.admitted for d in local] == [True, True, False]  # this replica's own window of 2
+        await opened.record(k, T0 + 1, "", 10, 0.1)  # usage kept locally meanwhile
+        assert await opened.spend(k, T0 + 1) == pytest.approx(0.1)
+        with pytest.raises(StoreUnavailable):
+            await closed.admit(k, T0 + 1, "", T0 + 60)
+        assert open_link.counters.by_reason(REDIS_FAILURES) == {"limits": 1}
+        opened.close()
+    finally:
+        await open_link.close()
+        await closed_link.close()
+
+
+# ---- the router's state ---------------------------------------------------------------------------
+
+async def test_usage_and_cooldowns_of_one_replica_reach_the_other(links: list[RedisLink]) -> None:
+    a, b = (RedisDeploymentState(link) for link in links)
+    for _ in range(3):
+        a.record_request("gpt#0")
+    a.record_tokens("gpt#0", 40)
+    b.record_request("gpt#0")
+    assert a.record_failure("gpt#0") == 1
+    a.cool_down("gpt#1", 30.0)
+    assert b.cooldown_left("gpt#1") == 0.0 and b.usage("gpt#0").requests == 1  # not synced yet
+    await a.sync()
+    await b.sync()
+    await a.sync()
+    for state in (a, b):
+        usage = state.usage("gpt#0")
+        assert (usage.requests, usage.tokens, usage.failures) == (4, 40, 1)
+    assert 25.0 < b.cooldown_left("gpt#1") <= 30.0
+    b.cool_down("gpt#1", 5.0)  # a shorter cooldown does not shorten the shared one
+    await b.sync()
+    assert b.cooldown_left("gpt#1") > 25.0
+    b.started("gpt#0")
+    assert b.in_flight("gpt#0") == 1 and a.in_flight("gpt#0") == 0  # in flight stays per replica
+
+
+async def test_router_state_falls_back_to_its_own_counts_while_redis_is_down(
+        links: list[RedisLink], redis: RedisServer) -> None:
+    state = RedisDeploymentState(links[0])
+    state.record_request("d")
+    await state.sync()
+    redis.kill()
+    state.record_request("d")
+    with pytest.raises(RedisDown):
+        await state.sync()
+    assert state.usage("d").requests == 2  # shared totals of this minute plus what is not pushed yet
+    assert links[0].counters.by_reason(REDIS_FAILURES) == {"router": 1}
+
+
+# ---- settings -------------------------------------------------------------------------------------
+
+def test_redis_settings_from_env_flags_and_a_litellm_config(tmp_path: Path) -> None:
+    settings = Settings.load(environ={"LLMRPC_REDIS_URL": "redis://:pw@cache:6380/1",
+                                      "LLMRPC_REDIS_FAILURE": "fail-closed", "LLMRPC_REDIS_TIMEOUT": "0.05"})
+    assert (settings.redis_url, settings.redis_failure, settings.redis_timeout) == (
+        "redis://:pw@cache:6380/1", "fail-closed", 0.05)
+    assert "pw" not in repr(settings)
+    config = tmp_path / "config.yaml"
+    config.write_text("model_list: []\nlitellm_settings:\n  cache: true\n  cache_params:\n    type: redis\n"
+                      "    host: redis.internal\n    port: 6379\n    password: 'p@ss:word'\n")
+    assert Settings.load(environ={}, config_file=str(config)).redis_url == "redis://:p%40ss%3Aword@redis.internal:6379"
+    with pytest.raises(ValueError, match="redis_failure"):
+        Settings.load({"redis_failure": "maybe"}, environ={})
+    with pytest.raises(ValueError, match="redis_url"):
+        Settings.load({"redis_url": "http://cache:6379"}, environ={})
