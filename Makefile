@@ -23,6 +23,8 @@ run: install ## run the gateway on its embedded defaults (mock provider, SQLite 
 
 test: install ## lint + the whole test suite (what .ci/run runs)
 	$(MAKE) lint
+	@# The shared-state tests need Debian's redis-server: installed here when root, else the command is printed.
+	sh scripts/install_redis.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install $(PROTOGEN) ## ruff, mypy --strict, buf lint + breaking (FILE) vs main, generated stubs fresh
