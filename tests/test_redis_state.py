@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import llmrpc
 import pytest
 from llmrpc_server.config import Settings
 from llmrpc_server.keys import VirtualKey, hash_key
@@ -18,7 +21,9 @@ from llmrpc_server.observability.counters import REDIS_FAILURES, Counters
 from llmrpc_server.shared import RedisDeploymentState, RedisDown, RedisLimitStore, RedisLink, RedisResponseCache
 from llmrpc_server.shared import link as link_module
 
+from tests.keys_support import MESSAGES, client_for, keyed_gateway
 from tests.redis_support import RedisServer, running_redis
+from tests.support import free_port
 
 T0 = 1_800_000_000.0  # a minute boundary
 
@@ -89,7 +94,7 @@ async def test_redis_down_is_a_miss_counted_and_logged_once_and_the_cache_recove
         assert await cache.get("k", T0, None) is None  # circuit open: Redis not even asked
         cache.put("k2", "", "response", b"v", T0, 60.0)
         await cache.flush()
-    assert links[0].counters.by_reason(REDIS_FAILURES) == {"cache": 1}
+    assert links[0].counters.by_reason(REDIS_FAILURES) == {"cache": 3}  # each operation that missed Redis
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "unavailable for the cache" in warnings[0], warnings
     assert cache.stats()["errors"] == 3 and cache.stats()["misses"] == 2
@@ -155,7 +160,8 @@ async def test_redis_down_fail_open_uses_this_replicas_counters_fail_closed_refu
         assert await opened.spend(k, T0 + 1) == pytest.approx(0.1)
         with pytest.raises(StoreUnavailable):
             await closed.admit(k, T0 + 1, "", T0 + 60)
-        assert open_link.counters.by_reason(REDIS_FAILURES) == {"limits": 1}
+        # three admissions and the spend read could not use Redis (the record went straight to the local counters)
+        assert open_link.counters.by_reason(REDIS_FAILURES) == {"limits": 4}
         opened.close()
     finally:
         await open_link.close()
@@ -216,3 +222,43 @@ def test_redis_settings_from_env_flags_and_a_litellm_config(tmp_path: Path) -> N
         Settings.load({"redis_failure": "maybe"}, environ={})
     with pytest.raises(ValueError, match="redis_url"):
         Settings.load({"redis_url": "http://cache:6379"}, environ={})
+
+
+# ---- through the real server ----------------------------------------------------------------------
+
+def test_without_redis_url_the_redis_client_is_never_imported() -> None:
+    code = ("import asyncio, sys\n"
+            "from llmrpc_server.app import start_gateway\n"
+            "from tests.support import gateway_settings\n"
+            "async def main():\n"
+            "    gw = await start_gateway(gateway_settings(cache_default=True))\n"
+            "    await gw.stop(0)\n"
+            "asyncio.run(main())\n"
+            "assert not [m for m in sys.modules if m == 'redis' or m.startswith('redis.')], 'redis imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=Path(__file__).parent.parent)
+
+
+KEYS = [{"key": "sk-limited-0123456789", "key_alias": "limited", "rpm_limit": 100},
+        {"key": "sk-unlimited-0123456789", "key_alias": "open"}]
+
+
+@pytest.mark.parametrize("mode", ["fail-open", "fail-closed"])
+def test_an_unreachable_redis_never_fails_a_call_except_limited_keys_when_fail_closed(
+        tmp_path: Path, mode: str) -> None:
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: every command fails at once
+    with keyed_gateway(KEYS, str(tmp_path / "state.sqlite"), redis_url=nowhere, redis_failure=mode,
+                       cache_default=True) as gw:
+        with client_for(gw, "sk-unlimited-0123456789") as unlimited:  # no limits: the cache only
+            first = unlimited.completion(model="mock/echo", messages=MESSAGES)
+            again = unlimited.completion(model="mock/echo", messages=MESSAGES)
+            assert first.choices[0].message.content == again.choices[0].message.content
+            assert not again._hidden_params.get("cache_hit")
+        with client_for(gw, "sk-limited-0123456789") as client:
+            if mode == "fail-open":
+                assert client.completion(model="mock/echo", messages=MESSAGES).choices[0].message.content
+            else:
+                with pytest.raises(llmrpc.ServiceUnavailableError) as info:
+                    client.completion(model="mock/echo", messages=MESSAGES)
+                assert info.value.reason == "KEY_STORE_UNAVAILABLE" and "Redis" in str(info.value)
+        failures = gw.counters.by_reason(REDIS_FAILURES)
+        assert failures.get("cache", 0) >= 1 and failures.get("limits", 0) >= 1, failures

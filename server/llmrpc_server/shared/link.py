@@ -5,9 +5,10 @@ Redis unreachable each call would still pay it. After a failure the link stays *
 asked) for ``RETRY_AFTER`` seconds, then the next command tries again; one success closes it. So an
 outage costs one timeout per ``RETRY_AFTER`` per replica, and recovery needs no restart.
 
-Every failure is counted (``Counters`` name ``redis_failures``, reason = the store: cache, limits,
-router; exported as ``llmrpc.resilience.events``) and logged as a warning at most once per
-``WARN_EVERY`` seconds per store; the first success after an outage is logged too.
+Every operation that could not use Redis (it failed, or was skipped while the circuit is open) is
+counted (``Counters`` name ``redis_failures``, reason = the store: cache, limits, router; exported as
+``llmrpc.resilience.events``) and logged as a warning at most once per ``WARN_EVERY`` seconds per
+store; the first success after an outage is logged too.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ class RedisLink:
         from redis.exceptions import RedisError
 
         if not self.up:
-            raise RedisDown(f"Redis at {self.url} failed less than {RETRY_AFTER:.0f}s ago")
+            exc = RedisDown(f"Redis at {self.url} failed less than {RETRY_AFTER:.0f}s ago")
+            self._degraded(store, exc)
+            raise exc
         try:
             # The socket timeouts bound each read and connect; this bounds the whole command (pool wait,
             # the retry) so a slow Redis costs a caller at most a few timeouts.
@@ -97,9 +100,12 @@ class RedisLink:
 
     def failed(self, store: str, exc: BaseException) -> None:
         """Count a failure, open the circuit, warn (rate-limited per store)."""
-        self.counters.incr(REDIS_FAILURES, store)
         self._open_until = self._clock() + RETRY_AFTER
         self._down = True
+        self._degraded(store, exc)
+
+    def _degraded(self, store: str, exc: BaseException) -> None:
+        self.counters.incr(REDIS_FAILURES, store)
         now = self._clock()
         if now - self._warned.get(store, -WARN_EVERY) >= WARN_EVERY:
             self._warned[store] = now
