@@ -62,7 +62,8 @@ gen-ts: install $(PROTOGEN) ## regenerate the committed TypeScript package gen/t
 bench: install ## gateway vs direct upstream call, same run; then 1,000 concurrent slow streams
 	$(BIN)/python -m bench
 
-bench-scale: install ## 1 vs 2 replicas behind real Envoy: calls/s and CPU per call of every process (~1 min)
+bench-scale: install ## 1 vs 2 replicas behind real Envoy (calls/s, CPU per call of every process), cache hit via Redis vs SQLite
+	-sh scripts/install_redis.sh  # the Redis cache figures are skipped without it
 	$(BIN)/python -m bench.bench_scale
 
 faults: install ## the fault-injection suite: upstream faults, fallbacks, timeouts
