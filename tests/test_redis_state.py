@@ -6,7 +6,9 @@ tests/test_scale_envoy.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import llmrpc
 import pytest
+import yaml
 from llmrpc_server.config import Settings
 from llmrpc_server.keys import VirtualKey, hash_key
 from llmrpc_server.keys.store import StoreUnavailable
@@ -262,3 +265,35 @@ def test_an_unreachable_redis_never_fails_a_call_except_limited_keys_when_fail_c
                 assert info.value.reason == "KEY_STORE_UNAVAILABLE" and "Redis" in str(info.value)
         failures = gw.counters.by_reason(REDIS_FAILURES)
         assert failures.get("cache", 0) >= 1 and failures.get("limits", 0) >= 1, failures
+
+
+# ---- the CLI on Redis -----------------------------------------------------------------------------
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LLMRPC_")}
+    return subprocess.run([sys.executable, "-m", "llmrpc_server", *args], capture_output=True, text=True,
+                          timeout=120, env=clean, check=False)
+
+
+async def test_cache_stats_clear_and_keys_spend_read_redis(
+        links: list[RedisLink], redis: RedisServer, tmp_path: Path) -> None:
+    cache = RedisResponseCache(links[0], 1 << 20)
+    for name in ("a", "b"):
+        cache.put(name, "", "response", b"v", T0, 60.0)
+    await cache.flush()
+    k = VirtualKey(digest=hash_key("sk-spender-0123456789"), alias="spender", max_budget=5.0, budget_duration=86400)
+    await RedisLimitStore(links[0]).record(k, T0 + 10, "", 0, 0.25)
+    stats = json.loads(cli("cache", "stats", "--redis-url", redis.url).stdout)
+    assert stats["entries"] == 2 and stats["maxmemory_policy"] == "allkeys-lru"
+    assert stats["redis"].startswith("redis://127.0.0.1")
+    assert json.loads(cli("cache", "clear", "--redis-url", redis.url).stdout) == {"cleared": 2}
+    assert await cache.get("a", T0, None) is None
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"keys": [{"key": "sk-spender-0123456789", "key_alias": "spender",
+                                                "max_budget": 5.0, "budget_duration": "1d"}]}))
+    done = cli("keys", "spend", "--config", str(config), "--redis-url", redis.url)
+    assert done.returncode == 0, done.stderr
+    row = done.stdout.splitlines()[1].split()
+    assert row[0] == "spender" and row[-3:-1] == ["1", "0.250000"], done.stdout
+    down = cli("cache", "stats", "--redis-url", f"redis://127.0.0.1:{free_port()}/0")
+    assert down.returncode == 1 and "Redis at redis://127.0.0.1" in down.stderr

@@ -581,6 +581,10 @@ class ResponseCache:
 def cache_command(settings: Settings, args: argparse.Namespace) -> int:
     """``llmrpc-server cache stats|clear|prune``: JSON on stdout."""
     action = args.action or "stats"
+    if settings.redis_url:
+        from ..shared.cache import redis_cache_command  # imported only with --redis-url
+
+        return redis_cache_command(settings, action)
     store = SqliteStore(settings.cache_path, int(settings.cache_max_mb * 1024 * 1024))
     try:
         if action == "stats":

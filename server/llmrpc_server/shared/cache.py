@@ -19,15 +19,18 @@ Redis down or slow: a lookup is a miss and a store is skipped (counted as ``erro
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from collections import Counter
 from typing import Any
 
 from redis.asyncio import Redis
 
 from ..cache.store import CacheEntry
-from .link import RedisDown, RedisLink
+from ..config import Settings
+from .link import RedisDown, RedisLink, run_once
 
-__all__ = ["RedisResponseCache"]
+__all__ = ["RedisResponseCache", "redis_cache_command", "redis_cache_stats", "redis_clear"]
 
 PREFIX = "llmrpc:cache:"
 _FIELDS = ("kind", "created", "expires", "payload")
@@ -99,3 +102,52 @@ class RedisResponseCache:
     async def close(self) -> None:
         await self.flush()
         self._closed = True
+
+
+async def redis_cache_stats(link: RedisLink) -> dict[str, Any]:
+    """``cache stats`` with ``--redis-url``: entries, and Redis's memory bound and eviction counters."""
+    async def read(client: Redis) -> dict[str, Any]:
+        entries = 0
+        async for _ in client.scan_iter(match=PREFIX + "*", count=1000):
+            entries += 1
+        memory, stats = await client.info("memory"), await client.info("stats")
+        return {"redis": link.url, "entries": entries, "used_memory": memory.get("used_memory"),
+                "maxmemory": memory.get("maxmemory"), "maxmemory_policy": memory.get("maxmemory_policy"),
+                "evicted_keys": stats.get("evicted_keys"), "expired_keys": stats.get("expired_keys")}
+
+    return await link.call("cache", read)
+
+
+async def redis_clear(link: RedisLink) -> int:
+    """``cache clear`` with ``--redis-url``: delete every cache entry (``SCAN`` + ``UNLINK``)."""
+    async def clear(client: Redis) -> int:
+        deleted, batch = 0, []
+        async for name in client.scan_iter(match=PREFIX + "*", count=1000):
+            batch.append(name)
+            if len(batch) >= 500:
+                deleted += await client.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += await client.unlink(*batch)
+        return deleted
+
+    return await link.call("cache", clear)
+
+
+def redis_cache_command(settings: Settings, action: str) -> int:
+    """``llmrpc-server cache stats|clear|prune`` on the Redis cache: JSON on stdout."""
+    try:
+        if action == "stats":
+            result: dict[str, Any] = run_once(settings.redis_url, redis_cache_stats)
+        elif action == "clear":
+            result = {"cleared": run_once(settings.redis_url, redis_clear)}
+        elif action == "prune":  # nothing to do: Redis expires entries at their TTL and evicts at maxmemory
+            result = {"expired": 0, "evicted": 0}
+        else:
+            print(f"llmrpc-server: unknown cache action {action!r} (stats, clear or prune)", file=sys.stderr)
+            return 2
+    except RedisDown as exc:
+        print(f"llmrpc-server: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, sort_keys=True))
+    return 0

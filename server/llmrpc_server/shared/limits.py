@@ -23,10 +23,18 @@ import math
 from redis.asyncio import Redis
 
 from ..keys.spec import VirtualKey
-from ..keys.store import MINUTE, SPEND_HISTORY, Decision, SqliteLimitStore, StoreUnavailable, budget_window
+from ..keys.store import (
+    MINUTE,
+    SPEND_HISTORY,
+    Decision,
+    SpendRow,
+    SqliteLimitStore,
+    StoreUnavailable,
+    budget_window,
+)
 from .link import RedisDown, RedisLink
 
-__all__ = ["RedisLimitStore"]
+__all__ = ["RedisLimitStore", "spend_rows"]
 
 PREFIX = "llmrpc:key:"
 WINDOW_TTL = 2 * MINUTE  # a minute window's key outlives its minute (then Redis drops it)
@@ -130,6 +138,7 @@ class RedisLimitStore:
                     pipe.expire(tpm, WINDOW_TTL)
                 pipe.hincrbyfloat(spend, "spend", max(cost, 0.0))
                 pipe.hincrby(spend, "requests", 1)
+                pipe.hset(spend, "length", length)  # for `keys spend`
                 if length:  # a lifetime budget's spend never expires
                     pipe.expire(spend, length + SPEND_HISTORY)
                 if key.max_parallel_requests is not None and lease:
@@ -173,3 +182,17 @@ class RedisLimitStore:
 
     def close(self) -> None:
         self.local.close()
+
+
+async def spend_rows(link: RedisLink) -> list[SpendRow]:
+    """Every budget window recorded in Redis, newest first per key (``keys spend``)."""
+    async def scan(client: Redis) -> list[SpendRow]:
+        rows = []
+        async for name in client.scan_iter(match=PREFIX + "*:spend:*", count=1000):
+            digest, _, start = name.decode().removeprefix(PREFIX).partition(":spend:")
+            spend, requests, length = await client.hmget(name, ["spend", "requests", "length"])
+            if spend is not None:
+                rows.append(SpendRow(digest, float(start), int(length or 0), float(spend), int(requests or 0)))
+        return sorted(rows, key=lambda r: (r.digest, -r.start))
+
+    return await link.call("limits", scan)

@@ -25,7 +25,7 @@ from ..observability.counters import REDIS_FAILURES, Counters
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["RETRY_AFTER", "RedisDown", "RedisLink", "redacted"]
+__all__ = ["CLI_TIMEOUT", "RETRY_AFTER", "RedisDown", "RedisLink", "redacted", "run_once"]
 
 log = logging.getLogger("llmrpc_server.redis")
 T = TypeVar("T")
@@ -34,6 +34,7 @@ RETRY_AFTER = 1.0  # seconds Redis is left alone after a failure before the next
 WARN_EVERY = 30.0  # seconds between warnings about the same store
 POOL_SIZE = 64  # connections per replica; a command waits at most --redis-timeout for a free one
 HEALTH_CHECK_INTERVAL = 5  # seconds a pooled connection may idle before it is PINGed before use
+CLI_TIMEOUT = 5.0  # the `cache` and `keys` commands' per-command timeout (they may scan many keys)
 
 
 class RedisDown(Exception):
@@ -117,3 +118,15 @@ class RedisLink:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def run_once(url: str, op: Callable[[RedisLink], Awaitable[T]]) -> T:
+    """For the CLI: ``op`` on a fresh link in a fresh loop (raises :class:`RedisDown`)."""
+    async def main() -> T:
+        link = RedisLink(url, CLI_TIMEOUT, True, Counters())
+        try:
+            return await op(link)
+        finally:
+            await link.close()
+
+    return asyncio.run(main())
