@@ -221,6 +221,8 @@ def test_redis_settings_from_env_flags_and_a_litellm_config(tmp_path: Path) -> N
     config.write_text("model_list: []\nlitellm_settings:\n  cache: true\n  cache_params:\n    type: redis\n"
                       "    host: redis.internal\n    port: 6379\n    password: 'p@ss:word'\n")
     assert Settings.load(environ={}, config_file=str(config)).redis_url == "redis://:p%40ss%3Aword@redis.internal:6379"
+    config.write_text("model_list: []\nrouter_settings:\n  redis_host: 10.0.0.7\n  redis_port: 6380\n")
+    assert Settings.load(environ={}, config_file=str(config)).redis_url == "redis://10.0.0.7:6380"
     with pytest.raises(ValueError, match="redis_failure"):
         Settings.load({"redis_failure": "maybe"}, environ={})
     with pytest.raises(ValueError, match="redis_url"):
