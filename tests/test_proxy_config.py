@@ -92,7 +92,8 @@ def test_unknown_keys_warn_by_path() -> None:
            "router_settings": {"enable_pre_call_checks": True}, "guardrails": []}
     config = parse_proxy_config(doc, {})
     assert set(config.warnings) == {
-        "unknown config key guardrails is ignored", "unknown config key router_settings.enable_pre_call_checks is ignored",
+        "unknown config key guardrails is ignored",
+        "unknown config key router_settings.enable_pre_call_checks is ignored",
         "unknown config key model_list[0].extra is ignored",
     }
     assert config.model_list[0].litellm_params.extras == {"seed": 7}  # a provider extra, not unknown

@@ -11,8 +11,11 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import llmrpc
 import pytest
@@ -24,9 +27,12 @@ from llmrpc_server.observability.counters import REDIS_FAILURES, Counters
 from llmrpc_server.shared import RedisDeploymentState, RedisDown, RedisLimitStore, RedisLink, RedisResponseCache
 from llmrpc_server.shared import link as link_module
 
+from tests.envoy_front import wait_until
 from tests.keys_support import MESSAGES, client_for, keyed_gateway
 from tests.redis_support import RedisServer, running_redis
-from tests.support import free_port
+from tests.support import GatewayThread, free_port
+from tests.upstreams import FakeUpstream
+from tests.upstreams import openai as oai
 
 T0 = 1_800_000_000.0  # a minute boundary
 
@@ -299,3 +305,48 @@ async def test_cache_stats_clear_and_keys_spend_read_redis(
     assert row[0] == "spender" and row[-3:-1] == ["1", "0.250000"], done.stdout
     down = cli("cache", "stats", "--redis-url", f"redis://127.0.0.1:{free_port()}/0")
     assert down.returncode == 1 and "Redis at redis://127.0.0.1" in down.stderr
+
+
+# ---- the router through two real gateways ---------------------------------------------------------
+
+def router_gateway(tmp_path: Path, doc: dict[str, Any], redis_url: str) -> GatewayThread:
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    settings = Settings.load(environ={}, config_file=str(path))
+    return GatewayThread(replace(settings, host="127.0.0.1", port=0, grace=0.5, cache_path=":memory:",
+                                 redis_url=redis_url)).start()
+
+
+def routed(gw: GatewayThread) -> str:
+    with llmrpc.Client(gw.address) as client:
+        return str(client.completion(model="gpt", messages=MESSAGES)._hidden_params["model_id"])
+
+
+def test_a_cooldown_and_deployment_usage_seen_by_one_gateway_steer_the_other(
+        tmp_path: Path, redis: RedisServer) -> None:
+    if time.time() % 60 > 50:  # deployment usage is per minute: start in a fresh one
+        time.sleep(61 - time.time() % 60)
+    with FakeUpstream(default=oai.default_handler) as a, FakeUpstream(default=oai.default_handler) as b, \
+            FakeUpstream(default=oai.default_handler) as c:
+        def dep(up: FakeUpstream, dep_id: str, **params: Any) -> dict[str, Any]:
+            return {"model_name": "gpt", "model_info": {"id": dep_id},
+                    "litellm_params": {"model": "openai/gpt-4o", "api_base": up.url, "api_key": f"sk-{dep_id}",
+                                       **params}}
+
+        a.enqueue(oai.rate_limited(retry_after=30))
+        doc = {"model_list": [dep(a, "flaky", order=1), dep(b, "small", order=2, rpm=2), dep(c, "big", order=3)],
+               "router_settings": {"num_retries": 1, "allowed_fails": 100}}
+        one = router_gateway(tmp_path, doc, redis.url)
+        two = router_gateway(tmp_path, doc, redis.url)
+        try:
+            assert routed(one) == "small"  # flaky's 429 (Retry-After: 30) cools it, in Redis too
+            assert routed(one) == "small"  # small's rpm of 2 is now used up, counted in Redis
+            router = two.gateway.shared.router if two.gateway and two.gateway.shared else None
+            assert router is not None
+            wait_until(lambda: router.cooldown_left("flaky") > 20 and router.usage("small").requests == 2, 10,
+                       "the second gateway to see the first one's cooldown and usage")
+            assert [routed(two) for _ in range(3)] == ["big"] * 3  # neither flaky nor small, from shared state
+            assert (len(a.requests), len(b.requests), len(c.requests)) == (1, 2, 3)
+        finally:
+            one.stop()
+            two.stop()
