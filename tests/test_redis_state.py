@@ -142,7 +142,8 @@ async def test_tpm_spend_and_budget_add_up_across_replicas(links: list[RedisLink
     assert not over.admitted and over.limit == "max_budget" and over.current == pytest.approx(0.6)
 
 
-async def test_parallel_leases_are_shared_and_end_with_their_call_or_deadline(links: list[RedisLink]) -> None:
+async def test_parallel_leases_are_shared_and_end_with_their_call_or_deadline(
+        links: list[RedisLink], redis: RedisServer) -> None:
     a, b = (RedisLimitStore(link) for link in links)
     k = key(max_parallel_requests=2)
     assert (await a.admit(k, T0, "l1", T0 + 30)).admitted
@@ -152,6 +153,7 @@ async def test_parallel_leases_are_shared_and_end_with_their_call_or_deadline(li
     await a.release(k, "l1")
     assert (await b.admit(k, T0 + 2, "l4", T0 + 30)).admitted
     assert (await a.admit(k, T0 + 6, "l5", T0 + 30)).admitted  # l2's deadline passed (its replica died)
+    assert int(redis.cli("EXPIRETIME", f"llmrpc:key:{k.digest}:leases")) == T0 + 30  # the latest lease's, not l2's
 
 
 async def test_redis_down_fail_open_uses_this_replicas_counters_fail_closed_refuses(

@@ -61,7 +61,9 @@ if ARGV[4] ~= '' then
   local running = redis.call('ZCARD', KEYS[4])
   if running >= tonumber(ARGV[4]) then return {'max_parallel_requests', tostring(running)} end
   redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6])
-  redis.call('EXPIREAT', KEYS[4], math.ceil(tonumber(ARGV[7])))
+  -- the set lives as long as its latest lease (a lease with an earlier deadline must not shorten it)
+  local latest = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+  redis.call('EXPIREAT', KEYS[4], math.ceil(tonumber(latest[2])))
 end
 if ARGV[2] ~= '' then
   redis.call('INCR', KEYS[2])
