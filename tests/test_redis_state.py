@@ -352,3 +352,21 @@ def test_a_cooldown_and_deployment_usage_seen_by_one_gateway_steer_the_other(
         finally:
             one.stop()
             two.stop()
+
+
+async def test_a_slow_redis_is_a_miss_within_the_timeout_not_a_stalled_call(
+        links: list[RedisLink], redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(link_module, "RETRY_AFTER", 0.2)
+    cache = RedisResponseCache(links[0], 1 << 20)
+    cache.put("k", "", "response", b"v", T0, 60.0)
+    await cache.flush()
+    redis.cli("CLIENT", "PAUSE", "2000", "ALL")  # Redis answers nobody for 2 s
+    started = time.monotonic()
+    # The entry is there: a miss means the call gave up instead of waiting for Redis.
+    assert await cache.get("k", T0, None) is None
+    assert time.monotonic() - started < 1.9
+    assert links[0].counters.by_reason(REDIS_FAILURES) == {"cache": 1}
+    deadline = time.monotonic() + 15
+    while await cache.get("k", T0, None) is None:  # back once the pause ends, without a restart
+        assert time.monotonic() < deadline, "the cache did not recover"
+        await asyncio.sleep(0.1)
