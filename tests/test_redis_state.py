@@ -29,8 +29,9 @@ from llmrpc_server.shared import link as link_module
 
 from tests.envoy_front import wait_until
 from tests.keys_support import MESSAGES, client_for, keyed_gateway
+from tests.otel_support import Otel, TelemetryGateway
 from tests.redis_support import RedisServer, running_redis
-from tests.support import GatewayThread, free_port
+from tests.support import GatewayThread, free_port, gateway_settings
 from tests.upstreams import FakeUpstream
 from tests.upstreams import openai as oai
 
@@ -370,3 +371,16 @@ async def test_a_slow_redis_is_a_miss_within_the_timeout_not_a_stalled_call(
     while await cache.get("k", T0, None) is None:  # back once the pause ends, without a restart
         assert time.monotonic() < deadline, "the cache did not recover"
         await asyncio.sleep(0.1)
+
+
+def test_redis_failures_are_a_metric() -> None:
+    otel = Otel()
+    settings = gateway_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", cache_default=True)
+    with TelemetryGateway(settings, otel.telemetry()) as gw, llmrpc.Client(gw.address) as client:
+        assert client.completion(model="mock/echo", messages=MESSAGES).choices[0].message.content
+    points = otel.metrics()
+    failures = {a["error.type"]: p.value for a, p in points["llmrpc.resilience.events"]
+                if a["llmrpc.event"] == "redis_failures"}
+    assert failures.get("cache", 0) >= 1, failures
+    cache = {a["llmrpc.cache.event"]: p.value for a, p in points["llmrpc.cache.events"]}
+    assert cache["errors"] >= 1 and cache["misses"] == 1, cache

@@ -164,7 +164,11 @@ def _shared_state(settings: Settings, counters: Counters) -> SharedState | None:
     """The Redis-backed stores when ``--redis-url`` is set (only then is the redis client imported)."""
     if not settings.redis_url:
         return None
-    from .shared import shared_state
+    try:
+        from .shared import shared_state
+    except ImportError as exc:  # a server install always has it; a hand-made environment may not
+        raise SystemExit(f"llmrpc-server: --redis-url needs the redis package (pip install 'llmrpc[server]'): "
+                         f"{exc}") from None
 
     shared = shared_state(settings, counters)
     log.info("shared state in Redis at %s (on failure: %s)", shared.link.url, settings.redis_failure)
