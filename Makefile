@@ -23,6 +23,8 @@ run: install ## run the gateway on its embedded defaults (mock provider, SQLite 
 
 test: install ## lint + the whole test suite (what .ci/run runs)
 	$(MAKE) lint
+	@# The shared-state tests need Debian's redis-server: installed here when root, else the command is printed.
+	sh scripts/install_redis.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install $(PROTOGEN) ## ruff, mypy --strict, import layers, buf lint + breaking (FILE) vs main, generated stubs fresh
@@ -61,7 +63,8 @@ gen-ts: install $(PROTOGEN) ## regenerate the committed TypeScript package gen/t
 bench: install ## gateway vs direct upstream call, same run; then 1,000 concurrent slow streams
 	$(BIN)/python -m bench
 
-bench-scale: install ## 1 vs 2 replicas behind real Envoy: calls/s and CPU per call of every process (~1 min)
+bench-scale: install ## 1 vs 2 replicas behind real Envoy (calls/s, CPU per call of every process), cache hit via Redis vs SQLite
+	-sh scripts/install_redis.sh  # the Redis cache figures are skipped without it
 	$(BIN)/python -m bench.bench_scale
 
 faults: install ## the fault-injection suite: upstream faults, fallbacks, timeouts

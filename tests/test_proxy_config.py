@@ -89,10 +89,11 @@ def test_malformed_fields_are_named(doc: dict[str, object], message: str) -> Non
 
 def test_unknown_keys_warn_by_path() -> None:
     doc = {"model_list": [{"model_name": "a", "litellm_params": {"model": "openai/x", "seed": 7}, "extra": 1}],
-           "router_settings": {"redis_host": "r"}, "guardrails": []}
+           "router_settings": {"enable_pre_call_checks": True}, "guardrails": []}
     config = parse_proxy_config(doc, {})
     assert set(config.warnings) == {
-        "unknown config key guardrails is ignored", "unknown config key router_settings.redis_host is ignored",
+        "unknown config key guardrails is ignored",
+        "unknown config key router_settings.enable_pre_call_checks is ignored",
         "unknown config key model_list[0].extra is ignored",
     }
     assert config.model_list[0].litellm_params.extras == {"seed": 7}  # a provider extra, not unknown

@@ -1,8 +1,12 @@
 """Scale-out behind a real gRPC load balancer: Envoy (deploy/envoy/envoy.yaml) in front of two gateway
-processes, each with its own fake OpenAI upstream, so which replica served a call is seen upstream.
+processes sharing one real ``redis-server`` (``--redis-url``), each with its own fake OpenAI upstream, so
+which replica served a call is seen upstream.
 
-Through Envoy: calls spread over both replicas; SIGTERM on one replica under steady load drains it (its
-health turns NOT_SERVING, Envoy takes it out), no unary call fails and the streams in flight on it finish.
+Through Envoy: calls spread over both replicas; a prompt cached through one replica is a hit through the
+other; a key with ``rpm_limit: 5`` gets exactly 5 calls a minute across both; with Redis killed mid-run
+calls keep succeeding (cache misses, a warning in the log) and once Redis is back the cache works again
+without a restart; SIGTERM on one replica under steady load drains it (its health turns NOT_SERVING,
+Envoy takes it out), no unary call fails and the streams in flight on it finish.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +23,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+import yaml
 from aiohttp import web
 from dockerfile_parse import DockerfileParser
 from grpc_tools import protoc
@@ -26,6 +32,7 @@ from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 
 from tests.envoy_front import ROOT, Envoy, commented_transcoder, local_config, replica, run_envoy, wait_until
+from tests.redis_support import RedisServer, redis_binary
 from tests.support import free_port, wait_serving
 from tests.upstreams import Exchange, FakeUpstream, RecordedRequest, Reply, openai
 
@@ -33,6 +40,11 @@ IMAGE_DRAIN_DELAY = DockerfileParser(str(ROOT)).envs["LLMRPC_DRAIN_DELAY"]  # re
 SLOW = "a slow stream"
 PIECES = [f"piece{i} " for i in range(20)]
 PIECE_DELAY = 0.15  # 20 pieces: a stream lasts ~3 s upstream, long enough to be in flight at SIGTERM
+ADMIN = "sk-admin-scale-test"  # master_key: the existing tests call as admin (no limits)
+FIVE = "sk-five-per-minute-0123"  # a virtual key with rpm_limit 5
+# A cache key covers the upstream's base and credential, and each replica has its own fake OpenAI: cached
+# calls use a model_list deployment both replicas share, as replicas of one deployment do.
+SHARED_MODEL = "shared-gpt"
 
 
 @dataclass
@@ -74,7 +86,40 @@ class Front:
     ports: list[int]
     procs: list[subprocess.Popen[bytes]]
     upstreams: list[Upstream]
-    stub: pb_grpc.CompletionServiceStub
+    stub: pb_grpc.CompletionServiceStub  # calls as admin
+    redis: RedisServer
+    logs: list[Path]
+    channel: grpc.Channel
+    shared: Upstream  # the upstream of SHARED_MODEL, configured alike on both replicas
+
+    def keyed(self, key: str) -> pb_grpc.CompletionServiceStub:
+        """A stub presenting ``key`` through Envoy."""
+        return pb_grpc.CompletionServiceStub(grpc.intercept_channel(self.channel, _Bearer(key)))
+
+
+class _Details(grpc.ClientCallDetails):  # type: ignore[misc]
+    def __init__(self, base: grpc.ClientCallDetails, metadata: list[tuple[str, str]]) -> None:
+        self.method, self.timeout, self.credentials = base.method, base.timeout, base.credentials
+        self.wait_for_ready, self.compression = base.wait_for_ready, base.compression
+        self.metadata = metadata
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds ``authorization: Bearer <token>`` to every call (the gateway's virtual-key credential)."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def _details(self, details: grpc.ClientCallDetails) -> _Details:
+        return _Details(details, [*(details.metadata or ()), ("authorization", f"Bearer {self.token}")])
+
+    def intercept_unary_unary(self, continuation: Callable[..., object], details: grpc.ClientCallDetails,
+                              request: object) -> object:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Callable[..., object], details: grpc.ClientCallDetails,
+                               request: object) -> object:
+        return continuation(self._details(details), request)
 
 
 @pytest.fixture(scope="module")
@@ -82,17 +127,30 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
     """Started once for the module (process start-up dominates on a busy machine); the drain test,
     which stops a replica, runs last."""
     tmp_path = tmp_path_factory.mktemp("scale")
+    redis_binary()  # skip, saying how to install it, when redis-server is missing
     with ExitStack() as stack:
+        redis = RedisServer(tmp_path).start()
+        stack.callback(redis.kill)
+        shared = Upstream()
+        stack.enter_context(shared.fake)
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({
+            "model_list": [{"model_name": SHARED_MODEL, "litellm_params": {
+                "model": "openai/gpt-4o-mini", "api_base": shared.fake.url + "/v1", "api_key": "sk-shared"}}],
+            "general_settings": {"master_key": ADMIN},
+            "keys": [{"key": FIVE, "key_alias": "five", "rpm_limit": 5}]}))
         upstreams = [Upstream() for _ in range(2)]
         for up in upstreams:
             stack.enter_context(up.fake)
         ports = [free_port(), free_port()]
+        logs = [tmp_path / f"replica-{port}.log" for port in ports]
         procs = [
             stack.enter_context(replica(port, {"OPENAI_API_KEY": "sk-test", "OPENAI_API_BASE": up.fake.url + "/v1",
                                                "LLMRPC_CACHE_PATH": str(tmp_path / f"cache-{port}.sqlite")},
                                         "--grace", "20", "--drain-delay", IMAGE_DRAIN_DELAY, "--num-retries", "0",
-                                        log=tmp_path / f"replica-{port}.log"))
-            for port, up in zip(ports, upstreams, strict=True)
+                                        "--config", str(config), "--redis-url", redis.url, "--access-log",
+                                        log=log))
+            for port, up, log in zip(ports, upstreams, logs, strict=True)
         ]
         for port in ports:
             wait_serving(f"127.0.0.1:{port}")
@@ -101,7 +159,10 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
                                               tmp_path, listen, admin))
         wait_until(lambda: envoy.healthy_replicas() == set(ports), 30, "Envoy to health-check both replicas")
         channel = stack.enter_context(grpc.insecure_channel(envoy.address))
-        yield Front(envoy, ports, procs, upstreams, pb_grpc.CompletionServiceStub(channel))
+        front = Front(envoy, ports, procs, upstreams, pb_grpc.CompletionServiceStub(channel), redis, logs, channel,
+                      shared)
+        front.stub = front.keyed(ADMIN)
+        yield front
 
 
 def request(text: str) -> pb.CompleteRequest:
@@ -144,10 +205,11 @@ def test_the_optional_json_transcoder_block_serves_plain_http_json(
         wait_until(lambda: envoy.healthy_replicas() == set(front.ports), 30, "Envoy to health-check both replicas")
         url = f"http://{envoy.address}/llmrpc.v1.CompletionService/Complete"
         body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "over JSON"}]}
-        resp = httpx.post(url, json=body, timeout=20)
+        admin = {"authorization": f"Bearer {ADMIN}"}
+        resp = httpx.post(url, json=body, headers=admin, timeout=20)
         assert resp.status_code == 200, resp.text
         assert resp.json()["choices"][0]["message"]["content"] == "echo: over JSON"
-        bad = httpx.post(url, json={"model": "openai/gpt-4o-mini", "messages": []}, timeout=20)
+        bad = httpx.post(url, json={"model": "openai/gpt-4o-mini", "messages": []}, headers=admin, timeout=20)
         assert bad.status_code == 400
         # INVALID_ARGUMENT as HTTP 400; the status rides in headers (the descriptor set has no google.rpc
         # types, so the transcoder cannot turn the details into a JSON body).
@@ -189,6 +251,89 @@ class SteadyLoad:
         self._stop.set()
         for t in self._threads:
             t.join(30)
+
+
+def cached(text: str) -> pb.CompleteRequest:
+    req = request(text)
+    req.model = SHARED_MODEL
+    req.caching = True
+    return req
+
+
+def cache_entries(front: Front) -> int:
+    return int(front.redis.cli("EVAL", "return #redis.call('KEYS', 'llmrpc:cache:*')", "0"))
+
+
+def test_a_prompt_cached_through_one_replica_is_a_hit_through_the_other(front: Front) -> None:
+    text = "cache me once for both replicas"
+    first = front.stub.Complete(cached(text), timeout=20)
+    assert not first.metadata.cache_hit and first.choices[0].message.content == f"echo: {text}"
+    wait_until(lambda: cache_entries(front) >= 1, 10, "the answer to reach Redis")  # stored after answering
+    for _ in range(6):  # through Envoy: either replica
+        assert front.stub.Complete(cached(text), timeout=20).metadata.cache_hit
+    # Straight to each replica: one of them never saw the prompt, so its hit can only come from Redis.
+    for port in front.ports:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as direct:
+            stub = pb_grpc.CompletionServiceStub(grpc.intercept_channel(direct, _Bearer(ADMIN)))
+            resp = stub.Complete(cached(text), timeout=20)
+        assert resp.metadata.cache_hit and resp.choices[0].message.content == f"echo: {text}"
+    assert front.shared.calls(text) == 1
+
+
+def status_lines(front: Front, status: str) -> list[int]:
+    """Per replica: access-log lines of key "five" with ``status``."""
+    return [sum(1 for line in log.read_text().splitlines() if "key=five" in line and f"status={status}" in line)
+            for log in front.logs]
+
+
+def test_rpm_limit_5_admits_exactly_5_calls_a_minute_across_both_replicas(front: Front) -> None:
+    stub = front.keyed(FIVE)
+    if time.time() % 60 > 40:  # the window is the clock minute: start the burst well inside one
+        time.sleep(61 - time.time() % 60)
+    outcomes: list[str] = []
+    for i in range(20):
+        try:
+            stub.Complete(request(f"limited {i}"), timeout=20)
+            outcomes.append("ok")
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+            outcomes.append("limited")
+    assert outcomes == ["ok"] * 5 + ["limited"] * 15
+    # Both replicas answered calls of the key (Envoy spreads them), so the count is the shared one.
+    def answered() -> list[int]:
+        return [ok + limited for ok, limited in zip(status_lines(front, "OK"),
+                                                    status_lines(front, "RESOURCE_EXHAUSTED"), strict=True)]
+
+    # A call's access-log line is written as it ends, possibly just after the caller has its answer.
+    wait_until(lambda: sum(answered()) == 20, 10, "an access-log line for each call")
+    assert sum(status_lines(front, "OK")) == 5 and min(answered()) > 0, answered()
+
+
+def test_killing_redis_mid_run_degrades_to_misses_and_the_cache_recovers_without_a_restart(front: Front) -> None:
+    text = "cached across an outage"
+    with SteadyLoad(front.stub, threads=2) as load:
+        wait_until(lambda: load.ok >= 10, 30, "steady load through Envoy")
+        front.redis.kill()
+        ok_at_kill = load.ok
+        for _ in range(3):  # misses: each goes upstream, none fails
+            resp = front.stub.Complete(cached(text), timeout=20)
+            assert not resp.metadata.cache_hit and resp.choices[0].message.content == f"echo: {text}"
+        front.keyed(FIVE).Complete(request("keyed while Redis is down"), timeout=20)  # fail-open: own counters
+        wait_until(lambda: load.ok >= ok_at_kill + 20, 30, "load to go on without Redis")
+        assert front.shared.calls(text) == 3
+        wait_until(lambda: any("unavailable for the cache" in log.read_text() for log in front.logs), 10,
+                   "a replica to warn that Redis is unavailable")
+        front.redis.start()  # same port, empty
+        ok_at_restart = load.ok
+
+        def hit_again() -> bool:
+            return bool(front.stub.Complete(cached(text), timeout=20).metadata.cache_hit)
+
+        wait_until(hit_again, 30, "the cache to work again through Redis")
+        wait_until(lambda: load.ok >= ok_at_restart + 10, 30, "load to go on after Redis is back")
+    assert load.failures == []
+    assert any("answers again" in log.read_text() for log in front.logs)
+    assert cache_entries(front) >= 1
 
 
 def test_sigterm_drains_a_replica_under_load_without_failing_a_call(front: Front) -> None:

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -22,14 +23,22 @@ from llmrpc.v1 import completion_service_pb2 as pb
 
 from .backend import Backend
 from .cache.backend import CachingBackend
-from .cache.store import ResponseCache
+from .cache.store import CacheStore, ResponseCache
 from .config import Settings
 from .discovery import ModelFilter
 from .egress import proxies_from_env
 from .executor import Executor
 from .health import DrainingHealthServicer
 from .interceptors import build_interceptors
-from .keys import KeyedBackend, SqliteLimitStore, configured_keys, current_key_alias, current_model_filter, state_path
+from .keys import (
+    KeyedBackend,
+    LimitStore,
+    SqliteLimitStore,
+    configured_keys,
+    current_key_alias,
+    current_model_filter,
+    state_path,
+)
 from .observability.backend import ObservedBackend
 from .observability.counters import Counters
 from .observability.otel import Telemetry, configure
@@ -42,6 +51,9 @@ from .resolve import Resolver
 from .router import Router
 from .service import CompletionService, add_to_server
 from .tls import load_listener_tls
+
+if TYPE_CHECKING:
+    from .shared import RedisLimitStore, SharedState
 
 __all__ = ["SERVICE_NAME", "Gateway", "run", "start_gateway"]
 
@@ -63,7 +75,8 @@ class Gateway:
     telemetry: Telemetry | None = None
     counters: Counters = field(default_factory=Counters)  # this gateway's resilience counters
     reloader: Reloader | None = None  # SIGHUP reloads the config file through it
-    limits: SqliteLimitStore | None = None  # virtual keys' counters, when keys are configured
+    limits: SqliteLimitStore | RedisLimitStore | None = None  # virtual keys' counters, when keys are configured
+    shared: SharedState | None = None  # the Redis-backed stores (--redis-url)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING first, then let in-flight calls finish within ``grace`` seconds."""
@@ -78,6 +91,8 @@ class Gateway:
             self.telemetry.shutdown()
         if self.limits is not None:
             self.limits.close()
+        if self.shared is not None:
+            await self.shared.close()
         await self.executor.close()
 
 
@@ -115,19 +130,25 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     # (the cache for its key, else the pipeline), through the Call the service makes with `resolver`.
     resolver = Resolver(Router(adapters, settings.env, settings.aliases), settings)
     pipeline = Pipeline(executor, settings)
-    cache = ResponseCache(settings.cache_path, int(settings.cache_max_mb * 1024 * 1024))
+    shared = _shared_state(settings, pipeline.counters)
+    cache: CacheStore = (shared.cache if shared is not None
+                         else ResponseCache(settings.cache_path, int(settings.cache_max_mb * 1024 * 1024)))
     caching = CachingBackend(pipeline, cache, settings)
     service = CompletionService(caching, resolver, settings,  # its backend is set below
                                 model_filter=_key_model_filter if keys else None)
-    reloader = Reloader(settings, [resolver, pipeline, caching, service, *([keys] if keys else [])])
+    reloader = Reloader(settings, [resolver, pipeline, caching, service, *([keys] if keys else [])],
+                        state=shared.router if shared is not None else None)
     resolver.table = reloader.table
     backend: Backend = caching
     telemetry = telemetry or configure(settings)
     backend = observed = ObservedBackend(backend, settings, telemetry, pipeline.counters,
                                          cache_stats=cache.stats, key_alias=current_key_alias)
-    limits = SqliteLimitStore(state_path(settings)) if keys else None
+    limits: SqliteLimitStore | RedisLimitStore | None = None
+    if keys:
+        limits = shared.limits() if shared is not None else SqliteLimitStore(state_path(settings))
     if limits is not None:
-        backend = KeyedBackend(backend, limits)  # outermost: a refused call costs nothing below it
+        store: LimitStore = limits
+        backend = KeyedBackend(backend, store)  # outermost: a refused call costs nothing below it
     server = grpc.aio.server(
         interceptors=build_interceptors(settings, telemetry.tracer_provider, keys),
         options=_server_options(settings),
@@ -149,7 +170,22 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Gateway(server, port, health, executor, settings, caching, observed, telemetry, pipeline.counters,
-                   reloader, limits)
+                   reloader, limits, shared)
+
+
+def _shared_state(settings: Settings, counters: Counters) -> SharedState | None:
+    """The Redis-backed stores when ``--redis-url`` is set (only then is the redis client imported)."""
+    if not settings.redis_url:
+        return None
+    try:
+        from .shared import shared_state
+    except ImportError as exc:  # a server install always has it; a hand-made environment may not
+        raise SystemExit(f"llmrpc-server: --redis-url needs the redis package (pip install 'llmrpc[server]'): "
+                         f"{exc}") from None
+
+    shared = shared_state(settings, counters)
+    log.info("shared state in Redis at %s (on failure: %s)", shared.link.url, settings.redis_failure)
+    return shared
 
 
 async def _serve(settings: Settings) -> None:

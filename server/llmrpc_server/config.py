@@ -92,6 +92,14 @@ class Settings:
                                                       'whatever --client-api-base says (comma-separated)')
     state_path: str = _opt("", 'SQLite file of virtual keys\' counters and spend, shared by the processes on a '
                                'machine ("": state.sqlite beside --cache-path)')
+    redis_url: str = field(default="", repr=False, metadata={"help": (
+        'Redis (or Valkey) URL, e.g. redis://:password@host:6379/0 or rediss://...: the response cache, virtual '
+        'keys\' counters and spend, and router cooldowns and usage are shared there by every replica ("": SQLite, '
+        'this machine only)')})
+    redis_timeout: float = _opt(0.1, 'seconds a Redis connect or command may take before it counts as a failure')
+    redis_failure: str = _opt("fail-open", 'with Redis unreachable, virtual keys\' limits: fail-open (per-replica '
+                                           'counters meanwhile) or fail-closed (UNAVAILABLE); the cache misses '
+                                           'either way')
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # provider keys/bases snapshot
     proxy: ProxyConfig | None = field(default=None, repr=False)  # the LiteLLM proxy config, when the file is one
     config_warnings: tuple[str, ...] = field(default=(), repr=False)  # logged once at startup
@@ -135,6 +143,12 @@ class Settings:
         if settings.client_api_base not in API_BASE_MODES:
             raise ValueError(f"client_api_base must be any, public or off, not {settings.client_api_base!r}")
         settings.egress_policy()  # an unusable allow prefix is a bad setting too
+        if settings.redis_failure not in ("fail-open", "fail-closed"):
+            raise ValueError(f"redis_failure must be fail-open or fail-closed, not {settings.redis_failure!r}")
+        if settings.redis_url and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        if settings.redis_timeout <= 0:
+            raise ValueError(f"redis_timeout must be positive, not {settings.redis_timeout!r}")
         return settings
 
     def egress_policy(self) -> EgressPolicy:

@@ -3,10 +3,10 @@ current minute (``rpm``/``tpm``), failures of the current minute, cooldowns, cal
 recent latencies.
 
 :class:`DeploymentState` is the interface; :class:`LocalDeploymentState` keeps everything in this
-process. A shared store (Redis, so replicas agree on cooldowns and rpm/tpm) is a later
-implementation of the same interface. The methods are synchronous on purpose: they are on every
-routed call's path, and a shared store would mirror its counters locally and sync them in the
-background, as LiteLLM's in-memory + Redis cache does.
+process; ``shared.deployments.RedisDeploymentState`` (``--redis-url``) shares cooldowns and rpm/tpm
+with every replica. The methods are synchronous on purpose: they are on every routed call's path, so
+the shared store mirrors its counters locally and syncs them in the background, as LiteLLM's
+in-memory + Redis cache does.
 """
 
 from __future__ import annotations

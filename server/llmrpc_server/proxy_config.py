@@ -117,6 +117,10 @@ class RouterSettings(_Section):
     content_policy_fallbacks: list[dict[str, list[str]]] = Field(default_factory=list)
     model_group_alias: dict[str, str] = Field(default_factory=dict)
     disable_cooldowns: bool = False
+    # LiteLLM's router shares cooldowns and usage through Redis: here they become redis_url.
+    redis_host: str | None = None
+    redis_port: int | None = Field(default=None, gt=0, lt=65536)
+    redis_password: str | None = Field(default=None, repr=False)
 
     @field_validator("model_group_alias", mode="before")
     @classmethod
@@ -131,6 +135,9 @@ class CacheParams(_Section):
     """``litellm_settings.cache_params``: mapped onto the gateway's response cache."""
 
     type: str = "local"
+    host: str | None = None  # type: redis (LiteLLM's names); becomes redis_url
+    port: int | None = Field(default=None, gt=0, lt=65536)
+    password: str | None = Field(default=None, repr=False)
     ttl: float | None = Field(default=None, gt=0)
     namespace: str | None = None
     mode: str | None = None
@@ -329,9 +336,13 @@ def proxy_settings(config: ProxyConfig) -> tuple[dict[str, Any], list[str]]:
             out["cache_ttl"] = params.ttl
         if params.namespace:
             out["cache_namespace"] = params.namespace
-        if params.type not in ("local", "disk"):
+        if params.type == "redis":
+            out["redis_url"] = _redis_url(params.host, params.port, params.password)
+        elif params.type not in ("local", "disk"):
             warnings.append(f"litellm_settings.cache_params.type {params.type!r} is not implemented yet: "
                             "using the SQLite response cache")
+    if rs.redis_host and "redis_url" not in out:
+        out["redis_url"] = _redis_url(rs.redis_host, rs.redis_port, rs.redis_password)
     for name in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
         merged = {model: tuple(targets) for entry in getattr(rs, name) for model, targets in entry.items()}
         if merged:
@@ -339,6 +350,15 @@ def proxy_settings(config: ProxyConfig) -> tuple[dict[str, Any], list[str]]:
     if config.general_settings.master_key:
         out["auth_tokens"] = (config.general_settings.master_key,)
     return out, warnings
+
+
+def _redis_url(host: str | None, port: int | None, password: str | None) -> str:
+    """LiteLLM's Redis host/port/password as a ``redis://`` URL (the password quoted)."""
+    from urllib.parse import quote
+
+    auth = f":{quote(password, safe='')}@" if password else ""
+    host = host or "localhost"
+    return f"redis://{auth}{f'[{host}]' if ':' in host else host}:{port or 6379}"
 
 
 def _unique(names: list[str]) -> list[str]:

@@ -48,9 +48,10 @@ class Reloader:
     """Holds the running settings and swaps in a reloaded file on :meth:`reload`."""
 
     def __init__(self, settings: Settings, parts: list[Reconfigurable],
-                 environ: Callable[[], Mapping[str, str]] = lambda: os.environ) -> None:
+                 environ: Callable[[], Mapping[str, str]] = lambda: os.environ,
+                 state: DeploymentState | None = None) -> None:
         self.settings = settings
-        self.state: DeploymentState = LocalDeploymentState()
+        self.state: DeploymentState = state if state is not None else LocalDeploymentState()
         self.table = build_table(settings, self.state)
         self._parts = parts
         self._environ = environ

@@ -48,7 +48,7 @@ from ..providers.base import ErrorKind, ProviderError, Target
 from ..redaction import origin
 from ..resolve import Call
 from ..retry import Deadline
-from .store import CacheEntry, ResponseCache
+from .store import CacheEntry, CacheStore
 
 __all__ = ["EXCLUDED_FIELDS", "CachePlan", "CachingBackend", "cache_key", "credential_scope", "decode_stream",
            "encode_stream"]
@@ -275,7 +275,7 @@ def _abandoned() -> ServiceError:
 class CachingBackend:
     """The response cache in front of ``inner`` (see the module docstring for the semantics)."""
 
-    def __init__(self, inner: Backend, cache: ResponseCache, settings: Settings,
+    def __init__(self, inner: Backend, cache: CacheStore, settings: Settings,
                  clock: Callable[[], float] = time.time) -> None:
         self.cache = cache
         self.clock = clock  # wall-clock seconds; tests replace it to expire entries without sleeping

@@ -36,13 +36,13 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlite_utils import Database
 
 from ..config import Settings
 
-__all__ = ["CacheEntry", "ResponseCache", "SqliteStore", "cache_command"]
+__all__ = ["CacheEntry", "CacheStore", "ResponseCache", "SqliteStore", "cache_command"]
 
 log = logging.getLogger("llmrpc_server.cache")
 T = TypeVar("T")
@@ -79,6 +79,34 @@ class CacheEntry:
     payload: bytes
     created: float
     expires: float
+
+
+class CacheStore(Protocol):
+    """What the caching backend needs from a cache: :class:`ResponseCache` (SQLite, this machine) or
+    ``shared.cache.RedisResponseCache`` (``--redis-url``, every replica). Neither ever raises on a
+    storage failure: a lookup degrades to a miss, a store is skipped."""
+
+    async def get(self, key: str, now: float, max_age: float | None) -> CacheEntry | None:
+        """The live entry for ``key`` no older than ``max_age`` seconds, or None."""
+        ...
+
+    def put(self, key: str, namespace: str, kind: str, payload: bytes, now: float, ttl: float) -> None:
+        """Store an entry living ``ttl`` seconds, without holding the caller back."""
+        ...
+
+    async def flush(self) -> None:
+        """Wait for every submitted store."""
+        ...
+
+    def count(self, name: str) -> None:
+        """Count an event the store does not see (e.g. "coalesced")."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """This process's counters: hits, misses, stores, evictions, coalesced, errors."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class SqliteStore:
@@ -553,6 +581,10 @@ class ResponseCache:
 def cache_command(settings: Settings, args: argparse.Namespace) -> int:
     """``llmrpc-server cache stats|clear|prune``: JSON on stdout."""
     action = args.action or "stats"
+    if settings.redis_url:
+        from ..shared.cache import redis_cache_command  # imported only with --redis-url
+
+        return redis_cache_command(settings, action)
     store = SqliteStore(settings.cache_path, int(settings.cache_max_mb * 1024 * 1024))
     try:
         if action == "stats":

@@ -1,8 +1,9 @@
 """Virtual keys (LiteLLM's ``keys``): per-caller keys with model allowlists, rate limits and budgets.
 
-``spec`` parses the config's ``keys:`` section, ``store`` keeps counters and spend (SQLite now, one
-:class:`~.store.LimitStore` interface), ``admission`` holds calls to their key's rules, ``interceptor``
-finds the key of each call, and ``command`` is ``llmrpc-server keys new|spend``.
+``spec`` parses the config's ``keys:`` section, ``store`` keeps counters and spend (SQLite, or Redis
+with ``--redis-url``, behind one :class:`~.store.LimitStore` interface), ``admission`` holds calls to
+their key's rules, ``interceptor`` finds the key of each call, and ``command`` is
+``llmrpc-server keys new|spend``.
 """
 
 from __future__ import annotations

@@ -44,14 +44,23 @@ def _spend(settings: Settings) -> int:
     except ConfigError as exc:
         print(f"llmrpc-server: bad setting: {exc}", file=sys.stderr)
         return 2
-    store = SqliteLimitStore(state_path(settings))
-    try:
-        rows = store.spend_rows()
-    except StoreUnavailable as exc:
-        print(f"llmrpc-server: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
+    if settings.redis_url:
+        from ..shared import RedisDown, limits, link  # imported only with --redis-url
+
+        try:
+            rows = link.run_once(settings.redis_url, limits.spend_rows)
+        except RedisDown as exc:
+            print(f"llmrpc-server: {exc}", file=sys.stderr)
+            return 1
+    else:
+        store = SqliteLimitStore(state_path(settings))
+        try:
+            rows = store.spend_rows()
+        except StoreUnavailable as exc:
+            print(f"llmrpc-server: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            store.close()
     keys = {k.digest: k for k in ring.keys}
     now = time.time()
     print(f"{'key_alias':<24} {'window':<34} {'requests':>9} {'spend_usd':>12} {'max_budget':>11}")

@@ -2,8 +2,8 @@
 
 :class:`SqliteLimitStore` keeps them in the gateway's SQLite state file (``state.sqlite`` beside the
 response cache unless ``--state-path`` says otherwise), shared by every server process on the
-machine, so limits hold across ``--workers`` and restarts. A Redis store with the same interface
-would share them across machines.
+machine, so limits hold across ``--workers`` and restarts. ``shared.limits.RedisLimitStore``
+(``--redis-url``) implements the same interface in Redis, shared across machines.
 
 Accuracy (documented in the README):
 

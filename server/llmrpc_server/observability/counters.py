@@ -19,6 +19,7 @@ __all__ = [
     "DEADLINE_EXCEEDED",
     "FALLBACKS",
     "NAMES",
+    "REDIS_FAILURES",
     "RETRIES",
     "STREAMS_BROKEN",
     "STREAM_IDLE_TIMEOUTS",
@@ -36,7 +37,10 @@ STREAM_IDLE_TIMEOUTS = "stream_idle_timeouts"
 DEADLINE_EXCEEDED = "deadline_exceeded"
 """A call ended because the caller's gRPC deadline ran out."""
 
-NAMES = (RETRIES, FALLBACKS, STREAMS_BROKEN, STREAM_IDLE_TIMEOUTS, DEADLINE_EXCEEDED)
+REDIS_FAILURES = "redis_failures"
+"""A Redis command failed or timed out (``--redis-url``); the reason is the store: cache, limits, router."""
+
+NAMES = (RETRIES, FALLBACKS, STREAMS_BROKEN, STREAM_IDLE_TIMEOUTS, DEADLINE_EXCEEDED, REDIS_FAILURES)
 
 
 class Counters:
