@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,9 +100,19 @@ def config(upstream: str, keyed: bool) -> dict[str, object]:
     return doc
 
 
+Plan = tuple[str, dict[str, object] | None, str, tuple[tuple[str, str], ...]]  # name, config, model, metadata
+
+
+def compared(upstream: str) -> list[Plan]:
+    return [("no config", None, "openai/bench-model", ()),
+            (ROUTED, config(upstream, keyed=False), GROUP, ()),
+            (ROUTED_KEYED, config(upstream, keyed=True), GROUP, (("authorization", f"Bearer {KEY}"),))]
+
+
 @contextmanager
-def servers(tmp: Path) -> Iterator[list[Server]]:
-    """The fast upstream and the three gateways (each its own state file), stopped on exit."""
+def servers(tmp: Path, plan: Callable[[str], list[Plan]] | None = None) -> Iterator[list[Server]]:
+    """The fast upstream and the gateways of ``plan`` (given the upstream's URL; by default the three
+    compared here), each with its own cache and state files, stopped on exit."""
     with ExitStack() as stack:
         up_port = free_port()
         upstream = f"http://127.0.0.1:{up_port}"
@@ -111,16 +121,11 @@ def servers(tmp: Path) -> Iterator[list[Server]]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMRPC_") and not k.endswith("_API_KEY")}
         env.update(OPENAI_API_KEY="sk-bench", OPENAI_API_BASE=f"{upstream}/v1", LLMRPC_NUM_RETRIES="0",
                    LLMRPC_LOG_LEVEL="WARNING")
-        plan: list[tuple[str, dict[str, object] | None, str, tuple[tuple[str, str], ...]]] = [
-            ("no config", None, "openai/bench-model", ()),
-            (ROUTED, config(upstream, keyed=False), GROUP, ()),
-            (ROUTED_KEYED, config(upstream, keyed=True), GROUP, (("authorization", f"Bearer {KEY}"),)),
-        ]
         out = []
-        for n, (name, doc, model, meta) in enumerate(plan):
+        for n, (name, doc, model, meta) in enumerate((plan or compared)(upstream)):
             port = free_port()
             cmd = [sys.executable, "-m", "llmrpc_server", "--host", "127.0.0.1", "--port", str(port),
-                   "--cache-path", str(tmp / f"cache{n}.sqlite")]
+                   "--cache-path", str(tmp / f"cache{n}.sqlite"), "--state-path", str(tmp / f"state{n}.sqlite")]
             if doc is not None:
                 path = tmp / f"config{n}.yaml"
                 path.write_text(json.dumps(doc))  # JSON is YAML
