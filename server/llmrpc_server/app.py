@@ -29,13 +29,13 @@ from .egress import proxies_from_env
 from .executor import Executor
 from .health import DrainingHealthServicer
 from .interceptors import build_interceptors
-from .keys import KeyedBackend, SqliteLimitStore, configured_keys, current_model_filter, state_path
+from .keys import KeyedBackend, KeyGuard, SqliteLimitStore, configured_keys, current_model_filter, state_path
 from .observability.backend import ObservedBackend
 from .observability.counters import Counters
 from .observability.otel import Telemetry, configure
 from .pipeline import Pipeline
 from .pricing import load_price_table
-from .protected import startup_warnings
+from .protected import bearer_tokens, startup_warnings
 from .providers import default_adapters
 from .reload import Reloader
 from .router import Router
@@ -129,7 +129,7 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
     service.set_backend(backend)
-    add_to_server(service, server)
+    add_to_server(service, server, KeyGuard(bearer_tokens(settings), keys).wrap if keys else None)
     health = DrainingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

@@ -1,7 +1,7 @@
 """Virtual keys on the call path: which key a call runs under, and the backend layer that holds it
 to its ``models``, rate limits and budget.
 
-The key is found by :class:`~llmrpc_server.keys.interceptor.VirtualKeyInterceptor` from the call's
+The key is found by :class:`~llmrpc_server.keys.guard.KeyGuard` from the call's
 metadata and set in :data:`CURRENT_KEY` inside the RPC's own task, so the backends (this one, the
 observed backend's callbacks and spans) read it without it travelling through every signature.
 Admin callers (``master_key``, ``--auth-tokens``) run with no key: nothing here applies to them.
