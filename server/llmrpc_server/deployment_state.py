@@ -110,7 +110,9 @@ class LocalDeploymentState:
 
     def cooldown_left(self, deployment: str) -> float:
         slot = self._slots.get(deployment)
-        return max(slot.cooled_until - self._clock(), 0.0) if slot is not None else 0.0
+        if slot is None or not slot.cooled_until:  # never cooled (the common case): no clock read
+            return 0.0
+        return max(slot.cooled_until - self._clock(), 0.0)
 
     def started(self, deployment: str) -> None:
         self._slot(deployment).busy += 1
