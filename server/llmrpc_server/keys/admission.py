@@ -53,6 +53,8 @@ def current_model_filter() -> Callable[[str], bool] | None:
 def denied_model(key: VirtualKey, req: pb.CompleteRequest) -> ServiceError | None:
     """PERMISSION_DENIED naming the first model (requested, or a request-level fallback) outside the
     key's ``models``; fallbacks from the server's config are the operator's choice and not checked."""
+    if not key.models:  # no allowlist: every model
+        return None
     for name, models in (("model", [req.model]), ("fallbacks", req.fallbacks),
                          ("context_window_fallbacks", req.context_window_fallbacks),
                          ("content_policy_fallbacks", req.content_policy_fallbacks)):

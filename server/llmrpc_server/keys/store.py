@@ -391,16 +391,18 @@ class SqliteLimitStore:
 
     def queue_usage(self, key: VirtualKey, now: float, lease: str, tokens: int, cost: float) -> None:
         """Queue a finished call's usage (written by the next admission or :meth:`flush`)."""
-        counts = self._key_counts(key, now) if self._exclusive else None
-        if key.tpm_limit is not None and tokens > 0:
-            minute = math.floor(now / MINUTE) * MINUTE
-            self._queue(key.digest, "tpm", minute, MINUTE, float(tokens), 0)
-            if counts is not None:
+        cost = max(cost, 0.0)
+        if self._exclusive:
+            counts = self._key_counts(key, now)
+            minute, start = counts.minute, counts.budget_start
+            if key.tpm_limit is not None and tokens > 0:
                 counts.tpm += tokens
-        start, length = budget_window(key, now)
-        self._queue(key.digest, "spend", start, length, max(cost, 0.0), 1)
-        if counts is not None:
-            counts.spend += max(cost, 0.0)
+            counts.spend += cost
+        else:
+            minute, start = math.floor(now / MINUTE) * MINUTE, budget_window(key, now)[0]
+        if key.tpm_limit is not None and tokens > 0:
+            self._queue(key.digest, "tpm", minute, MINUTE, float(tokens), 0)
+        self._queue(key.digest, "spend", start, key.budget_duration or 0, cost, 1)
         self._end_lease(key, lease)
 
     def _queue(self, digest: str, kind: str, start: float, length: int, value: float, requests: int) -> None:
