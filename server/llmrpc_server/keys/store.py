@@ -123,13 +123,21 @@ class LimitStore(Protocol):
 
 @dataclass(slots=True)
 class _Counts:
-    """An exclusive store's counts of one key: its minute window (rpm, tpm) and budget window (spend)."""
+    """An exclusive store's counts of one key in the windows holding ``[since, until)``: its minute
+    (rpm, tpm) and budget window (spend), each with what this process added and has not written."""
 
     minute: float
+    budget_start: float
+    budget_length: int
+    since: float
+    until: float
     rpm: float
     tpm: float
-    budget_start: float
     spend: float
+    new_rpm: int = 0
+    new_tpm: float = 0.0
+    new_spend: float = 0.0
+    new_calls: int = 0
 
 
 class SqliteLimitStore:
@@ -160,6 +168,11 @@ class SqliteLimitStore:
         self._counts: dict[str, _Counts] = {}
         self._leases: dict[str, dict[str, float]] = {}  # exclusive: digest -> {lease: expires}
         self._file_leases: set[str] = set()  # exclusive: leases that are rows of the file too
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether this store holds the file alone and decides admissions in memory."""
+        return self._exclusive
 
     # ---- connection --------------------------------------------------------------------------
     def _conn(self) -> Database:
@@ -304,6 +317,7 @@ class SqliteLimitStore:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
+        self._drain_counts()
         pid = os.getpid()
         self._new_leases += [(lease, digest, expires, pid) for digest, leases in self._leases.items()
                              for lease, expires in leases.items() if lease not in self._file_leases]
@@ -320,16 +334,28 @@ class SqliteLimitStore:
 
     def _key_counts(self, key: VirtualKey, now: float) -> _Counts:
         """The key's counts for the windows holding ``now`` (read from the file when they turn)."""
-        minute = math.floor(now / MINUTE) * MINUTE
-        start, _ = budget_window(key, now)
         counts = self._counts.get(key.digest)
-        if counts is None or counts.minute != minute or counts.budget_start != start:
-            self.flush()  # so that the file holds every count of the windows read
-            used = dict(self._read(_WINDOWS, (key.digest, start, minute)))
-            counts = self._counts[key.digest] = _Counts(minute, float(used.get("rpm", 0.0)),
-                                                        float(used.get("tpm", 0.0)), start,
-                                                        float(used.get("spend", 0.0)))
+        if counts is not None and counts.since <= now < counts.until:
+            return counts
+        minute = math.floor(now / MINUTE) * MINUTE
+        start, length = budget_window(key, now)
+        self.flush()  # so that the file holds every count of the windows read
+        used = dict(self._read(_WINDOWS, (key.digest, start, minute)))
+        counts = self._counts[key.digest] = _Counts(
+            minute, start, length, max(minute, start), min(minute + MINUTE, start + length if length else math.inf),
+            float(used.get("rpm", 0.0)), float(used.get("tpm", 0.0)), float(used.get("spend", 0.0)))
         return counts
+
+    def _drain_counts(self) -> None:
+        """Queue what this process added to its counts in memory (to be written)."""
+        for digest, c in self._counts.items():
+            if c.new_rpm:
+                self._queue(digest, "rpm", c.minute, MINUTE, float(c.new_rpm), c.new_rpm)
+            if c.new_tpm:
+                self._queue(digest, "tpm", c.minute, MINUTE, c.new_tpm, 0)
+            if c.new_calls:
+                self._queue(digest, "spend", c.budget_start, c.budget_length, c.new_spend, c.new_calls)
+            c.new_rpm, c.new_tpm, c.new_spend, c.new_calls = 0, 0.0, 0.0, 0
 
     def _read(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         try:
@@ -355,7 +381,7 @@ class SqliteLimitStore:
             return decision
         if key.rpm_limit is not None:
             c.rpm += 1
-            self._queue(key.digest, "rpm", c.minute, MINUTE, 1.0, 1)
+            c.new_rpm += 1
             self._schedule_flush()
         if limit is not None:
             self._leases.setdefault(key.digest, {})[lease] = lease_expires
@@ -394,15 +420,17 @@ class SqliteLimitStore:
         cost = max(cost, 0.0)
         if self._exclusive:
             counts = self._key_counts(key, now)
-            minute, start = counts.minute, counts.budget_start
             if key.tpm_limit is not None and tokens > 0:
                 counts.tpm += tokens
+                counts.new_tpm += tokens
             counts.spend += cost
+            counts.new_spend += cost
+            counts.new_calls += 1
         else:
-            minute, start = math.floor(now / MINUTE) * MINUTE, budget_window(key, now)[0]
-        if key.tpm_limit is not None and tokens > 0:
-            self._queue(key.digest, "tpm", minute, MINUTE, float(tokens), 0)
-        self._queue(key.digest, "spend", start, key.budget_duration or 0, cost, 1)
+            if key.tpm_limit is not None and tokens > 0:
+                self._queue(key.digest, "tpm", math.floor(now / MINUTE) * MINUTE, MINUTE, float(tokens), 0)
+            start, length = budget_window(key, now)
+            self._queue(key.digest, "spend", start, length, cost, 1)
         self._end_lease(key, lease)
 
     def _queue(self, digest: str, kind: str, start: float, length: int, value: float, requests: int) -> None:
@@ -448,6 +476,8 @@ class SqliteLimitStore:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
+        if self._exclusive:
+            self._drain_counts()
         if self._usage or self._ended or self._new_leases:
             with self._write() as db:
                 self._write_queued(db)
