@@ -118,11 +118,12 @@ class _Members:
     general filtering and ranking. ``cum_weights``: simple-shuffle's weights, accumulated (None:
     uniform)."""
 
-    __slots__ = ("candidates", "cum_weights", "plain")
+    __slots__ = ("candidates", "cum_weights", "ids", "plain")
 
     def __init__(self, candidates: tuple[Candidate, ...]) -> None:
         self.candidates = candidates
         deps = [c.deployment for c in candidates]
+        self.ids = tuple(d.id for d in deps)
         self.plain = (all(d.rpm is None and d.tpm is None for d in deps)
                       and len({_rank(d) for d in deps}) == 1)
         weights = shuffle_weights(deps)
@@ -230,8 +231,7 @@ class ModelGroup:
         stay on it that many more times first). Counts the request against its ``rpm``."""
         state = self._table.state
         members = self._members
-        if members is not None and members.plain and not self._tried and \
-                not any(state.cooldown_left(c.deployment.id) > 0 for c in members.candidates):
+        if members is not None and members.plain and not self._tried and _none_cooling(state, members.ids):
             # the general path below would keep every candidate: choose among them at once
             picked = self._table.choose(members.candidates, members)
             self._tried.append(picked.deployment.id)
@@ -306,6 +306,13 @@ class ModelGroup:
             return
         if state.record_failure(dep.id) > policy.allowed_fails:
             state.cool_down(dep.id, policy.cooldown_time)
+
+
+def _none_cooling(state: DeploymentState, ids: tuple[str, ...]) -> bool:
+    for dep_id in ids:
+        if state.cooldown_left(dep_id) > 0:
+            return False
+    return True
 
 
 def _rank(dep: Deployment) -> int:
