@@ -1,7 +1,9 @@
 """Gateway vs direct upstream call: calls/s, p50/p99 latency and server CPU per request.
 
 Run with ``make bench``. Everything runs on this machine: a fast local upstream process, the
-gateway process(es) and this load generator. Server CPU per request is read from /proc.
+gateway process(es) and this load generator. Server CPU per request is read from /proc. The other
+benchmarks (``bench_load``, ``inprocess``, ``bench_cache``, ``bench_router``) run after it; they and
+this module share their helpers through ``bench.common`` and never import this module.
 """
 
 from __future__ import annotations
@@ -413,6 +415,13 @@ def main() -> None:
 
     print("\n### response cache (hits, CPU per hit, coalescing)\n")
     cache_bench()
+    from bench.bench_router import run_router_bench
+
+    print("\n### a 3-deployment model group and a virtual key with limits vs no config\n")
+    router = run_router_bench()
+    print(router.report())
+    if not router.met:
+        sys.exit("target missed: router + limited key server CPU per call (see above)")
 
 
 if __name__ == "__main__":

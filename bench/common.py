@@ -15,7 +15,8 @@ from pathlib import Path
 from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 
-__all__ = ["CLK_TCK", "HERE", "children", "cpu_seconds", "free_port", "process_cpu_seconds", "request", "start", "wait_port"]
+__all__ = ["CLK_TCK", "HERE", "children", "cpu_seconds", "free_port", "process_cpu_seconds", "request", "start",
+           "wait_port"]
 
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
