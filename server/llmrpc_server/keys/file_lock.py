@@ -12,14 +12,20 @@ drops them all: so one :class:`StateFileLock` per file per process, shared by th
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["StateFileLock", "acquire"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no POSIX locks, so every process uses transactions
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["SUPPORTED", "StateFileLock", "acquire"]
+
+SUPPORTED = fcntl is not None
 
 _MODE, _PRESENCE = 0, 1
 _REGISTRY: dict[str, StateFileLock] = {}

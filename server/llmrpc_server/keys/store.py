@@ -45,7 +45,7 @@ from typing import Any, Protocol
 
 from sqlite_utils import Database
 
-from .file_lock import StateFileLock, acquire
+from .file_lock import SUPPORTED, StateFileLock, acquire
 from .spec import VirtualKey
 
 __all__ = ["MINUTE", "Decision", "LimitStore", "SpendRow", "SqliteLimitStore", "StoreUnavailable",
@@ -186,7 +186,7 @@ class SqliteLimitStore:
 
     def _join(self) -> None:
         """Announce this process as a user of the file and wait for any exclusive one to hand over."""
-        if self._lock is not None or self.path == ":memory:":
+        if self._lock is not None or self.path == ":memory:" or not SUPPORTED:
             return
         Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = acquire(self.path)
