@@ -61,7 +61,7 @@ class KeyGuard:
                 if hmac.compare_digest(token, admin):
                     return _ADMIN
             key = self._keys.find(credential)
-            if key is not None and not key.expired(self._clock()):
+            if key is not None and (key.expires is None or not key.expired(self._clock())):
                 return key
             if key is not None:
                 expired = datetime.fromtimestamp(key.expires or 0, UTC).isoformat()

@@ -105,7 +105,7 @@ class KeyRing:
         """The key whose hash matches ``presented`` (looked up by digest, confirmed in constant time)."""
         digest = hash_key(presented)
         key = self._by_digest.get(digest)
-        if key is not None and hmac.compare_digest(key.digest.encode(), digest.encode()):
+        if key is not None and hmac.compare_digest(key.digest, digest):  # both ASCII
             return key
         return None
 
