@@ -418,8 +418,13 @@ class SqliteLimitStore:
     def queue_usage(self, key: VirtualKey, now: float, lease: str, tokens: int, cost: float) -> None:
         """Queue a finished call's usage (written by the next admission or :meth:`flush`)."""
         cost = max(cost, 0.0)
+        counts: _Counts | None = None
         if self._exclusive:
-            counts = self._key_counts(key, now)
+            try:
+                counts = self._key_counts(key, now)
+            except StoreUnavailable:  # windows turned and the file is unusable: queued as when sharing
+                counts = None
+        if counts is not None:
             if key.tpm_limit is not None and tokens > 0:
                 counts.tpm += tokens
                 counts.new_tpm += tokens
