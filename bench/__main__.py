@@ -1,7 +1,9 @@
 """Gateway vs direct upstream call: calls/s, p50/p99 latency and server CPU per request.
 
 Run with ``make bench``. Everything runs on this machine: a fast local upstream process, the
-gateway process(es) and this load generator. Server CPU per request is read from /proc.
+gateway process(es) and this load generator. Server CPU per request is read from /proc. The other
+benchmarks (``bench_load``, ``inprocess``, ``bench_cache``, ``bench_router``) run after it; they and
+this module share their helpers through ``bench.common`` and never import this module.
 """
 
 from __future__ import annotations
@@ -9,51 +11,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import grpc
 import orjson
-from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 from llmrpc_server.executor import Executor
 from llmrpc_server.providers.base import HttpCall
 
 from bench.aiohttp_executor import Executor as AiohttpExecutor
-
-HERE = Path(__file__).resolve().parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of the processes (and their reaped children), from /proc/<pid>/stat."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += sum(int(x) for x in fields[11:15])
-    return total / CLK_TCK
-
-
-def children(pid: int) -> list[int]:
-    try:
-        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
-    except FileNotFoundError:
-        return []
-    return [int(p) for p in out.split()]
+from bench.common import HERE, children, cpu_seconds, free_port, request, start, wait_port
 
 
 @dataclass
@@ -117,9 +90,7 @@ class Baselines:
     proxy_pid: int
 
 
-def request(upstream_port: int) -> pb.CompleteRequest:
-    return pb.CompleteRequest(model="openai/bench-model",
-                              messages=[chat_pb2.Message(role="user", content="Say something.")])
+
 
 
 CallPath = tuple[Callable[[], Awaitable[None]], list[int]]  # a call, and the server processes it runs through
@@ -335,18 +306,10 @@ async def stream_throughput(upstream: str, streams: int = 200, concurrency: int 
     return sorted(rows)
 
 
-def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
+
+
 
 
 def print_table(title: str, suite: Suite) -> None:
@@ -452,6 +415,13 @@ def main() -> None:
 
     print("\n### response cache (hits, CPU per hit, coalescing)\n")
     cache_bench()
+    from bench.bench_router import run_router_bench
+
+    print("\n### a 3-deployment model group and a virtual key with limits vs no config\n")
+    router = run_router_bench()
+    print(router.report())
+    if not router.met:
+        sys.exit("target missed: router + limited key server CPU per call (see above)")
 
 
 if __name__ == "__main__":

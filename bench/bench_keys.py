@@ -1,11 +1,12 @@
 """Virtual-key admission cost: server CPU per call with a limited key vs. the same calls without keys.
 
-Why this figure: with a key that has limits, every call runs two short SQLite transactions (admission,
-then usage and spend) on the serving loop; the target is at most ~0.1 ms of extra server CPU per call.
+Why this figure: the key layer's own share of issue 13's budget (at most 0.1 ms of server CPU per call
+for a 3-deployment router plus a limited key, measured by ``bench_router``); a lone server process
+decides a key's admissions in memory, writing counts to the SQLite state file in batches.
 Both servers are real processes answering ``mock/echo`` (no upstream I/O), so the difference is the
 key layer's; CPU is read from ``/proc/<pid>/stat`` so the load generator's costs do not count.
 
-    python bench/bench_keys.py [--calls 3000]     # prints JSON
+    python -m bench.bench_keys [--calls 3000]     # prints JSON
 """
 
 from __future__ import annotations
@@ -27,21 +28,10 @@ from llmrpc.v1 import chat_pb2
 from llmrpc.v1 import completion_service_pb2 as pb
 from llmrpc.v1 import completion_service_pb2_grpc as pb_grpc
 
+from bench.common import free_port, process_cpu_seconds
+
 KEY = "sk-bench-0123456789abcdef"
 CONCURRENCY = 8
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _measure(address: str, pid: int, calls: int, metadata: list[tuple[str, str]]) -> float:
@@ -59,13 +49,13 @@ async def _measure(address: str, pid: int, calls: int, metadata: list[tuple[str,
                 left[0] -= 1
                 await stub.Complete(req, metadata=metadata)
 
-        cpu = cpu_seconds(pid)
+        cpu = process_cpu_seconds(pid)
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-        return (cpu_seconds(pid) - cpu) / calls * 1000.0
+        return (process_cpu_seconds(pid) - cpu) / calls * 1000.0
 
 
 def _serve(tmp: Path, config: Path | None) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     args = [sys.executable, "-m", "llmrpc_server", "--host", "127.0.0.1", "--port", str(port),
             "--cache-path", str(tmp / "cache.sqlite"), "--log-level", "WARNING"]
     if config is not None:

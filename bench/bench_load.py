@@ -74,7 +74,7 @@ def serve_upstream(port: int, chunks: int, interval: float) -> None:
 @contextmanager
 def slow_upstream(chunks: int = CHUNKS, interval: float = INTERVAL) -> Iterator[str]:
     """Run the slow upstream in a subprocess; yields its base URL (``.../v1``)."""
-    from bench.__main__ import free_port, wait_port
+    from bench.common import free_port, wait_port
 
     port = free_port()
     cmd = [sys.executable, "-m", "bench.bench_load", "--serve-upstream", str(port), "--chunks", str(chunks),
@@ -195,7 +195,7 @@ async def _drive(address: str, pid: int, streams: int) -> tuple[StreamsOutcome, 
 
 def run_load(streams: int = STREAMS) -> LoadResult:
     """Slow upstream + one real gateway process (``python -m llmrpc_server``) + the callers."""
-    from bench.__main__ import cpu_seconds, free_port, wait_port
+    from bench.common import cpu_seconds, free_port, wait_port
 
     with slow_upstream() as base:
         port = free_port()

@@ -18,7 +18,7 @@ from llmrpc_server.config import Settings
 from llmrpc_server.retry import Deadline
 from llmrpc_server.validation import validate_request
 
-from bench.__main__ import HERE, free_port, request, start, wait_port
+from bench.common import HERE, free_port, request, start, wait_port
 
 
 async def _measure(upstream: str, calls: int, streams: int) -> tuple[float, float]:

@@ -5,6 +5,7 @@ RetryInfo, and limits hold across ``--workers 2`` and a restart (a real ``llmrpc
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -107,6 +108,60 @@ def test_two_processes_share_the_counters(tmp_path: Path) -> None:
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     admitted = sum(int(p.communicate(timeout=120)[0]) for p in procs)
     assert admitted == 50  # exactly the limit, whichever process got each one
+
+
+def test_a_lone_process_counts_in_memory_and_hands_over_exact_counts(tmp_path: Path) -> None:
+    """One process on the file decides in memory; another process joining gets the file, with every
+    admission and lease of the first in it, within the hand-over."""
+    path = str(tmp_path / "state.sqlite")
+    rpm, parallel = key(rpm_limit=50), VirtualKey(digest=hash_key(KEY + "-p"), alias="p", max_parallel_requests=1)
+    code = (
+        "import sys, time; from llmrpc_server.keys import SqliteLimitStore, VirtualKey, hash_key;"
+        f"s = SqliteLimitStore({path!r});"
+        f"k = VirtualKey(digest=hash_key({KEY!r}), alias='k', rpm_limit=50);"
+        f"p = VirtualKey(digest=hash_key({KEY + '-p'!r}), alias='p', max_parallel_requests=1);"
+        f"n = sum(s.admit_sync(k, {T0} + 1, f'l{{i}}', {T0} + 9).admitted for i in range(40));"
+        f"print(n, s.admit_sync(p, {T0} + 1, 'other', {T0} + 9).limit); s.close()")
+
+    async def run() -> tuple[list[bool], str, str]:
+        store = SqliteLimitStore(path)
+        try:
+            admitted = [(await store.admit(rpm, T0 + 1, f"m{i}", T0 + 9)).admitted for i in range(30)]
+            admitted.append((await store.admit(parallel, T0 + 1, "mine", T0 + 9)).admitted)
+            assert store.exclusive  # nothing written per call so far
+            child = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE)
+            out, _ = await asyncio.wait_for(child.communicate(), 60)
+            after = (await store.admit(rpm, T0 + 2, "late", T0 + 9)).limit  # the other process's count too
+            return admitted, out.decode(), after
+        finally:
+            store.close()
+
+    admitted, child_out, refused_by = asyncio.run(run())
+    assert all(admitted) and child_out.split() == ["20", "max_parallel_requests"] and refused_by == "rpm_limit"
+
+
+def test_a_second_store_in_the_process_takes_over_from_an_exclusive_one(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.sqlite")
+    k = key(rpm_limit=5)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    first = SqliteLimitStore(path)
+    try:
+        for i in range(3):
+            assert asyncio.run_coroutine_threadsafe(first.admit(k, T0 + 1, f"a{i}", T0 + 9), loop).result(10).admitted
+        assert first.exclusive
+        second = SqliteLimitStore(path)  # this thread, no loop: asks the first (on its loop) to hand over
+        try:
+            assert [second.admit_sync(k, T0 + 1, f"b{i}", T0 + 9).admitted for i in range(3)] == [True, True, False]
+        finally:
+            second.close()
+        assert not first.exclusive
+    finally:
+        loop.call_soon_threadsafe(first.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 # ---- through the server -------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from .health import DrainingHealthServicer
 from .interceptors import build_interceptors
 from .keys import (
     KeyedBackend,
+    KeyGuard,
     LimitStore,
     SqliteLimitStore,
     configured_keys,
@@ -44,7 +45,7 @@ from .observability.counters import Counters
 from .observability.otel import Telemetry, configure
 from .pipeline import Pipeline
 from .pricing import load_price_table
-from .protected import startup_warnings
+from .protected import bearer_tokens, startup_warnings
 from .providers import default_adapters, transports
 from .reload import Reloader
 from .resolve import Resolver
@@ -155,7 +156,7 @@ async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) 
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
     service.set_backend(backend)
-    add_to_server(service, server)
+    add_to_server(service, server, KeyGuard(bearer_tokens(settings), keys).wrap if keys else None)
     health = DrainingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

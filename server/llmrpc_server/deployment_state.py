@@ -64,6 +64,8 @@ class DeploymentState(Protocol):
 @dataclass
 class _Slot:
     minute: int = -1
+    since: float = 0.0  # the window [since, until) of the counts
+    until: float = -1.0
     requests: int = 0
     tokens: int = 0
     failures: int = 0
@@ -84,9 +86,11 @@ class LocalDeploymentState:
         slot = self._slots.get(deployment)
         if slot is None:
             slot = self._slots[deployment] = _Slot()
-        minute = int(self._clock() // 60)
-        if slot.minute != minute:  # a new window: the counts start again
+        now = self._clock()
+        if not slot.since <= now < slot.until:  # a new window: the counts start again
+            minute = int(now // 60)
             slot.minute, slot.requests, slot.tokens, slot.failures = minute, 0, 0, 0
+            slot.since, slot.until = minute * 60.0, minute * 60.0 + 60.0
         return slot
 
     def usage(self, deployment: str) -> Usage:
@@ -110,7 +114,9 @@ class LocalDeploymentState:
 
     def cooldown_left(self, deployment: str) -> float:
         slot = self._slots.get(deployment)
-        return max(slot.cooled_until - self._clock(), 0.0) if slot is not None else 0.0
+        if slot is None or not slot.cooled_until:  # never cooled (the common case): no clock read
+            return 0.0
+        return max(slot.cooled_until - self._clock(), 0.0)
 
     def started(self, deployment: str) -> None:
         self._slot(deployment).busy += 1

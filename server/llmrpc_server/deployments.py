@@ -16,6 +16,7 @@ never count, and a group's only deployment is never cooled (there is nowhere els
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,7 +31,7 @@ from .deployment_state import DeploymentState, LocalDeploymentState
 from .errors import invalid_argument
 from .providers.base import ErrorKind, ProviderError
 from .proxy_config import ConfigError, DeploymentConfig, ProxyConfig, RouterSettings
-from .routing_strategies import choose
+from .routing_strategies import choose, shuffle_weights
 from .upstream_checks import upstream_violations
 
 __all__ = [
@@ -111,6 +112,24 @@ class _Policy:
     cooldowns: bool = True
 
 
+class _Members:
+    """A group's candidates as built once per table: what a call's first pick needs when no deployment
+    has an ``rpm``/``tpm`` and all share one ``order`` (the common config), so that it skips the
+    general filtering and ranking. ``cum_weights``: simple-shuffle's weights, accumulated (None:
+    uniform)."""
+
+    __slots__ = ("candidates", "cum_weights", "ids", "plain")
+
+    def __init__(self, candidates: tuple[Candidate, ...]) -> None:
+        self.candidates = candidates
+        deps = [c.deployment for c in candidates]
+        self.ids = tuple(d.id for d in deps)
+        self.plain = (all(d.rpm is None and d.tpm is None for d in deps)
+                      and len({_rank(d) for d in deps}) == 1)
+        weights = shuffle_weights(deps)
+        self.cum_weights = tuple(itertools.accumulate(weights)) if weights is not None else None
+
+
 class DeploymentTable:
     """An immutable routing table (one per loaded config; a reload builds a new one and keeps the
     :class:`DeploymentState`, so counters and cooldowns survive it)."""
@@ -133,6 +152,8 @@ class DeploymentTable:
         # LiteLLM tries the most specific pattern first: longest, then most wildcards.
         ordered = sorted(patterns.items(), key=lambda kv: (len(kv[0]), kv[0].count("*")), reverse=True)
         self._patterns = [(re.compile(re.escape(name).replace(r"\*", "(.*)")), deps) for name, deps in ordered]
+        self._members = {name: _Members(tuple(Candidate(d, d.model) for d in deps))
+                         for name, deps in self._groups.items()}
 
     @classmethod
     def from_config(cls, config: ProxyConfig, state: DeploymentState | None = None) -> DeploymentTable | None:
@@ -160,16 +181,22 @@ class DeploymentTable:
     def lookup(self, model: str) -> ModelGroup | None:
         """The group serving ``model`` (an exact name first, then an alias, then a wildcard), or None."""
         name = self.aliases.get(model, model)
-        deps = self._groups.get(name)
-        if deps:
-            return ModelGroup(name, [Candidate(d, d.model) for d in deps], self)
+        members = self._members.get(name)
+        if members is not None:
+            return ModelGroup(name, members.candidates, self, members)
         for regex, pattern_deps in self._patterns:
             match = regex.match(name)
             if match:
-                return ModelGroup(name, [Candidate(d, _fill(d.model, match)) for d in pattern_deps], self)
+                candidates = tuple(Candidate(d, _fill(d.model, match)) for d in pattern_deps)
+                return ModelGroup(name, candidates, self)
         return None
 
-    def choose(self, candidates: Sequence[Candidate]) -> Candidate:
+    def choose(self, candidates: Sequence[Candidate], members: _Members | None = None) -> Candidate:
+        """The strategy's pick; ``members``: ``candidates`` are a whole group's, as built by the table."""
+        if members is not None and self.policy.strategy == "simple-shuffle":
+            if members.cum_weights is None:
+                return self._rng.choice(members.candidates)
+            return self._rng.choices(members.candidates, cum_weights=members.cum_weights)[0]
         picked = choose(self.policy.strategy, [c.deployment for c in candidates], self.state, self._rng)
         return next(c for c in candidates if c.deployment is picked)
 
@@ -190,10 +217,12 @@ def _fill(model: str, match: re.Match[str]) -> str:
 class ModelGroup:
     """The deployments one call may use, and the call's view of their state."""
 
-    def __init__(self, name: str, candidates: list[Candidate], table: DeploymentTable) -> None:
+    def __init__(self, name: str, candidates: Sequence[Candidate], table: DeploymentTable,
+                 members: _Members | None = None) -> None:
         self.name = name
         self.candidates = candidates
         self._table = table
+        self._members = members
         self._tried: list[str] = []
 
     def pick(self) -> Candidate:
@@ -201,6 +230,13 @@ class ModelGroup:
         not tried yet in this call when there is one (a deployment's ``max_retries`` lets the call
         stay on it that many more times first). Counts the request against its ``rpm``."""
         state = self._table.state
+        members = self._members
+        if members is not None and members.plain and not self._tried and _none_cooling(state, members.ids):
+            # the general path below would keep every candidate: choose among them at once
+            picked = self._table.choose(members.candidates, members)
+            self._tried.append(picked.deployment.id)
+            state.record_request(picked.deployment.id)
+            return picked
         available = [c for c in self.candidates if self._usable(c.deployment)]
         if not available:
             raise self._exhausted()
@@ -270,6 +306,13 @@ class ModelGroup:
             return
         if state.record_failure(dep.id) > policy.allowed_fails:
             state.cool_down(dep.id, policy.cooldown_time)
+
+
+def _none_cooling(state: DeploymentState, ids: tuple[str, ...]) -> bool:
+    for dep_id in ids:
+        if state.cooldown_left(dep_id) > 0:
+            return False
+    return True
 
 
 def _rank(dep: Deployment) -> int:

@@ -190,9 +190,9 @@ def build_interceptors(settings: Settings, tracer_provider: TracerProvider | Non
                        keys: KeyRing | None = None) -> list[grpc.aio.ServerInterceptor]:
     """The access log (opt-in) outermost, so that it sees every status; OTel next (so rejected calls
     are traced too; only with a tracer provider, so that tracing off costs nothing; it continues the
-    caller's W3C trace context from the metadata), then auth (virtual ``keys`` and admin tokens when
-    keys are configured, else the tokens alone), or protected mode when no caller authentication is
-    configured."""
+    caller's W3C trace context from the metadata), then auth by admin tokens, or protected mode when
+    no caller authentication is configured. With virtual ``keys`` (which take admin tokens too) callers
+    are checked inside the service's handlers instead (``keys.KeyGuard``)."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if settings.access_log:
         from .access_log import AccessLogInterceptor
@@ -205,9 +205,7 @@ def build_interceptors(settings: Settings, tracer_provider: TracerProvider | Non
             tracer_provider=tracer_provider, filter_=filters.negate(filters.health_check())))
         interceptors.append(SpanStatusInterceptor())
     if keys:
-        from .keys.interceptor import VirtualKeyInterceptor
-
-        interceptors.append(VirtualKeyInterceptor(bearer_tokens(settings), keys))
+        pass  # checked by keys.KeyGuard around the service's handlers: no interceptor on the call path
     elif tokens := bearer_tokens(settings):
         interceptors.append(AuthInterceptor(tokens))
     if needs_peer_check(settings):

@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from .deployment_state import DeploymentState
 
-__all__ = ["Rankable", "choose"]
+__all__ = ["Rankable", "choose", "shuffle_weights"]
 
 T = TypeVar("T", bound="Rankable")
 
@@ -59,11 +59,20 @@ def choose(strategy: str, candidates: Sequence[T], state: DeploymentState,
 
 
 def _shuffle(candidates: Sequence[T], rng: random.Random) -> T:
+    weights = shuffle_weights(candidates)
+    if weights is not None:
+        return rng.choices(candidates, weights=weights)[0]
+    return rng.choice(candidates)
+
+
+def shuffle_weights(candidates: Sequence[Rankable]) -> list[float] | None:
+    """simple-shuffle's weights: by ``weight``, else ``rpm``, else ``tpm`` (the first any candidate
+    sets); None when none is set (uniform)."""
     for metric in ("weight", "rpm", "tpm"):
         weights = [float(getattr(d, metric) or 0) for d in candidates]
         if max(weights) > 0:
-            return rng.choices(candidates, weights=weights)[0]
-    return rng.choice(candidates)
+            return weights
+    return None
 
 
 def _lowest(candidates: Sequence[T], key: Callable[[T], Any], rng: random.Random) -> T:

@@ -248,8 +248,10 @@ def _parser(cls: type[Message]) -> Callable[[bytes], Message | Undecodable]:
     return parse
 
 
-def add_to_server(service: CompletionService, server: grpc.aio.Server) -> None:
-    """``add_CompletionServiceServicer_to_server`` with request parsing that never raises."""
+def add_to_server(service: CompletionService, server: grpc.aio.Server,
+                  wrap: Callable[[grpc.RpcMethodHandler], grpc.RpcMethodHandler] | None = None) -> None:
+    """``add_CompletionServiceServicer_to_server`` with request parsing that never raises; ``wrap``
+    (virtual keys' caller check) wraps each handler once, here, rather than on every call."""
     name = pb.DESCRIPTOR.services_by_name["CompletionService"].full_name
     handlers: dict[str, Any] = {
         "Complete": grpc.unary_unary_rpc_method_handler(
@@ -267,5 +269,7 @@ def add_to_server(service: CompletionService, server: grpc.aio.Server) -> None:
         "ListModels": grpc.unary_unary_rpc_method_handler(
             service.ListModels, _parser(pb.ListModelsRequest), pb.ListModelsResponse.SerializeToString),
     }
+    if wrap is not None:
+        handlers = {method: wrap(handler) for method, handler in handlers.items()}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
     server.add_registered_method_handlers(name, handlers)

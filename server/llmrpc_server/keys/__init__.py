@@ -2,7 +2,7 @@
 
 ``spec`` parses the config's ``keys:`` section, ``store`` keeps counters and spend (SQLite, or Redis
 with ``--redis-url``, behind one :class:`~.store.LimitStore` interface), ``admission`` holds calls to
-their key's rules, ``interceptor`` finds the key of each call, and ``command`` is
+their key's rules, ``guard`` finds the key of each call, and ``command`` is
 ``llmrpc-server keys new|spend``.
 """
 
@@ -12,19 +12,19 @@ from pathlib import Path
 
 from ..config import Settings
 from .admission import CURRENT_KEY, KeyedBackend, current_key_alias, current_model_filter
-from .interceptor import VirtualKeyInterceptor
+from .guard import KeyGuard
 from .spec import KeyRing, VirtualKey, hash_key, parse_duration, parse_keys
 from .store import Decision, LimitStore, SqliteLimitStore
 
 __all__ = [
     "CURRENT_KEY",
     "Decision",
+    "KeyGuard",
     "KeyRing",
     "KeyedBackend",
     "LimitStore",
     "SqliteLimitStore",
     "VirtualKey",
-    "VirtualKeyInterceptor",
     "configured_keys",
     "current_key_alias",
     "current_model_filter",

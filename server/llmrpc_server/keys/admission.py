@@ -1,7 +1,7 @@
 """Virtual keys on the call path: which key a call runs under, and the backend layer that holds it
 to its ``models``, rate limits and budget.
 
-The key is found by :class:`~llmrpc_server.keys.interceptor.VirtualKeyInterceptor` from the call's
+The key is found by :class:`~llmrpc_server.keys.guard.KeyGuard` from the call's
 metadata and set in :data:`CURRENT_KEY` inside the RPC's own task, so the backends (this one, the
 observed backend's callbacks and spans) read it without it travelling through every signature.
 Admin callers (``master_key``, ``--auth-tokens``) run with no key: nothing here applies to them.
@@ -55,6 +55,8 @@ def current_model_filter() -> Callable[[str], bool] | None:
 def denied_model(key: VirtualKey, req: pb.CompleteRequest) -> ServiceError | None:
     """PERMISSION_DENIED naming the first model (requested, or a request-level fallback) outside the
     key's ``models``; fallbacks from the server's config are the operator's choice and not checked."""
+    if not key.models:  # no allowlist: every model
+        return None
     for name, models in (("model", [req.model]), ("fallbacks", req.fallbacks),
                          ("context_window_fallbacks", req.context_window_fallbacks),
                          ("content_policy_fallbacks", req.content_policy_fallbacks)):

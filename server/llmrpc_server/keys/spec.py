@@ -61,12 +61,13 @@ class VirtualKey:
     max_parallel_requests: int | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     expires: float | None = None  # unix seconds
+    # Whether admission needs the store (any counted limit); spend is tracked for every key.
+    limited: bool = field(init=False, repr=False)
 
-    @property
-    def limited(self) -> bool:
-        """Whether admission needs the store (any counted limit); spend is tracked for every key."""
-        return any(v is not None for v in (self.rpm_limit, self.tpm_limit, self.max_budget,
-                                            self.max_parallel_requests))
+    def __post_init__(self) -> None:
+        # computed once: it is read on every call under the key
+        object.__setattr__(self, "limited", any(v is not None for v in (
+            self.rpm_limit, self.tpm_limit, self.max_budget, self.max_parallel_requests)))
 
     def allows(self, model: str) -> bool:
         """``models`` is an allowlist (empty: every model); entries may be patterns like ``openai/*``."""
@@ -104,7 +105,7 @@ class KeyRing:
         """The key whose hash matches ``presented`` (looked up by digest, confirmed in constant time)."""
         digest = hash_key(presented)
         key = self._by_digest.get(digest)
-        if key is not None and hmac.compare_digest(key.digest.encode(), digest.encode()):
+        if key is not None and hmac.compare_digest(key.digest, digest):  # both ASCII
             return key
         return None
 

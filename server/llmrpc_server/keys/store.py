@@ -36,14 +36,16 @@ import logging
 import math
 import os
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlite_utils import Database
 
+from .file_lock import SUPPORTED, StateFileLock, acquire
 from .spec import VirtualKey
 
 __all__ = ["MINUTE", "Decision", "LimitStore", "SpendRow", "SqliteLimitStore", "StoreUnavailable",
@@ -57,6 +59,9 @@ PRUNE_INTERVAL = 60.0  # seconds between deletions of finished windows and expir
 SPEND_HISTORY = 7 * 86400  # seconds a finished budget window's spend stays listed by `keys spend`
 SCHEMA_VERSION = 1
 FLUSH_DELAY = 0.2  # seconds queued usage may wait for an admission before it is written on its own
+EXCLUSIVE_RETRY = 1.0  # seconds between a sharing process's attempts to take the file exclusively
+WATCH_INTERVAL = 0.05  # seconds between an exclusive process's looks for another process on the file
+HANDOVER_TIMEOUT = 5.0  # seconds a process waits for an exclusive one to hand the file over
 
 
 class StoreUnavailable(Exception):
@@ -116,26 +121,79 @@ class LimitStore(Protocol):
         ...
 
 
+@dataclass(slots=True)
+class _Counts:
+    """An exclusive store's counts of one key in the windows holding ``[since, until)``: its minute
+    (rpm, tpm) and budget window (spend), each with what this process added and has not written."""
+
+    minute: float
+    budget_start: float
+    budget_length: int
+    since: float
+    until: float
+    rpm: float
+    tpm: float
+    spend: float
+    new_rpm: int = 0
+    new_tpm: float = 0.0
+    new_spend: float = 0.0
+    new_calls: int = 0
+
+
 class SqliteLimitStore:
-    """:class:`LimitStore` on a SQLite file (WAL, ``BEGIN IMMEDIATE`` transactions)."""
+    """:class:`LimitStore` on a SQLite file (WAL, ``BEGIN IMMEDIATE`` transactions).
+
+    Two modes (see ``file_lock``): while other processes use the file, each admission is one
+    transaction; a process that finds itself the file's only user (one server process, the common
+    case) takes it exclusively and decides from counts in memory, loaded from the file and written
+    back ``FLUSH_DELAY`` later, so a call costs no transaction. It hands the file back within
+    ``WATCH_INTERVAL`` of another process (a worker, a restart, ``keys spend``) starting to use it:
+    what it counted is written first, so either way every admission sees every earlier one."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._db: Database | None = None
         self._last_prune = -math.inf
-        # queued usage: (digest, kind, window start, window length, value, requests), and ended leases
-        self._usage: list[tuple[str, str, float, int, float, int]] = []
+        # queued usage by (digest, kind, window start, window length): [value, requests]; ended
+        # leases to delete; leases taken in memory to insert (when an exclusive store hands over)
+        self._usage: dict[tuple[str, str, float, int], list[float]] = {}
         self._ended: list[tuple[str]] = []
+        self._new_leases: list[tuple[str, str, float, int]] = []
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._lock: StateFileLock | None = None
+        self._exclusive = False
+        self._next_try = 0.0  # monotonic time of the next attempt to take the file exclusively
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch: asyncio.TimerHandle | None = None
+        self._counts: dict[str, _Counts] = {}
+        self._leases: dict[str, dict[str, float]] = {}  # exclusive: digest -> {lease: expires}
+        self._file_leases: set[str] = set()  # exclusive: leases that are rows of the file too
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether this store holds the file alone and decides admissions in memory."""
+        return self._exclusive
 
     # ---- connection --------------------------------------------------------------------------
     def _conn(self) -> Database:
         if self._db is None:
             try:
+                self._join()
                 self._db = self._open()
             except (sqlite3.Error, OSError) as exc:
                 raise StoreUnavailable(f"key limits store {self.path}: {exc}") from exc
         return self._db
+
+    def _join(self) -> None:
+        """Announce this process as a user of the file and wait for any exclusive one to hand over."""
+        if self._lock is not None or self.path == ":memory:" or not SUPPORTED:
+            return
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = acquire(self.path)
+        if not lock.share(self, HANDOVER_TIMEOUT):
+            lock.release()
+            raise OSError("another process holds the state file and did not hand it over")
+        self._lock = lock
 
     def _open(self) -> Database:
         if self.path != ":memory:":
@@ -174,8 +232,10 @@ class SqliteLimitStore:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
-        """Write queued usage, then close the file."""
-        if self._usage or self._ended:
+        """Write queued usage (handing the file over when held exclusively), then close it."""
+        if self._exclusive:
+            self._leave_exclusive()
+        if self._usage or self._ended or self._new_leases:
             try:
                 self.flush()
             except StoreUnavailable as exc:
@@ -184,6 +244,9 @@ class SqliteLimitStore:
             self._flush_timer.cancel()
             self._flush_timer = None
         self._disconnect()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _disconnect(self) -> None:
         if self._db is not None:
@@ -196,17 +259,144 @@ class SqliteLimitStore:
         try:
             with _transaction(db):
                 yield db
-            self._usage, self._ended = [], []  # committed (every transaction writes the queue first)
+            # committed (every transaction writes the queue first)
+            self._usage, self._ended, self._new_leases = {}, [], []
         except sqlite3.Error as exc:
             if not _contended(exc):
                 self._disconnect()  # reopened on the next call: a replaced or repaired file recovers
             raise StoreUnavailable(f"key limits store {self.path}: {exc}") from exc
 
+    # ---- exclusive mode ----------------------------------------------------------------------
+    def _maybe_take_exclusive(self) -> None:
+        """In a running loop (the watch needs one), now and then: take the file if no one else uses it."""
+        now = time.monotonic()
+        if now < self._next_try or self._lock is None:
+            return
+        self._next_try = now + EXCLUSIVE_RETRY
+        loop = asyncio.get_running_loop()
+        if not self._lock.try_exclusive(self, self._hand_over):
+            return
+        try:
+            self.flush()  # from here on nothing else writes the file: it plus memory is the truth
+            rows = self._read("SELECT lease, digest, expires FROM key_leases", ())
+        except StoreUnavailable:
+            self._lock.share(self, HANDOVER_TIMEOUT)
+            return
+        self._exclusive, self._loop = True, loop
+        for lease, digest, expires in rows:
+            self._leases.setdefault(digest, {})[lease] = expires
+            self._file_leases.add(lease)
+        self._watch = loop.call_later(WATCH_INTERVAL, self._check_newcomers)
+
+    def _check_newcomers(self) -> None:
+        self._watch = None
+        if not self._exclusive or self._lock is None:
+            return
+        if self._lock.others_present():
+            self._leave_exclusive()
+        else:
+            assert self._loop is not None
+            self._watch = self._loop.call_later(WATCH_INTERVAL, self._check_newcomers)
+
+    def _hand_over(self) -> None:
+        """Asked by another store of this process (possibly on another thread) to share the file."""
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or loop is running or not loop.is_running():
+            self._leave_exclusive()
+        else:
+            loop.call_soon_threadsafe(self._leave_exclusive)
+
+    def _leave_exclusive(self) -> None:
+        """Write what memory holds (usage, leases taken here), then share the file again."""
+        if not self._exclusive:
+            return
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        self._drain_counts()
+        pid = os.getpid()
+        self._new_leases += [(lease, digest, expires, pid) for digest, leases in self._leases.items()
+                             for lease, expires in leases.items() if lease not in self._file_leases]
+        self._exclusive = False
+        self._counts.clear()
+        self._leases.clear()
+        self._file_leases.clear()
+        try:
+            self.flush()
+        except StoreUnavailable as exc:  # kept queued: the next transaction writes it
+            log.warning("key usage not written at hand-over yet: %s", exc)
+        if self._lock is not None:
+            self._lock.share(self, HANDOVER_TIMEOUT)  # a downgrade: never waits
+
+    def _key_counts(self, key: VirtualKey, now: float) -> _Counts:
+        """The key's counts for the windows holding ``now`` (read from the file when they turn)."""
+        counts = self._counts.get(key.digest)
+        if counts is not None and counts.since <= now < counts.until:
+            return counts
+        minute = math.floor(now / MINUTE) * MINUTE
+        start, length = budget_window(key, now)
+        self.flush()  # so that the file holds every count of the windows read
+        used = dict(self._read(_WINDOWS, (key.digest, start, minute)))
+        counts = self._counts[key.digest] = _Counts(
+            minute, start, length, max(minute, start), min(minute + MINUTE, start + length if length else math.inf),
+            float(used.get("rpm", 0.0)), float(used.get("tpm", 0.0)), float(used.get("spend", 0.0)))
+        return counts
+
+    def _drain_counts(self) -> None:
+        """Queue what this process added to its counts in memory (to be written)."""
+        for digest, c in self._counts.items():
+            if c.new_rpm:
+                self._queue(digest, "rpm", c.minute, MINUTE, float(c.new_rpm), c.new_rpm)
+            if c.new_tpm:
+                self._queue(digest, "tpm", c.minute, MINUTE, c.new_tpm, 0)
+            if c.new_calls:
+                self._queue(digest, "spend", c.budget_start, c.budget_length, c.new_spend, c.new_calls)
+            c.new_rpm, c.new_tpm, c.new_spend, c.new_calls = 0, 0.0, 0.0, 0
+
+    def _read(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        try:
+            return list(self._conn().conn.execute(sql, args).fetchall())
+        except sqlite3.Error as exc:
+            self._disconnect()
+            raise StoreUnavailable(f"key limits store {self.path}: {exc}") from exc
+
+    def _running(self, digest: str, now: float, limit: int) -> int:
+        leases = self._leases.get(digest)
+        if not leases:
+            return 0
+        if len(leases) < limit:  # expired leases only lower the count: below the limit either way
+            return len(leases)
+        return sum(1 for expires in leases.values() if expires > now)
+
+    def _admit_in_memory(self, key: VirtualKey, now: float, lease: str, lease_expires: float) -> Decision:
+        c = self._key_counts(key, now)
+        limit = key.max_parallel_requests
+        decision = _decide(key, now, c.minute, c.budget_start, c.spend, c.rpm, c.tpm,
+                           lambda: self._running(key.digest, now, limit or 0))
+        if not decision.admitted:
+            return decision
+        if key.rpm_limit is not None:
+            c.rpm += 1
+            c.new_rpm += 1
+            self._schedule_flush()
+        if limit is not None:
+            self._leases.setdefault(key.digest, {})[lease] = lease_expires
+        return ADMITTED
+
     # ---- LimitStore --------------------------------------------------------------------------
     async def admit(self, key: VirtualKey, now: float, lease: str, lease_expires: float) -> Decision:
+        if not self._exclusive:
+            self._conn()
+            self._maybe_take_exclusive()
         return self.admit_sync(key, now, lease, lease_expires)
 
     def admit_sync(self, key: VirtualKey, now: float, lease: str, lease_expires: float) -> Decision:
+        if self._exclusive:
+            return self._admit_in_memory(key, now, lease, lease_expires)
         minute = math.floor(now / MINUTE) * MINUTE
         with self._write() as db:
             self._write_queued(db)
@@ -227,12 +417,44 @@ class SqliteLimitStore:
 
     def queue_usage(self, key: VirtualKey, now: float, lease: str, tokens: int, cost: float) -> None:
         """Queue a finished call's usage (written by the next admission or :meth:`flush`)."""
-        if key.tpm_limit is not None and tokens > 0:
-            self._usage.append((key.digest, "tpm", math.floor(now / MINUTE) * MINUTE, MINUTE, float(tokens), 0))
-        start, length = budget_window(key, now)
-        self._usage.append((key.digest, "spend", start, length, max(cost, 0.0), 1))
-        if key.max_parallel_requests is not None and lease:
-            self._ended.append((lease,))
+        cost = max(cost, 0.0)
+        counts: _Counts | None = None
+        if self._exclusive:
+            try:
+                counts = self._key_counts(key, now)
+            except StoreUnavailable:  # windows turned and the file is unusable: queued as when sharing
+                counts = None
+        if counts is not None:
+            if key.tpm_limit is not None and tokens > 0:
+                counts.tpm += tokens
+                counts.new_tpm += tokens
+            counts.spend += cost
+            counts.new_spend += cost
+            counts.new_calls += 1
+        else:
+            if key.tpm_limit is not None and tokens > 0:
+                self._queue(key.digest, "tpm", math.floor(now / MINUTE) * MINUTE, MINUTE, float(tokens), 0)
+            start, length = budget_window(key, now)
+            self._queue(key.digest, "spend", start, length, cost, 1)
+        self._end_lease(key, lease)
+
+    def _queue(self, digest: str, kind: str, start: float, length: int, value: float, requests: int) -> None:
+        queued = self._usage.get((digest, kind, start, length))
+        if queued is None:
+            self._usage[(digest, kind, start, length)] = [value, requests]
+        else:
+            queued[0] += value
+            queued[1] += requests
+
+    def _end_lease(self, key: VirtualKey, lease: str) -> None:
+        if key.max_parallel_requests is None or not lease:
+            return
+        if self._exclusive:
+            self._leases.get(key.digest, {}).pop(lease, None)
+            if lease not in self._file_leases:
+                return
+            self._file_leases.discard(lease)
+        self._ended.append((lease,))
 
     def record_sync(self, key: VirtualKey, now: float, lease: str, tokens: int, cost: float) -> None:
         """:meth:`record`, written at once."""
@@ -240,15 +462,14 @@ class SqliteLimitStore:
         self.flush()
 
     async def release(self, key: VirtualKey, lease: str) -> None:
-        if key.max_parallel_requests is not None and lease:
-            self._ended.append((lease,))
+        self._end_lease(key, lease)
+        if self._ended:
             self._schedule_flush()
 
     def release_sync(self, key: VirtualKey, lease: str) -> None:
         """:meth:`release`, written at once."""
-        if key.max_parallel_requests is not None and lease:
-            self._ended.append((lease,))
-            self.flush()
+        self._end_lease(key, lease)
+        self.flush()
 
     async def spend(self, key: VirtualKey, now: float) -> float:
         self.flush()
@@ -260,9 +481,13 @@ class SqliteLimitStore:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        if self._usage or self._ended:
+        if self._exclusive:
+            self._drain_counts()
+        if self._usage or self._ended or self._new_leases:
             with self._write() as db:
                 self._write_queued(db)
+                if self._exclusive:  # no admission transactions to prune in
+                    self._maybe_prune(db, time.time())
 
     def _schedule_flush(self) -> None:
         if self._flush_timer is None:
@@ -280,7 +505,11 @@ class SqliteLimitStore:
         """Inside a transaction: :meth:`_write` empties the queue once the transaction commits (nothing
         can be queued meanwhile: this runs on the loop without awaiting)."""
         if self._usage:
-            db.conn.executemany(_ADD, self._usage)
+            db.conn.executemany(_ADD, [(*where, value, int(requests))
+                                       for where, (value, requests) in self._usage.items()])
+        if self._new_leases:
+            db.conn.executemany("INSERT INTO key_leases (lease, digest, expires, pid) VALUES (?, ?, ?, ?)",
+                                self._new_leases)
         if self._ended:
             db.conn.executemany("DELETE FROM key_leases WHERE lease = ?", self._ended)
 
@@ -304,24 +533,31 @@ class SqliteLimitStore:
 
 
 def _check(db: Database, key: VirtualKey, now: float, minute: float) -> Decision:
-    """The first limit that refuses the call, budget first (LiteLLM checks it before rate limits).
-    One statement reads the key's current budget and minute windows."""
-    start, length = budget_window(key, now)
+    """:func:`_decide` on the file: one statement reads the key's current budget and minute windows."""
+    start, _ = budget_window(key, now)
     used = dict(db.conn.execute(_WINDOWS, (key.digest, start, minute)).fetchall())
-    if key.max_budget is not None:
-        spent = float(used.get("spend", 0.0))
-        if spent >= key.max_budget:
-            return Decision(False, "max_budget", spent, key.max_budget, start + length - now if length else None)
-    for limit, kind, allowed in (("rpm_limit", "rpm", key.rpm_limit), ("tpm_limit", "tpm", key.tpm_limit)):
-        if allowed is not None:
-            count = float(used.get(kind, 0.0))
-            if count >= allowed:
-                return Decision(False, limit, count, allowed, minute + MINUTE - now)
+
+    def running() -> int:
+        return int(db.conn.execute("SELECT COUNT(*) FROM key_leases WHERE digest = ? AND expires > ?",
+                                   (key.digest, now)).fetchone()[0])
+
+    return _decide(key, now, minute, start, float(used.get("spend", 0.0)), float(used.get("rpm", 0.0)),
+                   float(used.get("tpm", 0.0)), running)
+
+
+def _decide(key: VirtualKey, now: float, minute: float, budget_start: float, spent: float, rpm: float, tpm: float,
+            running: Callable[[], int]) -> Decision:
+    """The first limit that refuses the call, budget first (LiteLLM checks it before rate limits)."""
+    if key.max_budget is not None and spent >= key.max_budget:
+        length = key.budget_duration or 0
+        return Decision(False, "max_budget", spent, key.max_budget, budget_start + length - now if length else None)
+    for limit, count, allowed in (("rpm_limit", rpm, key.rpm_limit), ("tpm_limit", tpm, key.tpm_limit)):
+        if allowed is not None and count >= allowed:
+            return Decision(False, limit, count, allowed, minute + MINUTE - now)
     if key.max_parallel_requests is not None:
-        running = db.conn.execute("SELECT COUNT(*) FROM key_leases WHERE digest = ? AND expires > ?",
-                                  (key.digest, now)).fetchone()[0]
-        if running >= key.max_parallel_requests:
-            return Decision(False, "max_parallel_requests", running, key.max_parallel_requests)
+        in_flight = running()
+        if in_flight >= key.max_parallel_requests:
+            return Decision(False, "max_parallel_requests", in_flight, key.max_parallel_requests)
     return ADMITTED
 
 
@@ -379,8 +615,6 @@ def _contended(exc: sqlite3.Error) -> bool:
 
 def _retry_contended(op: object) -> None:
     """Processes switching a fresh file to WAL at once: SQLite fails all but one without waiting."""
-    import time
-
     deadline = time.monotonic() + BUSY_TIMEOUT
     while True:
         try:
