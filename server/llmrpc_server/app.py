@@ -118,7 +118,7 @@ def _server_options(settings: Settings) -> list[tuple[str, int]]:
 
 async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) -> Gateway:
     """Create, wire and start everything inside the running loop (``telemetry``: the OTel providers,
-    by default from the ``OTEL_*`` environment, see ``otel_setup``)."""
+    by default from the ``OTEL_*`` environment, see ``observability.otel``)."""
     tls = load_listener_tls(settings)  # first: a bad --tls-* file must fail before anything is opened
     keys = configured_keys(settings)  # ... and so must a bad keys: section
     adapters = default_adapters(settings.env)

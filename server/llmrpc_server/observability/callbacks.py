@@ -8,7 +8,7 @@ functions on the loop with a timeout, plain functions on the handler's own threa
 sleeps or hangs stalls only its own queue. Failures and drops are counted (``failures``/``dropped``
 and the ``llmrpc.callback.*`` metrics).
 
-Built-in names: ``otel`` (OpenTelemetry export, see ``otel_setup``; nothing is queued), ``log`` (one
+Built-in names: ``otel`` (OpenTelemetry export, see ``observability.otel``; nothing is queued), ``log`` (one
 JSON line per event on stdout, logger ``llmrpc_server.calls``), ``lunary`` (Lunary's ingestion API,
 ``LUNARY_PUBLIC_KEY``, ``LUNARY_API_URL``). Anything else is an import path (``pkg.mod:func`` or
 ``pkg.mod.func``) of ``func(kwargs, completion_response, start_time, end_time)`` as in LiteLLM.

@@ -2,7 +2,7 @@
 
 Why OpenTelemetry's metrics API rather than prometheus_client directly: one set of instruments
 feeds OTLP, the console and Prometheus alike (the exporter is chosen by ``OTEL_METRICS_EXPORTER`` or
-``metrics_port``, see ``otel_setup``). With no meter provider the gateway keeps no
+``metrics_port``, see ``observability.otel``). With no meter provider the gateway keeps no
 :class:`GatewayMetrics` at all, so disabled metrics cost nothing per call.
 """
 
