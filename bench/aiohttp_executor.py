@@ -21,21 +21,25 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
-import grpc
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
 from aiohttp.resolver import ThreadedResolver
-from google.rpc import error_details_pb2
 from llmrpc_server.egress import AddressCheck, EgressRefused
-from llmrpc_server.errors import ServiceError
+from llmrpc_server.executor import egress_refused
 from llmrpc_server.proto_json import dumps
-from llmrpc_server.providers.base import ErrorKind, HttpCall, ProviderError, StreamEvent, Transport
+from llmrpc_server.providers.base import (
+    ErrorKind,
+    HttpCall,
+    ProviderError,
+    StreamEvent,
+    Transport,
+    UpstreamReply,
+    UpstreamStream,
+)
 from llmrpc_server.sse import make_decoder
 from yarl import URL
 
@@ -48,28 +52,6 @@ _MAX_FIELD = 16384  # bytes in one header field (name and value)
 _MAX_HEADERS = 100  # header fields in one response head (also bounds the head to about 1.6 MiB)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-@dataclass(slots=True)
-class UpstreamReply:
-    """A whole upstream HTTP response."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-    latency_ms: float
-
-
-class UpstreamStream(Protocol):
-    """An upstream response being streamed."""
-
-    status: int
-    headers: Mapping[str, str]
-    latency_ms: float
-
-    async def read_body(self) -> bytes: ...
-
-    async def next_events(self, timeout: float) -> list[StreamEvent] | None: ...
 
 
 class _Refused(Exception):
@@ -295,14 +277,6 @@ def _refuse_if(check: AddressCheck, host: str, address: IPAddress) -> None:
 def _refusal(check: AddressCheck | None, host: str, address: IPAddress) -> EgressRefused:
     refused = check.refusal(host, address) if check is not None else None
     return refused or EgressRefused(check.field if check else "api_base", f"{host} resolves to {address}")
-
-
-def egress_refused(refused: EgressRefused) -> ServiceError:
-    """PERMISSION_DENIED naming the field whose URL the server's egress policy refuses."""
-    bad = error_details_pb2.BadRequest(field_violations=[
-        error_details_pb2.BadRequest.FieldViolation(field=refused.field, description=refused.message)])
-    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, "API_BASE_NOT_ALLOWED",
-                        f"{refused.field}: {refused.message}", {"field": refused.field}, [bad])
 
 
 class _HttpStream:
